@@ -1,0 +1,74 @@
+# Copyright: pggit.chaos contributors
+# MIT License
+"""Jepsen-style checker for tracked DDL.
+
+Every DDL the workload issues carries a unique token and ends with one of
+three outcomes: ``ok`` (commit acknowledged), ``fail`` (definitely not
+committed) or ``unknown`` (the connection died around the commit).  pgGit's
+invariant is: a history row exists if and only if the DDL committed.
+
+An unknown outcome is resolved with the catalog: the table exists if and only
+if the DDL committed.
+"""
+from __future__ import annotations
+
+OUTCOMES = ('ok', 'fail', 'unknown')
+
+
+def check(ops, history_counts, catalog=None):
+    """Compare client outcomes with history rows.
+
+    ``ops``: list of ``{'token': str, 'outcome': 'ok'|'fail'|'unknown'}``.
+    ``history_counts``: token -> number of CREATE history rows (tokens with
+    none may be absent).  ``catalog``: set of tokens whose object exists, or
+    None when unknown.
+    """
+    lost, duplicated, unexpected, phantom = [], [], [], []
+    counts = {'ok': 0, 'fail': 0, 'unknown': 0}
+    resolved = {'committed': 0, 'not_committed': 0}
+    issued = set()
+    for op in ops:
+        token, outcome = op['token'], op['outcome']
+        if outcome not in counts:
+            raise ValueError('unknown outcome %r for %s' % (outcome, token))
+        counts[outcome] += 1
+        issued.add(token)
+        rows = history_counts.get(token, 0)
+        committed = None
+        if outcome == 'ok':
+            committed = True
+        elif outcome == 'fail':
+            committed = False
+        elif catalog is not None:
+            committed = token in catalog
+            resolved['committed' if committed else 'not_committed'] += 1
+        if outcome == 'ok' and catalog is not None and token not in catalog:
+            phantom.append(token)
+        if committed is True and rows == 0:
+            lost.append(token)
+        elif rows > 1:
+            duplicated.append(token)
+        elif committed is False and rows > 0:
+            unexpected.append(token)
+    unexpected.extend(sorted(t for t, n in history_counts.items() if n and t not in issued))
+    return {
+        'ops': len(ops),
+        'ok': counts['ok'],
+        'failed': counts['fail'],
+        'unknown': counts['unknown'],
+        'unknown_resolved': resolved,
+        'tracked': sum(1 for op in ops if history_counts.get(op['token'], 0) > 0),
+        'lost': lost,
+        'duplicated': duplicated,
+        'unexpected': unexpected,
+        'phantom': phantom,
+        'valid': not (lost or duplicated or unexpected or phantom),
+    }
+
+
+def percentile(values, pct):
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, int(round(pct / 100.0 * (len(ordered) - 1)))))
+    return ordered[index]

@@ -1,0 +1,288 @@
+# Copyright: pggit.chaos contributors
+# MIT License
+"""The steady-state probe behind ``pggit_verify``.
+
+Each check returns ``{name, status, critical, elapsed_ms, message, data}``
+with status one of ok, warning, failed, error or skipped.  The probe is
+healthy when no critical check failed or errored.  ``pggit.health_check()`` is
+never trusted: on pgGit v0.2.1 it raises, which is reported as a finding while
+the probe falls back on its own checks.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
+
+OK, WARNING, FAILED, ERROR, SKIPPED = 'ok', 'warning', 'failed', 'error', 'skipped'
+BAD = (FAILED, ERROR)
+CANARY_PREFIX = 'pggit_chaos_canary_'
+RELKINDS = {'r': 'TABLE', 'p': 'TABLE', 'v': 'VIEW', 'm': 'MATERIALIZED_VIEW', 'S': 'SEQUENCE'}
+SYSTEM_SCHEMAS = ('pg_catalog', 'information_schema', 'pg_toast', 'pggit')
+
+DEFAULTS = dict(
+    expect_tracking=True, canary=True, zero_footprint=True, canary_schema='public', canary_timeout_ms=5000,
+    health_check='auto', check_drift=False, drift_schemas=None, max_replication_lag_bytes=None,
+    max_replay_delay_seconds=None, min_replicas=None, max_connections_pct=None,
+)
+
+
+def _check(name, status, message='', critical=True, data=None, elapsed=0.0):
+    return {'name': name, 'status': status, 'critical': critical, 'message': message,
+            'elapsed_ms': round(elapsed * 1000.0, 2), 'data': data or {}}
+
+
+class Probe(object):
+    def __init__(self, params, connect=None, clock=time.time):
+        self.params = dict(DEFAULTS)
+        self.params.update(params)
+        self._connect = connect or (lambda: _pgconn.connect(params, application_name='pggit-chaos-probe'))
+        self.clock = clock
+
+    def _timed(self, func, *args):
+        started = self.clock()
+        try:
+            check = func(*args)
+        except Exception as exc:  # pylint: disable=broad-except
+            check = _check(func.__name__.lstrip('_').replace('check_', ''), ERROR, _pgconn.one_line(exc))
+            if getattr(self, 'conn', None) is not None:
+                try:
+                    self.conn.rollback()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+        check['elapsed_ms'] = round((self.clock() - started) * 1000.0, 2)
+        return check
+
+    # -- the checks -----------------------------------------------------
+    def check_connect(self):
+        try:
+            self.conn = self._connect()
+        except Exception as exc:  # pylint: disable=broad-except
+            self.conn = None
+            return _check('connect', FAILED, 'cannot connect to %s: %s' % (_pgconn.describe(self.params), _pgconn.one_line(exc)))
+        self.conn.autocommit = True
+        cur = self.conn.cursor()
+        cur.execute('SELECT pg_is_in_recovery(), current_setting(\'server_version\'), current_database()')
+        self.in_recovery, version, dbname = cur.fetchone()
+        return _check('connect', OK, 'connected to %s' % dbname,
+                      data={'in_recovery': self.in_recovery, 'server_version': version})
+
+    def check_pggit_present(self):
+        cur = self.conn.cursor()
+        cur.execute("SELECT to_regnamespace('pggit') IS NOT NULL, to_regclass('pggit.objects') IS NOT NULL, "
+                    "to_regclass('pggit.history') IS NOT NULL")
+        schema, objects, history = cur.fetchone()
+        missing = [n for n, ok in (('schema pggit', schema), ('pggit.objects', objects), ('pggit.history', history)) if not ok]
+        if missing:
+            return _check('pggit_present', FAILED, 'pgGit is not installed here: missing %s' % ', '.join(missing))
+        return _check('pggit_present', OK, 'schema pggit with objects and history')
+
+    def check_event_triggers(self):
+        cur = self.conn.cursor()
+        cur.execute("SELECT evtname, evtevent, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pggit%' ORDER BY evtname")
+        triggers = [{'name': n, 'event': e, 'enabled': m != 'D', 'mode': m} for n, e, m in cur.fetchall()]
+        recording = [t['name'] for t in triggers if t['enabled'] and t['event'] == 'ddl_command_end']
+        disabled = [t['name'] for t in triggers if not t['enabled']]
+        data = {'triggers': triggers, 'recording': recording, 'disabled': disabled}
+        if not triggers:
+            return _check('event_triggers', FAILED, 'no pgGit event triggers (pggit%) exist', data=data)
+        if self.params['expect_tracking']:
+            if not recording:
+                return _check('event_triggers', FAILED, 'no pgGit ddl_command_end trigger is enabled; disabled: %s'
+                              % ', '.join(disabled), data=data)
+            if disabled:
+                return _check('event_triggers', WARNING, 'tracking on, but disabled: %s' % ', '.join(disabled), data=data)
+            return _check('event_triggers', OK, '%d pgGit triggers enabled' % len(triggers), data=data)
+        if recording:
+            return _check('event_triggers', FAILED, 'tracking expected off, but still enabled: %s' % ', '.join(recording), data=data)
+        return _check('event_triggers', OK, 'every pgGit ddl_command_end trigger is disabled', data=data)
+
+    def check_canary(self):
+        if not self.params['canary']:
+            return _check('canary', SKIPPED, 'canary disabled', critical=False)
+        if self.in_recovery:
+            return _check('canary', SKIPPED, 'standby: read-only, canary DDL not possible', critical=False)
+        name = CANARY_PREFIX + uuid.uuid4().hex[:16]
+        schema = self.params['canary_schema']
+        ident = _pgconn.sql.Identifier(schema, name)
+        expected = 1 if self.params['expect_tracking'] else 0
+        conn = self.conn
+        conn.autocommit = False
+        try:
+            cur = conn.cursor()
+            cur.execute('SET LOCAL statement_timeout = %s', (int(self.params['canary_timeout_ms']),))
+            cur.execute('SET LOCAL lock_timeout = %s', (int(self.params['canary_timeout_ms']),))
+            cur.execute(_pgconn.sql.SQL('CREATE TABLE {} (id int)').format(ident))
+            cur.execute("SELECT count(*) FROM pggit.history h JOIN pggit.objects o ON o.id = h.object_id "
+                        "WHERE o.schema_name = %s AND o.object_name = %s AND h.change_type::text = 'CREATE'", (schema, name))
+            rows = cur.fetchone()[0]
+            if self.params['zero_footprint']:
+                conn.rollback()
+            else:
+                conn.commit()
+                cur.execute(_pgconn.sql.SQL('DROP TABLE {}').format(ident))
+                conn.commit()
+        except Exception:
+            conn.rollback()
+            raise
+        finally:
+            conn.autocommit = True
+        data = {'object': '%s.%s' % (schema, name), 'history_rows': rows, 'expected_rows': expected,
+                'zero_footprint': self.params['zero_footprint']}
+        if rows == expected:
+            return _check('canary', OK, 'canary DDL produced %d history row(s), as expected' % rows, data=data)
+        return _check('canary', FAILED, 'canary DDL produced %d history row(s), expected %d' % (rows, expected), data=data)
+
+    def check_health_check(self):
+        mode = self.params['health_check']
+        critical = mode == 'require'
+        if mode == 'skip':
+            return _check('health_check', SKIPPED, 'not asked for', critical=False)
+        cur = self.conn.cursor()
+        cur.execute("SELECT to_regprocedure('pggit.health_check()') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            status = FAILED if critical else SKIPPED
+            return _check('health_check', status, 'pggit.health_check() does not exist', critical=critical)
+        try:
+            cur.execute('SELECT check_name::text, status::text, message::text FROM pggit.health_check()')
+            rows = cur.fetchall()
+        except _pgconn.psycopg2.Error as exc:
+            return _check('health_check', ERROR, 'pggit.health_check() raised: %s; relying on own probes' % _pgconn.one_line(exc),
+                          critical=critical, data={'raised': True})
+        results = [{'check': c, 'status': s, 'message': m} for c, s, m in rows]
+        statuses = set(r['status'] for r in results)
+        bad = [r['check'] for r in results if r['status'] in ('unhealthy', 'critical')]
+        warn = [r['check'] for r in results if r['status'] == 'warning']
+        status = FAILED if bad else WARNING if warn or not results else OK
+        message = 'unhealthy: %s' % ', '.join(bad) if bad else 'warnings: %s' % ', '.join(warn) if warn else \
+            'no rows' if not results else 'all %d checks healthy' % len(results)
+        return _check('health_check', status, message, critical=critical, data={'results': results, 'statuses': sorted(statuses)})
+
+    def check_replication(self):
+        cur = self.conn.cursor()
+        limit_bytes = self.params['max_replication_lag_bytes']
+        limit_delay = self.params['max_replay_delay_seconds']
+        min_replicas = self.params['min_replicas']
+        critical = any(v is not None for v in (limit_bytes, limit_delay, min_replicas))
+        if self.in_recovery:
+            cur.execute('SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '
+                        'EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), '
+                        '(SELECT status FROM pg_stat_wal_receiver)')
+            lag, delay, receiver = cur.fetchone()
+            data = {'role': 'standby', 'replay_lag_bytes': int(lag or 0), 'replay_delay_seconds': float(delay) if delay is not None else None,
+                    'wal_receiver': receiver}
+            problems = []
+            if limit_bytes is not None and data['replay_lag_bytes'] > limit_bytes:
+                problems.append('replay lag %d bytes > %d' % (data['replay_lag_bytes'], limit_bytes))
+            if limit_delay is not None and (delay is None or delay > limit_delay):
+                problems.append('replay delay %s s > %s' % (delay, limit_delay))
+            if critical and receiver != 'streaming':
+                problems.append('wal receiver is %s' % (receiver or 'not running'))
+        else:
+            cur.execute('SELECT application_name, client_addr::text, state, '
+                        'pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) FROM pg_stat_replication ORDER BY application_name')
+            replicas = [{'name': n, 'addr': a, 'state': s, 'lag_bytes': int(lag) if lag is not None else None}
+                        for n, a, s, lag in cur.fetchall()]
+            data = {'role': 'primary', 'replicas': replicas}
+            problems = []
+            if min_replicas is not None and len([r for r in replicas if r['state'] == 'streaming']) < min_replicas:
+                problems.append('%d streaming replicas < %d' % (len(replicas), min_replicas))
+            if limit_bytes is not None:
+                problems += ['%s lags %s bytes > %d' % (r['name'], r['lag_bytes'], limit_bytes)
+                             for r in replicas if r['lag_bytes'] is None or r['lag_bytes'] > limit_bytes]
+        if problems:
+            return _check('replication', FAILED, '; '.join(problems), critical=critical, data=data)
+        return _check('replication', OK, 'within thresholds' if critical else 'observed (no thresholds set)', critical=critical, data=data)
+
+    def check_connections(self):
+        limit = self.params['max_connections_pct']
+        cur = self.conn.cursor()
+        cur.execute("SELECT count(*), current_setting('max_connections')::int FROM pg_stat_activity WHERE backend_type = 'client backend'")
+        used, maximum = cur.fetchone()
+        pct = round(100.0 * used / maximum, 1)
+        data = {'used': used, 'max': maximum, 'pct': pct}
+        if limit is not None and pct > limit:
+            return _check('connections', FAILED, '%s%% of max_connections in use > %s%%' % (pct, limit), critical=True, data=data)
+        return _check('connections', OK, '%d of %d connections' % (used, maximum), critical=limit is not None, data=data)
+
+    def check_drift(self):
+        cur = self.conn.cursor()
+        schemas = self.params['drift_schemas']
+        cur.execute("SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.relkind = ANY(%s) AND NOT n.nspname = ANY(%s) AND n.nspname NOT LIKE 'pg_temp%%' "
+                    "AND n.nspname NOT LIKE 'pg_toast%%' AND (%s::text[] IS NULL OR n.nspname = ANY(%s::text[])) "
+                    "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('i', 'a', 'e')) "
+                    "ORDER BY 1, 2", (list(RELKINDS), list(SYSTEM_SCHEMAS), schemas, schemas))
+        catalog = cur.fetchall()
+        cur.execute('SELECT schema_name, object_name FROM pggit.objects WHERE is_active')
+        known = set(cur.fetchall())
+        drift = ['%s.%s' % (s, n) for s, n, _kind in catalog if (s, n) not in known]
+        data = {'drift': drift, 'catalog_objects': len(catalog)}
+        if drift:
+            return _check('drift', WARNING, '%d catalog object(s) unknown to pggit.objects: %s'
+                          % (len(drift), ', '.join(drift[:10])), critical=False, data=data)
+        return _check('drift', OK, 'every catalog relation is known to pggit.objects', critical=False, data=data)
+
+    # -- orchestration ----------------------------------------------------
+    def run_once(self):
+        self.conn = None
+        self.in_recovery = None
+        started = self.clock()
+        checks = [self._timed(self.check_connect)]
+        if self.conn is not None:
+            try:
+                checks.append(self._timed(self.check_pggit_present))
+                if checks[-1]['status'] == OK:
+                    steps = [self.check_event_triggers, self.check_canary, self.check_health_check]
+                    if self.params['check_drift']:
+                        steps.append(self.check_drift)
+                else:
+                    steps = []
+                steps += [self.check_replication, self.check_connections]
+                checks.extend(self._timed(step) for step in steps)
+            finally:
+                try:
+                    self.conn.close()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+        return summarize(checks, self.in_recovery, self.clock() - started, self.clock())
+
+    def watch(self, duration, interval, abort_after, sleep=time.sleep):
+        """Probe repeatedly; stop early after ``abort_after`` bad rounds in a row."""
+        deadline = self.clock() + duration
+        rounds, streak, worst = [], 0, None
+        while True:
+            outcome = self.run_once()
+            rounds.append({'at': outcome['at'], 'healthy': outcome['healthy'], 'failed': outcome['failed_checks']})
+            streak = 0 if outcome['healthy'] else streak + 1
+            if worst is None or (not outcome['healthy'] and worst['healthy']):
+                worst = outcome
+            if abort_after and streak >= abort_after:
+                worst['aborted'] = True
+                worst['abort_reason'] = '%d consecutive unhealthy probe(s): %s' % (streak, ', '.join(outcome['failed_checks']))
+                break
+            if self.clock() + interval > deadline:
+                break
+            sleep(interval)
+        worst = dict(worst)
+        worst.setdefault('aborted', False)
+        worst['rounds'] = rounds
+        worst['healthy'] = all(r['healthy'] for r in rounds)
+        return worst
+
+
+def summarize(checks, in_recovery, elapsed, now):
+    failed = [c['name'] for c in checks if c['critical'] and c['status'] in BAD]
+    findings = ['%s: %s' % (c['name'], c['message']) for c in checks if c['status'] not in (OK, SKIPPED)]
+    by_name = dict((c['name'], c) for c in checks)
+    return {
+        'healthy': not failed,
+        'failed_checks': failed,
+        'findings': findings,
+        'checks': checks,
+        'in_recovery': in_recovery,
+        'drift': by_name.get('drift', {}).get('data', {}).get('drift'),
+        'elapsed_ms': round(elapsed * 1000.0, 2),
+        'at': now,
+    }

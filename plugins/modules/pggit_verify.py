@@ -1,0 +1,265 @@
+#!/usr/bin/python
+# Copyright: pggit.chaos contributors
+# MIT License
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: pggit_verify
+short_description: Steady-state probe for pgGit DDL tracking
+version_added: 0.1.0
+description:
+  - Checks that a database is reachable and that pgGit tracks DDL, and reports
+    each check with a status and its elapsed time.
+  - Checks are C(connect), C(pggit_present) (schema and tables),
+    C(event_triggers) (every C(pggit%) trigger and whether it is enabled),
+    C(canary) (a uniquely named table is created and exactly one history row
+    must appear, or none when tracking is expected off), C(health_check)
+    (C(pggit.health_check()) when it exists), C(replication),
+    C(connections) and, on request, C(drift).
+  - C(pggit.health_check()) is never trusted. On pgGit v0.2.1 it raises; the
+    error is reported as a finding with status V(error) and the probe relies on
+    its own checks. It never makes a probe healthy on its own.
+  - With O(watch_duration) the probe repeats for a window and stops early when
+    O(abort_after) rounds in a row are unhealthy, which is how experiments
+    implement abort conditions.
+  - The module reads and, unless O(zero_footprint=false), leaves no trace: the
+    canary runs in a transaction that is rolled back.
+author: pggit.chaos contributors
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - pggit.chaos.postgres
+attributes:
+  check_mode:
+    support: full
+    details: The probe only reads (its canary is rolled back), so it runs in check mode.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+options:
+  expect_tracking:
+    description:
+      - Whether pgGit tracking is expected on (a canary DDL adds exactly one
+        history row) or off (it adds none).
+    type: bool
+    default: true
+  canary:
+    description:
+      - Run the canary DDL. Skipped by itself on a standby.
+    type: bool
+    default: true
+  zero_footprint:
+    description:
+      - Run the canary in a transaction that is rolled back, so probing never
+        adds rows to C(pggit.history). With V(false) the canary table is
+        committed, checked and dropped, both changes tracked.
+    type: bool
+    default: true
+  canary_schema:
+    description:
+      - Schema for the canary table.
+    type: str
+    default: public
+  canary_timeout_ms:
+    description:
+      - C(statement_timeout) and C(lock_timeout) of the canary, from 100 to
+        600000 ms, so a blocked DDL is a finding, not a hang.
+    type: int
+    default: 5000
+  health_check:
+    description:
+      - V(auto) calls C(pggit.health_check()) when it exists and reports its
+        outcome as a non-critical finding; V(require) makes it critical;
+        V(skip) does not call it.
+    type: str
+    default: auto
+    choices: [auto, require, skip]
+  check_drift:
+    description:
+      - List catalog relations that C(pggit.objects) does not know (drift).
+    type: bool
+    default: false
+  drift_schemas:
+    description:
+      - Schemas to check for drift. Empty means every non-system schema.
+    type: list
+    elements: str
+    default: []
+  max_replication_lag_bytes:
+    description:
+      - Fail the C(replication) check when a replica (on a primary) or the
+        replay (on a standby) lags by more bytes than this.
+    type: int
+  max_replay_delay_seconds:
+    description:
+      - On a standby, fail when the last replayed transaction is older than this.
+    type: float
+  min_replicas:
+    description:
+      - On a primary, fail when fewer replicas are streaming.
+    type: int
+  max_connections_pct:
+    description:
+      - Fail the C(connections) check when more than this percentage of
+        C(max_connections) is in use.
+    type: float
+  watch_duration:
+    description:
+      - Seconds to keep probing, from 0 (probe once) to 3600.
+    type: float
+    default: 0
+  watch_interval:
+    description:
+      - Seconds between probes in watch mode, from 0.2 to 600.
+    type: float
+    default: 2
+  abort_after:
+    description:
+      - In watch mode, stop after this many unhealthy probes in a row and
+        report RV(aborted). V(0) never stops early.
+    type: int
+    default: 2
+  fail_on_unhealthy:
+    description:
+      - Fail the task when the probe is not healthy. By default the result is
+        returned and the caller decides.
+    type: bool
+    default: false
+'''
+
+EXAMPLES = r'''
+- name: Steady state, tracking on
+  pggit.chaos.pggit_verify:
+    login_host: db1.example.com
+    db: app
+    fail_on_unhealthy: true
+
+- name: During a trigger fault, tracking must be off; abort after two bad probes
+  pggit.chaos.pggit_verify:
+    db: app
+    expect_tracking: false
+    check_drift: true
+    watch_duration: 30
+    watch_interval: 5
+    abort_after: 2
+  register: during
+
+- name: A replica must not lag more than 16 MiB
+  pggit.chaos.pggit_verify:
+    login_host: replica1
+    max_replication_lag_bytes: 16777216
+'''
+
+RETURN = r'''
+healthy:
+  description: True when no critical check failed (in watch mode, in every round).
+  returned: always
+  type: bool
+checks:
+  description: Each check with V(name), V(status) (ok, warning, failed, error, skipped), V(critical), V(elapsed_ms), V(message) and V(data).
+  returned: always
+  type: list
+  elements: dict
+failed_checks:
+  description: Names of critical checks that failed or errored.
+  returned: always
+  type: list
+  elements: str
+findings:
+  description: One line per check that was neither ok nor skipped, including a raising C(pggit.health_check()).
+  returned: always
+  type: list
+  elements: str
+in_recovery:
+  description: Whether the server is a standby; V(null) when it could not be reached.
+  returned: always
+  type: bool
+drift:
+  description: Catalog relations unknown to C(pggit.objects), when O(check_drift=true).
+  returned: when check_drift
+  type: list
+  elements: str
+aborted:
+  description: In watch mode, whether the abort condition fired.
+  returned: always
+  type: bool
+rounds:
+  description: In watch mode, one summary per probe.
+  returned: always
+  type: list
+  elements: dict
+elapsed_ms:
+  description: Time taken by the (worst) probe.
+  returned: always
+  type: float
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.pggit.chaos.plugins.module_utils._probe import Probe
+from ansible_collections.pggit.chaos.plugins.module_utils.postgres import check_postgres_params, ensure_psycopg2, postgres_argument_spec
+
+RANGES = (
+    ('canary_timeout_ms', 100, 600000),
+    ('watch_duration', 0, 3600),
+    ('watch_interval', 0.2, 600),
+    ('abort_after', 0, 1000),
+    ('max_replication_lag_bytes', 0, None),
+    ('max_replay_delay_seconds', 0, None),
+    ('min_replicas', 0, 1000),
+    ('max_connections_pct', 0, 100),
+)
+
+
+def validate(module):
+    for key, low, high in RANGES:
+        value = module.params[key]
+        if value is None:
+            continue
+        if value < low or (high is not None and value > high):
+            bound = 'between %s and %s' % (low, high) if high is not None else 'at least %s' % low
+            module.fail_json(msg='%s must be %s, got %s' % (key, bound, value))
+
+
+def main():
+    argument_spec = postgres_argument_spec()
+    argument_spec.update(
+        expect_tracking=dict(type='bool', default=True),
+        canary=dict(type='bool', default=True),
+        zero_footprint=dict(type='bool', default=True),
+        canary_schema=dict(type='str', default='public'),
+        canary_timeout_ms=dict(type='int', default=5000),
+        health_check=dict(type='str', default='auto', choices=['auto', 'require', 'skip']),
+        check_drift=dict(type='bool', default=False),
+        drift_schemas=dict(type='list', elements='str', default=[]),
+        max_replication_lag_bytes=dict(type='int'),
+        max_replay_delay_seconds=dict(type='float'),
+        min_replicas=dict(type='int'),
+        max_connections_pct=dict(type='float'),
+        watch_duration=dict(type='float', default=0),
+        watch_interval=dict(type='float', default=2),
+        abort_after=dict(type='int', default=2),
+        fail_on_unhealthy=dict(type='bool', default=False),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    validate(module)
+    check_postgres_params(module)
+    ensure_psycopg2(module)
+    params = dict(module.params)
+    params['drift_schemas'] = params['drift_schemas'] or None
+    if not params['zero_footprint'] and module.check_mode:
+        params['zero_footprint'] = True  # check mode never commits a canary
+    probe = Probe(params)
+    if params['watch_duration'] > 0:
+        result = probe.watch(params['watch_duration'], params['watch_interval'], params['abort_after'])
+    else:
+        result = probe.run_once()
+        result.update(aborted=False, rounds=[{'at': result['at'], 'healthy': result['healthy'], 'failed': result['failed_checks']}])
+    result['changed'] = False
+    if params['fail_on_unhealthy'] and not result['healthy']:
+        module.fail_json(msg='steady state not met: %s' % '; '.join(result['findings'] or result['failed_checks']), **result)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,53 @@
+# Copyright: pggit.chaos contributors
+# MIT License
+"""Controller-side guard shared by the fault modules' action plugins.
+
+It runs before anything reaches the target:
+- refuses hosts that have not opted in with ``pggit_chaos_allowed: true``
+  (reverting is always allowed);
+- fills ``state_dir`` from the host variable ``pggit_chaos_state_dir``.
+"""
+from __future__ import annotations
+
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.action import ActionBase
+
+
+class FaultActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    REQUIRES_OPT_IN = True
+    INJECT_STATE_DIR = True
+    _supports_check_mode = True
+    _supports_async = True
+
+    def _var(self, task_vars, name):
+        value = task_vars.get(name)
+        return self._templar.template(value) if value is not None else None
+
+    def run(self, tmp=None, task_vars=None):
+        task_vars = task_vars or {}
+        result = super(FaultActionModule, self).run(tmp, task_vars)
+        args = dict(self._task.args)
+        state_dir = self._var(task_vars, 'pggit_chaos_state_dir')
+        if self.INJECT_STATE_DIR and state_dir and not args.get('state_dir'):
+            args['state_dir'] = state_dir
+        if self.REQUIRES_OPT_IN and args.get('state', 'present') != 'absent':
+            host = task_vars.get('inventory_hostname', '?')
+            raw = self._var(task_vars, 'pggit_chaos_allowed')
+            try:
+                allowed = boolean(raw, strict=True) if raw is not None else False
+            except TypeError:
+                allowed = False
+            if not allowed:
+                result.update(failed=True, changed=False, refused=True,
+                              msg="host %s has not opted in to chaos: pggit_chaos_allowed is %r; "
+                                  "set pggit_chaos_allowed: true for hosts that may take faults" % (host, raw))
+                return result
+        module = self._task.resolved_action or self._task.action
+        result.update(self._execute_module(module_name=module, module_args=args, task_vars=task_vars,
+                                           wrap_async=self._task.async_val))
+        return result
+
+
+class RevertActionModule(FaultActionModule):
+    REQUIRES_OPT_IN = False
