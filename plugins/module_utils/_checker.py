@@ -15,13 +15,14 @@ from __future__ import annotations
 OUTCOMES = ('ok', 'fail', 'unknown')
 
 
-def check(ops, history_counts, catalog=None):
+def check(ops, history_counts, catalog=None, expect_tracked=True):
     """Compare client outcomes with history rows.
 
     ``ops``: list of ``{'token': str, 'outcome': 'ok'|'fail'|'unknown'}``.
     ``history_counts``: token -> number of CREATE history rows (tokens with
     none may be absent).  ``catalog``: set of tokens whose object exists, or
-    None when unknown.
+    None when unknown.  With ``expect_tracked=False`` (tracking deliberately
+    off) a committed DDL must have no row; one that has a row is unexpected.
     """
     lost, duplicated, unexpected, phantom = [], [], [], []
     counts = {'ok': 0, 'fail': 0, 'unknown': 0}
@@ -44,7 +45,10 @@ def check(ops, history_counts, catalog=None):
             resolved['committed' if committed else 'not_committed'] += 1
         if outcome == 'ok' and catalog is not None and token not in catalog:
             phantom.append(token)
-        if committed is True and rows == 0:
+        if committed is True and not expect_tracked:
+            if rows:
+                unexpected.append(token)
+        elif committed is True and rows == 0:
             lost.append(token)
         elif rows > 1:
             duplicated.append(token)
@@ -58,6 +62,7 @@ def check(ops, history_counts, catalog=None):
         'unknown': counts['unknown'],
         'unknown_resolved': resolved,
         'tracked': sum(1 for op in ops if history_counts.get(op['token'], 0) > 0),
+        'expect_tracked': expect_tracked,
         'lost': lost,
         'duplicated': duplicated,
         'unexpected': unexpected,

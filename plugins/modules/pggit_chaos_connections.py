@@ -55,6 +55,14 @@ options:
     elements: str
     choices: [active, idle, idle in transaction, idle in transaction (aborted), fastpath function call, disabled]
     default: []
+  exclude_application_names:
+    description:
+      - Never terminate backends whose C(application_name) matches one of
+        these C(LIKE) patterns. By default this spares the collection's own
+        probes and reverts, so the experiment keeps its eyes and its brakes.
+    type: list
+    elements: str
+    default: [pggit-chaos-probe%, pggit-chaos-revert%]
   all_databases:
     description:
       - Consider backends of every database, not only O(db).
@@ -141,6 +149,9 @@ def build_query(params):
     if not params['all_databases']:
         where.append('(datname = current_database() OR backend_type = %s)')
         args.append('walsender')
+    for pattern in params['exclude_application_names']:
+        where.append('application_name NOT LIKE %s')
+        args.append(pattern)
     if params['application_name']:
         where.append('application_name LIKE %s')
         args.append(params['application_name'])
@@ -188,6 +199,7 @@ def main():
         percent=dict(type='int'),
         application_name=dict(type='str'),
         user=dict(type='str'),
+        exclude_application_names=dict(type='list', elements='str', default=['pggit-chaos-probe%', 'pggit-chaos-revert%']),
         backend_state=dict(type='list', elements='str', default=[],
                            choices=['active', 'idle', 'idle in transaction', 'idle in transaction (aborted)',
                                     'fastpath function call', 'disabled']),

@@ -72,7 +72,7 @@ reverted:
   returned: always
   type: list
   elements: dict
-failed:
+failures:
   description: Faults whose revert failed, with the error.
   returned: always
   type: list
@@ -116,7 +116,7 @@ def main():
     except _ledger.LedgerError as exc:
         module.fail_json(msg='state_dir: %s' % exc)
     started = time.time()
-    result = dict(changed=False, reverted=[], failed=[], absent=[], remaining=[])
+    result = dict(changed=False, reverted=[], failures=[], absent=[], remaining=[])
     if ledger.exists():
         if module.check_mode:
             chosen = _undo.select(ledger.list(), params['faults'], params['experiment'], params['kinds'])
@@ -126,7 +126,7 @@ def main():
             outcomes = _undo.revert_many(ledger, params['faults'], params['experiment'], params['kinds'],
                                          runner=module.run_command, reason='pggit_chaos_revert')
             for outcome in outcomes:
-                key = {'reverted': 'reverted', 'failed': 'failed'}.get(outcome['result'])
+                key = {'reverted': 'reverted', 'failed': 'failures'}.get(outcome['result'])
                 if key:
                     result[key].append(outcome)
                 else:
@@ -136,8 +136,8 @@ def main():
     else:
         result['absent'] = list(params['faults'])
     result['revert_seconds'] = round(time.time() - started, 4)
-    if result['failed'] and params['fail_on_error']:
-        module.fail_json(msg='could not revert: %s' % '; '.join('%s (%s)' % (f['id'], f.get('error')) for f in result['failed']),
+    if result['failures'] and params['fail_on_error']:
+        module.fail_json(msg='could not revert: %s' % '; '.join('%s (%s)' % (f['id'], f.get('error')) for f in result['failures']),
                          **result)
     module.exit_json(**result)
 

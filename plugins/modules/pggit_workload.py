@@ -69,9 +69,25 @@ options:
     default: 60
   cleanup:
     description:
-      - Drop the workload schema after the check (the drop is tracked too).
+      - Drop the workload schema after the check (the drop is tracked too,
+        unless tracking is off).
     type: bool
     default: true
+  expect_tracking:
+    description:
+      - V(true) checks that every committed DDL has exactly one history row.
+      - V(false) is for windows where tracking is deliberately off: every
+        committed DDL must have none, and one that has a row is unexpected.
+    type: bool
+    default: true
+  state:
+    description:
+      - V(present) runs the workload and checks it.
+      - V(absent) only drops the workload schema, for example tables a run
+        with O(cleanup=false) left for a drift check.
+    type: str
+    default: present
+    choices: [present, absent]
 '''
 
 EXAMPLES = r'''
@@ -94,6 +110,11 @@ check:
     lists are empty.
   returned: always
   type: dict
+tables:
+  description: Up to 50 tables the run created and committed, as C(schema.table).
+  returned: when state=present
+  type: list
+  elements: str
 reconnects:
   description: Connections the workload had to open again.
   returned: always
@@ -252,13 +273,17 @@ class Workload(object):
         catalog = set(row[0][2:] for row in cur.fetchall())
         return history, catalog
 
-    def cleanup(self):
+    def cleanup(self, only_if_exists=False):
         try:
             conn = _pgconn.connect(self.params, application_name=APP + '-cleanup')
         except _pgconn.psycopg2.Error as exc:
             return 'cleanup skipped: %s' % _pgconn.one_line(exc)
         try:
-            conn.cursor().execute(_pgconn.sql.SQL('DROP SCHEMA IF EXISTS {} CASCADE').format(_pgconn.sql.Identifier(self.params['schema'])))
+            cur = conn.cursor()
+            cur.execute('SELECT to_regnamespace(%s) IS NOT NULL', (self.params['schema'],))
+            if only_if_exists and not cur.fetchone()[0]:
+                return 'schema %s is not there' % self.params['schema']
+            cur.execute(_pgconn.sql.SQL('DROP SCHEMA IF EXISTS {} CASCADE').format(_pgconn.sql.Identifier(self.params['schema'])))
             return 'dropped schema %s' % self.params['schema']
         finally:
             conn.close()
@@ -279,6 +304,8 @@ def main():
         statement_timeout_ms=dict(type='int', default=10000),
         settle_timeout=dict(type='float', default=60),
         cleanup=dict(type='bool', default=True),
+        expect_tracking=dict(type='bool', default=True),
+        state=dict(type='str', default='present', choices=['present', 'absent']),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
@@ -289,6 +316,11 @@ def main():
             module.fail_json(msg='%s must be between %s and %s, got %s' % (key, low, high, params[key]))
     check_postgres_params(module)
     ensure_psycopg2(module)
+    if params['state'] == 'absent':
+        if module.check_mode:
+            module.exit_json(changed=True, msg='would drop schema %s' % params['schema'])
+        dropped = Workload(params).cleanup(only_if_exists=True)
+        module.exit_json(changed=dropped.startswith('dropped'), msg=dropped)
     if module.check_mode:
         module.exit_json(changed=False, msg='would run DDL for %ss (at most %d statements) in schema %s'
                          % (params['duration'], params['max_ops'], params['schema']),
@@ -300,7 +332,7 @@ def main():
         history, catalog = workload.observe()
     except RuntimeError as exc:
         module.fail_json(msg=str(exc), errors=workload.errors)
-    verdict = check(workload.ops, history, catalog)
+    verdict = check(workload.ops, history, catalog, expect_tracked=params['expect_tracking'])
     result = dict(
         changed=bool(workload.ops), check=verdict, reconnects=max(0, workload.reconnects), errors=workload.errors,
         latency_ms=dict(p50=percentile(workload.latencies, 50), p95=percentile(workload.latencies, 95),
@@ -309,8 +341,9 @@ def main():
     )
     if params['cleanup']:
         result['cleanup'] = workload.cleanup()
-    result['msg'] = '%d DDL: %d ok, %d failed, %d unknown; lost %d, duplicated %d, unexpected %d' % (
-        verdict['ops'], verdict['ok'], verdict['failed'], verdict['unknown'],
+    result['tables'] = ['%s.t_%s' % (params['schema'], op['token']) for op in workload.ops if op['outcome'] == 'ok'][:50]
+    result['msg'] = '%d DDL: %d ok, %d failed, %d unknown, %d tracked; lost %d, duplicated %d, unexpected %d' % (
+        verdict['ops'], verdict['ok'], verdict['failed'], verdict['unknown'], verdict['tracked'],
         len(verdict['lost']), len(verdict['duplicated']), len(verdict['unexpected']))
     module.exit_json(**result)
 

@@ -1,0 +1,131 @@
+"""pggit_chaos_trigger against a real PostgreSQL: inject, no stacking, revert, TTL."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from modrun import run_module
+from pgtools import query, wait_for
+from ansible_collections.pggit.chaos.plugins.module_utils import _undo
+from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_trigger, pggit_chaos_revert
+
+
+def modes(params):
+    return dict(query(params, "SELECT evtname, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pggit%'"))
+
+
+def tracked(params, name):
+    """Create a table and return how many CREATE history rows it got."""
+    query(params, 'CREATE TABLE public.%s (id int)' % name)
+    return query(params, "SELECT count(*) FROM pggit.history h JOIN pggit.objects o ON o.id = h.object_id "
+                         "WHERE o.object_name = %s AND h.change_type::text = 'CREATE'", (name,))[0][0]
+
+
+def ledger_files(state_dir):
+    faults = os.path.join(state_dir, 'faults')
+    return sorted(f for f in os.listdir(faults) if f.endswith('.json')) if os.path.isdir(faults) else []
+
+
+def inject(params, state_dir, **extra):
+    args = dict(params, name='off', state_dir=state_dir, ttl=60)
+    args.update(extra)
+    return run_module(pggit_chaos_trigger.main, args)
+
+
+def test_inject_stops_tracking_and_revert_restores_it(pgdb, state_dir):
+    assert tracked(pgdb, 'before_fault') == 1
+    result, failed = inject(pgdb, state_dir)
+    assert not failed, result
+    assert result['changed'] and result['tracking'] == 'off'
+    assert set(result['disabled']) == set(modes(pgdb))
+    assert set(modes(pgdb).values()) == {'D'}
+    assert tracked(pgdb, 'during_fault') == 0
+    assert ledger_files(state_dir) == ['trigger--off.json']
+    reaper = result['record']['watchdog']
+    assert _undo.same_process(reaper['pid'], reaper['starttime'], 'pggit-chaos-reaper')
+
+    again, failed = inject(pgdb, state_dir)
+    assert not failed and again['changed'] is False, 'a fault in place must not stack'
+
+    reverted, failed = run_module(pggit_chaos_trigger.main, dict(pgdb, name='off', state_dir=state_dir, state='absent'))
+    assert not failed and reverted['changed']
+    assert set(modes(pgdb).values()) == {'O'}
+    assert tracked(pgdb, 'after_fault') == 1
+    assert ledger_files(state_dir) == []
+    assert wait_for(lambda: not _undo.same_process(reaper['pid'], reaper['starttime']), 5)
+
+    gone, failed = run_module(pggit_chaos_trigger.main, dict(pgdb, name='off', state_dir=state_dir, state='absent'))
+    assert not failed and gone['changed'] is False
+
+
+def test_record_written_before_apply_holds_the_undo(pgdb, state_dir):
+    query(pgdb, 'ALTER EVENT TRIGGER pggit_drop_trigger ENABLE ALWAYS')
+    result, failed = inject(pgdb, state_dir)
+    assert not failed
+    with open(os.path.join(state_dir, 'faults', 'trigger--off.json')) as handle:
+        record = json.load(handle)
+    assert record['status'] == 'active' and record['expires_at'] - record['created_at'] == 60
+    undo = dict((t['name'], t['mode']) for t in record['undo'][0]['triggers'])
+    assert undo['pggit_drop_trigger'] == 'A'
+    assert 'login_password' not in json.dumps(record)
+    run_module(pggit_chaos_revert.main, dict(state_dir=state_dir))
+    assert modes(pgdb)['pggit_drop_trigger'] == 'A', 'revert restores the recorded mode, not plain ENABLE'
+
+
+def test_ttl_reverts_without_any_controller(pgdb, state_dir):
+    result, failed = inject(pgdb, state_dir, ttl=5)
+    assert not failed and set(modes(pgdb).values()) == {'D'}
+    reaper = result['record']['watchdog']
+    assert wait_for(lambda: set(modes(pgdb).values()) == {'O'}, 12), 'the reaper did not re-enable the triggers'
+    assert wait_for(lambda: ledger_files(state_dir) == [], 5)
+    assert wait_for(lambda: not _undo.same_process(reaper['pid'], reaper['starttime']), 5), 'the reaper outlived its fault'
+    with open(os.path.join(state_dir, 'reaper.log')) as handle:
+        assert 'trigger--off: reverted' in handle.read()
+
+
+def test_partial_selection_reports_what_stayed_on(pgdb, state_dir):
+    result, failed = inject(pgdb, state_dir, triggers=['pggit_ddl_trigger'])
+    assert not failed
+    assert result['disabled'] == ['pggit_ddl_trigger']
+    assert 'pggit_enhanced_ddl_trigger' in result['left_enabled']
+    assert result['tracking'] == 'partial'
+    assert tracked(pgdb, 'partial_fault') == 1, 'another ddl_command_end trigger still records'
+    run_module(pggit_chaos_revert.main, dict(state_dir=state_dir))
+
+
+def test_check_mode_changes_nothing(pgdb, state_dir):
+    result, failed = run_module(pggit_chaos_trigger.main, dict(pgdb, name='off', state_dir=state_dir), check_mode=True, diff=True)
+    assert not failed and result['changed']
+    assert set(result['diff']['after'][n]['mode'] for n in result['diff']['after']) == {'D'}
+    assert set(modes(pgdb).values()) == {'O'}
+    assert ledger_files(state_dir) == []
+
+
+@pytest.mark.parametrize('extra, needle', [
+    ({'triggers': ['nope']}, "triggers: unknown event trigger 'nope'"),
+    ({'ttl': 1}, 'ttl must be between 5 and 86400 seconds, got 1'),
+    ({'ttl': 100000}, 'ttl must be between 5 and 86400 seconds, got 100000'),
+    ({'login_port': 1}, "unable to connect to database"),
+    ({'state_dir': 'relative/dir'}, "state_dir must be an absolute path, got 'relative/dir'"),
+])
+def test_bad_input_fails_clearly_and_leaves_nothing(pgdb, state_dir, extra, needle):
+    args = dict(pgdb, name='off', state_dir=state_dir, ttl=30)
+    args.update(extra)
+    result, failed = run_module(pggit_chaos_trigger.main, args)
+    assert failed and needle in result['msg'], result['msg']
+    assert set(modes(pgdb).values()) == {'O'}
+    assert ledger_files(state_dir) == []
+
+
+def test_revert_selects_by_experiment(pgdb, state_dir):
+    inject(pgdb, state_dir, name='a', triggers=['pggit_ddl_trigger'], experiment='exp1')
+    inject(pgdb, state_dir, name='b', triggers=['pggit_drop_trigger'], experiment='exp2')
+    result, failed = run_module(pggit_chaos_revert.main, dict(state_dir=state_dir, experiment='exp1'))
+    assert not failed and [r['id'] for r in result['reverted']] == ['trigger--a']
+    assert result['remaining'] == ['trigger--b']
+    assert modes(pgdb)['pggit_ddl_trigger'] == 'O' and modes(pgdb)['pggit_drop_trigger'] == 'D'
+    result, failed = run_module(pggit_chaos_revert.main, dict(state_dir=state_dir, faults=['b', 'never-was']))
+    assert not failed and result['absent'] == ['never-was'] and result['remaining'] == []
+    assert set(modes(pgdb).values()) == {'O'}
