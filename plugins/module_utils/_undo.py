@@ -141,6 +141,23 @@ def _undo_event_triggers(step, ctx):
     return changed
 
 
+@_handler('pg_drop_schema')
+def _undo_drop_schema(step, ctx):
+    """Drop a schema of objects created during the fault (before tracking returns)."""
+    params = dict(step.get('conn') or {})
+    params.update(ctx.get('secret') or {})
+    conn = _pgconn.connect(params, application_name='pggit-chaos-revert')
+    try:
+        cur = conn.cursor()
+        cur.execute('SELECT to_regnamespace(%s) IS NOT NULL', (step['schema'],))
+        if not cur.fetchone()[0]:
+            return False
+        cur.execute(_pgconn.sql.SQL('DROP SCHEMA {} CASCADE').format(_pgconn.sql.Identifier(step['schema'])))
+        return True
+    finally:
+        conn.close()
+
+
 def run_steps(steps, ctx):
     """Run undo steps in reverse order of application. Returns changed."""
     changed = False

@@ -37,6 +37,14 @@ options:
     type: list
     elements: str
     default: []
+  drop_schema:
+    description:
+      - Schema that holds objects created on purpose while tracking is off.
+        Every revert path (O(state=absent), the revert module and the TTL)
+        drops it with C(CASCADE) I(before) re-enabling the triggers, so the
+        untracked objects leave no drift and no history behind.
+      - Must not be V(pggit), V(public) or a system schema.
+    type: str
 '''
 
 EXAMPLES = r'''
@@ -99,6 +107,7 @@ from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosModule, Fault
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import connect_or_fail, postgres_argument_spec
 
+PROTECTED_SCHEMAS = ('pggit', 'public', 'information_schema')
 TRIGGERS_SQL = ("SELECT evtname, evtevent, evtenabled FROM pg_event_trigger "
                 "WHERE evtname LIKE 'pggit%' ORDER BY evtname")
 
@@ -131,6 +140,11 @@ class TriggerFault(Fault):
                                   % ("', '".join(unknown), ', '.join(sorted(current))))
         return wanted
 
+    def validate(self):
+        schema = self.params['drop_schema']
+        if schema is not None and (schema in PROTECTED_SCHEMAS or schema.startswith('pg_') or not schema.strip()):
+            self.module.fail_json(msg="drop_schema must name a scratch schema, not '%s'" % schema)
+
     def noop_reason(self, current):
         wanted = self._selected(current)
         if all(current[t]['mode'] == 'D' for t in wanted):
@@ -143,8 +157,11 @@ class TriggerFault(Fault):
 
     def plan(self, current):
         wanted = self._selected(current)
-        undo = [{'type': 'pg_event_trigger_enable', 'conn': _pgconn.stored_conn(self.params),
+        conn = _pgconn.stored_conn(self.params)
+        undo = [{'type': 'pg_event_trigger_enable', 'conn': conn,
                  'triggers': [{'name': t, 'mode': current[t]['mode']} for t in wanted]}]
+        if self.params['drop_schema']:
+            undo.append({'type': 'pg_drop_schema', 'conn': conn, 'schema': self.params['drop_schema']})
         after = dict((n, dict(v, mode='D' if n in wanted else v['mode'])) for n, v in current.items())
         left = sorted(n for n, v in after.items() if v['mode'] != 'D')
         tracking = 'partial' if any(after[n]['event'] == 'ddl_command_end' for n in left) else 'off'
@@ -168,7 +185,10 @@ class TriggerFault(Fault):
 
 def main():
     argument_spec = postgres_argument_spec()
-    argument_spec.update(triggers=dict(type='list', elements='str', default=[]))
+    argument_spec.update(
+        triggers=dict(type='list', elements='str', default=[]),
+        drop_schema=dict(type='str'),
+    )
     ChaosModule(argument_spec).run(TriggerFault)
 
 

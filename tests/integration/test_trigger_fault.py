@@ -129,3 +129,20 @@ def test_revert_selects_by_experiment(pgdb, state_dir):
     result, failed = run_module(pggit_chaos_revert.main, dict(state_dir=state_dir, faults=['b', 'never-was']))
     assert not failed and result['absent'] == ['never-was'] and result['remaining'] == []
     assert set(modes(pgdb).values()) == {'O'}
+
+
+def test_revert_drops_untracked_objects_before_tracking_returns(pgdb, state_dir):
+    history = query(pgdb, 'SELECT count(*) FROM pggit.history')[0][0]
+    result, failed = inject(pgdb, state_dir, drop_schema='scratch', ttl=5)
+    assert not failed
+    query(pgdb, 'CREATE SCHEMA scratch')
+    query(pgdb, 'CREATE TABLE scratch.untracked (id int)')
+    assert wait_for(lambda: set(modes(pgdb).values()) == {'O'}, 12), 'TTL revert'
+    assert query(pgdb, "SELECT to_regnamespace('scratch')")[0][0] is None
+    assert query(pgdb, 'SELECT count(*) FROM pggit.history')[0][0] == history, 'the drop happened while tracking was off'
+
+
+def test_drop_schema_refuses_real_schemas(pgdb, state_dir):
+    result, failed = inject(pgdb, state_dir, drop_schema='pggit')
+    assert failed and result['msg'] == "drop_schema must name a scratch schema, not 'pggit'"
+    assert ledger_files(state_dir) == [] and set(modes(pgdb).values()) == {'O'}

@@ -1,0 +1,31 @@
+# Copyright: pggit.chaos contributors
+# MIT License
+"""Argument spec of pggit_chaos_record, shared by its action plugin and its doc stub."""
+from __future__ import annotations
+
+TIMESTAMPS = ('started_at', 'inject_start', 'inject_end', 'window_end', 'revert_start', 'revert_end', 'finished_at')
+
+
+def record_argument_spec():
+    """Return a fresh argument spec for one raw experiment record."""
+    return dict(
+        experiment=dict(type='str', required=True),
+        host=dict(type='str'),
+        target_role=dict(type='str'),
+        experiment_id=dict(type='str'),
+        steady_state=dict(type='dict', default={}, options=dict(
+            before=dict(type='dict'),
+            during=dict(type='dict'),
+            after=dict(type='dict'),
+        )),
+        fault=dict(type='dict', default={}),
+        revert=dict(type='dict', default={}),
+        reverted=dict(type='bool', default=False),
+        workload=dict(type='dict'),
+        drift=dict(type='list', elements='str', default=[]),
+        error=dict(type='str'),
+        aborted=dict(type='bool', default=False),
+        skipped_reason=dict(type='str'),
+        parameters=dict(type='dict', default={}),
+        timings=dict(type='dict', default={}, options=dict((name, dict(type='float')) for name in TIMESTAMPS)),
+    )

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from unittest.mock import MagicMock
+
+import pytest
+
+from ansible.errors import AnsibleActionFail
+
+from ansible_collections.pggit.chaos.plugins.action.pggit_chaos_record import ActionModule
+
+HEALTHY = dict(healthy=True, checks=[])
+
+
+def run(args, check_mode=False, task_vars=None):
+    task = MagicMock(args=args, async_val=0, check_mode=check_mode, action='pggit.chaos.pggit_chaos_record')
+    connection = MagicMock()
+    action = ActionModule(task, connection, MagicMock(), loader=None, templar=None, shared_loader_obj=None)
+    result = action.run(task_vars={'inventory_hostname': 'pg1'} if task_vars is None else task_vars)
+    connection.exec_command.assert_not_called()
+    return result
+
+
+def test_passed_record_defaults_host():
+    result = run(dict(experiment='tracking-off', steady_state=dict(before=HEALTHY, after=HEALTHY), reverted=True,
+                      timings=dict(started_at='1700000000', finished_at=1700000010.5)))
+    assert result['changed'] is False
+    assert 'failed' not in result
+    assert result['status'] == 'passed'
+    assert result['msg'] == 'tracking-off@pg1: passed'
+    entry = result['pggit_chaos_entry']
+    assert entry['host'] == 'pg1'
+    assert entry['timings']['total_s'] == 10.5
+    assert entry['drift'] == [] and entry['parameters'] == {}
+
+
+@pytest.mark.parametrize('check_mode', [False, True])
+def test_failed_experiment_does_not_fail_the_task(check_mode):
+    result = run(dict(experiment='lock-storm', host='pg2', reverted=False), check_mode=check_mode)
+    assert 'failed' not in result
+    assert result['status'] == 'failed'
+    assert result['msg'] == 'lock-storm@pg2: failed'
+    assert any(r.startswith('revert failed') for r in result['pggit_chaos_entry']['reasons'])
+
+
+@pytest.mark.parametrize('args, message', [
+    (dict(), 'experiment'),
+    (dict(experiment='x', steady_state='healthy'), 'dictionary requested'),  # core reports the first error only
+    (dict(experiment='x', timings=dict(started_at='yesterday')), 'started_at'),
+    (dict(experiment='x', timings=dict(begun=1.0)), 'begun'),
+    (dict(experiment='x', reverted='maybe'), 'reverted'),
+])
+def test_bad_arguments_are_rejected(args, message):
+    with pytest.raises(AnsibleActionFail, match=message):
+        run(args)
