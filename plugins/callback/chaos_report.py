@@ -16,7 +16,7 @@ description:
     one-line summary with the paths.
   - The reports are written even when no experiment was recorded, so that CI
     can always read them.
-author: pggit.chaos contributors
+author: pggit.chaos maintainers (@pggit)
 requirements:
   - enable in configuration, for example C(callbacks_enabled = pggit.chaos.chaos_report)
 options:

@@ -189,8 +189,9 @@ class Probe(object):
                         for n, a, s, lag in cur.fetchall()]
             data = {'role': 'primary', 'replicas': replicas}
             problems = []
-            if min_replicas is not None and len([r for r in replicas if r['state'] == 'streaming']) < min_replicas:
-                problems.append('%d streaming replicas < %d' % (len(replicas), min_replicas))
+            streaming = len([r for r in replicas if r['state'] == 'streaming'])
+            if min_replicas is not None and streaming < min_replicas:
+                problems.append('%d streaming replicas < %d' % (streaming, min_replicas))
             if limit_bytes is not None:
                 problems += ['%s lags %s bytes > %d' % (r['name'], r['lag_bytes'], limit_bytes)
                              for r in replicas if r['lag_bytes'] is None or r['lag_bytes'] > limit_bytes]

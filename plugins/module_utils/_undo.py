@@ -49,6 +49,8 @@ def proc_starttime(pid):
         return None
     # comm may contain spaces or parens: split after the last ')'.
     fields = stat.rsplit(')', 1)[-1].split()
+    if not fields or fields[0] in ('Z', 'X'):
+        return None  # a zombie has exited; it only waits to be reaped
     return int(fields[19]) if len(fields) > 19 else None
 
 
@@ -98,7 +100,8 @@ def _undo_kill_process(step, ctx):
 
 @_handler('remove_path')
 def _undo_remove_path(step, ctx):
-    path = os.path.realpath(step['path'])
+    # Resolve the folder, not the file: a link is removed, never its target.
+    path = os.path.join(os.path.realpath(os.path.dirname(step['path'])), os.path.basename(step['path']))
     root = os.path.realpath(step['root'])
     if not path.startswith(root.rstrip('/') + '/'):
         raise UndoError('refusing to remove %s: outside its recorded root %s' % (path, root))

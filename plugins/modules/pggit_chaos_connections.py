@@ -16,7 +16,7 @@ description:
     unless O(include_walsenders) or O(include_autovacuum) say so.
   - Killing a connection cannot be undone, so this fault writes no ledger
     record; it is bounded by O(rounds) and O(interval) instead.
-author: pggit.chaos contributors
+author: pggit.chaos maintainers (@pggit)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - pggit.chaos.postgres

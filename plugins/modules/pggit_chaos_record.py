@@ -25,7 +25,7 @@ description:
     decide.
   - This module runs on the controller through its action plugin and contacts
     no host.
-author: pggit.chaos contributors
+author: pggit.chaos maintainers (@pggit)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow

@@ -14,7 +14,7 @@ description:
   - Reverting is idempotent; a fault that is already gone is reported as
     V(absent), not as an error.
   - Does not need C(pggit_chaos_allowed); reverting is always allowed.
-author: pggit.chaos contributors
+author: pggit.chaos maintainers (@pggit)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:

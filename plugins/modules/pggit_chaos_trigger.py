@@ -17,7 +17,7 @@ description:
   - The undo recipe (each trigger back to its recorded mode, C(ENABLE),
     C(ENABLE REPLICA) or C(ENABLE ALWAYS)) is written to the ledger before the
     first trigger is touched, and a target-side reaper applies it at the TTL.
-author: pggit.chaos contributors
+author: pggit.chaos maintainers (@pggit)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - pggit.chaos.postgres

@@ -22,9 +22,9 @@ description:
   - With O(watch_duration) the probe repeats for a window and stops early when
     O(abort_after) rounds in a row are unhealthy, which is how experiments
     implement abort conditions.
-  - The module reads and, unless O(zero_footprint=false), leaves no trace: the
+  - The module reads and, unless O(zero_footprint=false), leaves no trace; the
     canary runs in a transaction that is rolled back.
-author: pggit.chaos contributors
+author: pggit.chaos maintainers (@pggit)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - pggit.chaos.postgres

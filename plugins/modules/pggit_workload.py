@@ -18,7 +18,7 @@ description:
     committed or never issued). Unknown outcomes are resolved with the catalog.
   - Meant to run with C(async) while a fault is in place; it always stops by
     O(duration) or O(max_ops), whichever comes first.
-author: pggit.chaos contributors
+author: pggit.chaos maintainers (@pggit)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - pggit.chaos.postgres
@@ -76,7 +76,7 @@ options:
   expect_tracking:
     description:
       - V(true) checks that every committed DDL has exactly one history row.
-      - V(false) is for windows where tracking is deliberately off: every
+      - V(false) is for windows where tracking is deliberately off; every
         committed DDL must have none, and one that has a row is unexpected.
     type: bool
     default: true

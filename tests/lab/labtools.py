@@ -1,0 +1,69 @@
+"""Helpers for lab tests: run playbooks, read ledgers, query hosts."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import psycopg2
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+
+
+def playbook_env(report_dir):
+    env = dict(os.environ)
+    env.update(ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), PGGIT_CHAOS_REPORT_DIR=str(report_dir),
+               ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0')
+    return env
+
+
+def playbook_argv(name, *extra):
+    argv = [os.path.join(BIN, 'ansible-playbook'), os.path.join(REPO, 'playbooks', name)]
+    for item in extra:
+        argv += [item] if item.startswith('--') else ['-e', item]
+    return argv
+
+
+def run_playbook(name, report_dir, *extra, timeout=600):
+    return subprocess.run(playbook_argv(name, *extra), cwd=REPO, env=playbook_env(report_dir),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def ledger(host):
+    records = []
+    for path in glob.glob(os.path.join(host['pggit_chaos_state_dir'], 'faults', '*.json')):
+        try:
+            with open(path) as handle:
+                records.append(json.load(handle))
+        except (OSError, ValueError):
+            continue
+    return records
+
+
+def query(host, text, args=None):
+    conn = psycopg2.connect(host=host['pggit_login_host'], port=host['pggit_login_port'], user=host['pggit_login_user'],
+                            dbname=host['pggit_db'], connect_timeout=5, application_name='pggit-chaos-test')
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        cur.execute(text, args)
+        return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+def trigger_modes(host):
+    return dict(query(host, "SELECT evtname, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pggit%'"))
+
+
+def chaos_processes():
+    proc = subprocess.run(['pgrep', '-af', 'pggit-chaos-reaper'], capture_output=True, text=True, check=False)
+    return [line for line in proc.stdout.splitlines() if 'pgrep' not in line]
+
+
+def load_report(report_dir):
+    with open(os.path.join(str(report_dir), 'chaos-report.json')) as handle:
+        return json.load(handle)

@@ -1,0 +1,53 @@
+"""Dead-man: kill -9 the controller mid-fault; the target heals itself by its TTL."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from labtools import REPO, chaos_processes, ledger, playbook_argv, playbook_env, query, trigger_modes
+
+DURATION, TTL = 30, 35
+
+
+def wait_until(predicate, deadline, step=0.25):
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def test_killed_controller_leaves_no_fault_behind(primary, tmp_path):
+    assert set(trigger_modes(primary).values()) == {'O'}, 'the lab must start at baseline'
+    proc = subprocess.Popen(playbook_argv('chaos.yml', 'chaos_experiments=trigger_failure', 'chaos_duration=%d' % DURATION,
+                                          'chaos_ttl=%d' % TTL),
+                            cwd=REPO, env=playbook_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        active = wait_until(lambda: [r for r in ledger(primary) if r.get('status') == 'active'], time.time() + 90)
+        assert active, 'the trigger fault was never injected'
+        record = active[0]
+        time.sleep(3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    killed_at = time.time()
+
+    # The fault really outlived the controller.
+    assert set(trigger_modes(primary).values()) == {'D'}
+    assert ledger(primary), 'the record must still be there'
+    assert any(str(record['watchdog']['pid']) in line for line in chaos_processes())
+
+    expires_at = record['expires_at']
+    assert expires_at - record['created_at'] == TTL
+    healed = wait_until(lambda: set(trigger_modes(primary).values()) == {'O'} and not ledger(primary),
+                        expires_at + 5)
+    healed_at = time.time()
+    assert healed, 'not healed within TTL + 5 s: triggers %s, ledger %s' % (trigger_modes(primary), ledger(primary))
+    assert healed_at - killed_at < TTL + 5
+    assert wait_until(lambda: not chaos_processes(), time.time() + 5), chaos_processes()
+    assert query(primary, "SELECT to_regnamespace('pggit_chaos_drift')")[0][0] is None, 'untracked tables dropped'
+    print('deadman: healed %.2f s after expires_at' % (healed_at - expires_at))

@@ -1,0 +1,47 @@
+"""Bad input to chaos.yml fails with a message naming the option and value, and leaves no fault."""
+from __future__ import annotations
+
+import pytest
+
+from labtools import chaos_processes, ledger, load_report, run_playbook, trigger_modes
+
+
+@pytest.mark.parametrize('extra, needle', [
+    (['chaos_experiments=trigger_failure,nope'], "chaos_experiments: unknown experiment 'nope'"),
+    (['chaos_duration=30', 'chaos_ttl=20'], 'chaos_ttl must be at least chaos_duration + 10 s'),
+    (['chaos_duration=abc'], 'chaos_duration must be a positive number of seconds'),
+    (['chaos_max_hosts=0'], "chaos_max_hosts must be at least 1, got '0'"),
+    (['chaos_max_hosts=150%'], "chaos_max_hosts must be a percentage in (0, 100], got '150%'"),
+    (['pggit_chaos_allowed=false'], 'lab-1 has not opted in to chaos'),
+    (['chaos_experiments=trigger_failure', 'chaos_duration=2', '{"pggit_chaos_trigger_triggers": ["nope"]}'],
+     "triggers: unknown event trigger 'nope'"),
+])
+def test_bad_input_is_named_and_leaves_nothing(lab, primary, tmp_path, extra, needle):
+    result = run_playbook('chaos.yml', tmp_path, *extra)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert needle in out, out[-3000:]
+    for host in lab.values():
+        assert ledger(host) == []
+    assert set(trigger_modes(primary).values()) == {'O'}
+    assert chaos_processes() == []
+
+
+def test_unreachable_database_fails_the_experiment_not_the_host(lab, primary, tmp_path):
+    result = run_playbook('chaos.yml', tmp_path, 'chaos_experiments=trigger_failure', 'chaos_duration=2', 'pggit_login_port=1')
+    assert result.returncode != 0
+    entry = load_report(tmp_path)['entries'][0]
+    assert entry['status'] == 'failed'
+    assert any(':1' in reason and 'connect' in reason for reason in entry['reasons']), entry['reasons']
+    assert ledger(primary) == [] and set(trigger_modes(primary).values()) == {'O'}
+
+
+def test_check_mode_injects_nothing(lab, primary, tmp_path):
+    result = run_playbook('chaos.yml', tmp_path, 'chaos_duration=2', '--check')
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert ledger(primary) == [] and set(trigger_modes(primary).values()) == {'O'}
+    report = load_report(tmp_path)
+    assert report['summary']['skipped'] == report['summary']['total'] == 2
+    plans = dict((e['experiment'], e['fault']) for e in report['entries'])
+    assert plans['trigger_failure']['changed'] and 'pggit_ddl_trigger' in plans['trigger_failure']['planned']['disable']
+    assert plans['kill_connections']['changed'] is False or plans['kill_connections']['terminated'] is not None

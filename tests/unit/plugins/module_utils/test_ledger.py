@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import threading
+
+import pytest
+
+from ansible_collections.pggit.chaos.plugins.module_utils import _ledger
+from ansible_collections.pggit.chaos.plugins.module_utils._ledger import Ledger, LedgerError, fault_id
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    return Ledger(str(tmp_path / 'state')).ensure()
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def record(ledger, name='tracking-off', kind='trigger', ttl=60, now=1000.0, **extra):
+    return ledger.new_record(kind, name, ttl, [{'type': 'run', 'argv': ['true']}], now=now, **extra)
+
+
+@pytest.mark.parametrize('kind, name, expected', [
+    ('trigger', 'tracking-off', 'trigger--tracking-off'),
+    ('trigger', 'a b/c', 'trigger--a_b_c'),
+    ('trigger', '../../etc/passwd', 'trigger--.._.._etc_passwd'),
+    ('trigger', 'café-au-lait', 'trigger--caf_-au-lait'),
+    ('trigger', 'x;rm -rf /', 'trigger--x_rm_-rf'),
+    ('.hidden', 'x', 'hidden--x'),
+    ('trigger', 'name.', 'trigger--name'),
+    ('trigger', 'n' * 300, ('trigger--' + 'n' * 300)[:200]),
+])
+def test_fault_id_is_filesystem_safe(ledger, kind, name, expected):
+    fid = fault_id(kind, name)
+    assert fid == expected
+    # Every id fault_id makes is accepted by the ledger and stays inside faults/.
+    assert os.path.dirname(ledger._path(fid)) == ledger.faults_dir
+
+
+@pytest.mark.parametrize('fid', ['../escape', '.hidden', 'a/b', 'a b'])
+def test_unsafe_ids_are_refused_by_the_ledger(ledger, fid):
+    with pytest.raises(LedgerError, match='invalid fault id'):
+        ledger._path(fid)
+
+
+@pytest.mark.parametrize('state_dir', ['rel', 'rel/dir', './x', '', None])
+def test_relative_state_dir_is_refused_naming_the_value(state_dir):
+    with pytest.raises(LedgerError) as err:
+        Ledger(state_dir)
+    assert 'absolute path' in str(err.value)
+    assert repr(state_dir) in str(err.value)
+
+
+def test_ensure_creates_private_dirs(tmp_path):
+    ledger = Ledger(str(tmp_path / 'a' / 'b'))
+    assert not ledger.exists()
+    ledger.ensure().ensure()  # idempotent
+    assert ledger.exists()
+    assert mode(ledger.state_dir) == 0o700
+    assert mode(ledger.faults_dir) == 0o700
+
+
+def test_new_record_expires_after_ttl(ledger):
+    rec = record(ledger, ttl=60, now=1000.0, experiment='exp1', detail={'k': 1})
+    assert rec['id'] == 'trigger--tracking-off'
+    assert (rec['created_at'], rec['expires_at']) == (1000.0, 1060.0)
+    assert rec['status'] == 'pending'
+    assert rec['watchdog'] is None
+    assert (rec['experiment'], rec['detail']) == ('exp1', {'k': 1})
+
+
+def test_write_is_atomic_private_and_round_trips(ledger):
+    rec = record(ledger)
+    path = ledger.write(rec)
+    assert path == os.path.join(ledger.faults_dir, rec['id'] + '.json')
+    assert os.listdir(ledger.faults_dir) == [rec['id'] + '.json']  # no temp file left
+    assert mode(path) == 0o600
+    assert ledger.read(rec['id']) == rec
+    rec['status'] = 'active'
+    ledger.write(rec)
+    assert ledger.read(rec['id'])['status'] == 'active'
+    assert os.listdir(ledger.faults_dir) == [rec['id'] + '.json']
+
+
+def test_failed_write_keeps_the_old_record_and_leaves_no_temp(ledger):
+    rec = record(ledger)
+    ledger.write(rec)
+    broken = dict(rec, detail={'not json': object()})
+    with pytest.raises(TypeError):
+        ledger.write(broken)
+    assert os.listdir(ledger.faults_dir) == [rec['id'] + '.json']
+    assert ledger.read(rec['id']) == rec
+
+
+def test_read_missing_is_none(ledger):
+    assert ledger.read('trigger--nothing') is None
+
+
+def test_list_skips_temp_and_dot_files_and_reports_corrupt_records(ledger):
+    good = record(ledger, name='good')
+    ledger.write(good)
+    for junk, text in (('.trigger--good.abc.tmp', '{'), ('.hidden.json', '{}'), ('notes.txt', 'x'),
+                       ('trigger--good.secret', '{}')):
+        with open(os.path.join(ledger.faults_dir, junk), 'w') as handle:
+            handle.write(text)
+    with open(os.path.join(ledger.faults_dir, 'trigger--bad.json'), 'w') as handle:
+        handle.write('{"id": "trigger--bad", ')
+    listed = ledger.list()
+    assert [r['id'] for r in listed] == ['trigger--bad', 'trigger--good']
+    bad = listed[0]
+    assert bad['corrupt'] is True and bad['undo'] == [] and bad['error']
+    assert listed[1] == good
+
+
+def test_list_of_a_missing_ledger_is_empty(tmp_path):
+    ledger = Ledger(str(tmp_path / 'never'))
+    assert ledger.list() == []
+    assert not os.path.exists(ledger.state_dir)  # listing creates nothing
+
+
+def test_secret_is_private_separate_and_deleted_with_the_record(ledger):
+    rec = record(ledger)
+    ledger.write_secret(rec['id'], {'login_password': 's3cr3t'})
+    ledger.write(rec)
+    secret_path = ledger._path(rec['id'], '.secret')
+    assert mode(secret_path) == 0o600
+    assert sorted(os.listdir(ledger.faults_dir)) == [rec['id'] + '.json', rec['id'] + '.secret']
+    with open(ledger._path(rec['id'])) as handle:
+        assert 's3cr3t' not in handle.read()
+    assert ledger.read_secret(rec['id']) == {'login_password': 's3cr3t'}
+    assert [r['id'] for r in ledger.list()] == [rec['id']]
+    ledger.delete(rec['id'])
+    assert os.listdir(ledger.faults_dir) == []
+    assert ledger.read_secret(rec['id']) == {}
+
+
+def test_delete_is_idempotent(ledger, tmp_path):
+    rec = record(ledger)
+    ledger.write(rec)
+    ledger.delete(rec['id'])
+    ledger.delete(rec['id'])
+    assert ledger.read(rec['id']) is None
+    Ledger(str(tmp_path / 'never')).delete(rec['id'])  # no ledger at all: still fine
+
+
+def _try_lock(path):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_lock_is_exclusive_and_released_even_on_error(ledger):
+    lock_path = os.path.join(ledger.state_dir, _ledger.LOCK_FILE)
+    with ledger.lock():
+        assert mode(lock_path) == 0o600
+        assert not _try_lock(lock_path)
+    assert _try_lock(lock_path)
+    with pytest.raises(RuntimeError):
+        with ledger.lock():
+            raise RuntimeError('boom')
+    assert _try_lock(lock_path)
+
+
+def test_lock_serialises_threads(ledger):
+    events = []
+
+    def second():
+        with Ledger(ledger.state_dir).lock():
+            events.append('second acquired')
+
+    with ledger.lock():
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive(), 'second lock holder got in while the first held the lock'
+        events.append('first released')
+    thread.join(5)
+    assert not thread.is_alive()
+    assert events == ['first released', 'second acquired']
+
+
+@pytest.mark.parametrize('extra, expected_keys', [
+    ({}, {'id', 'kind', 'name', 'experiment', 'created_at', 'expires_at', 'ttl', 'status', 'undo', 'watchdog'}),
+    ({'last_error': 'UndoError: x'}, {'id', 'kind', 'name', 'experiment', 'created_at', 'expires_at', 'ttl', 'status',
+                                      'undo', 'watchdog', 'last_error'}),
+])
+def test_summarize_returns_only_safe_keys(ledger, extra, expected_keys):
+    rec = dict(record(ledger), **extra)
+    rec['login_password'] = 'never shown'
+    summary = _ledger.summarize(rec)
+    assert set(summary) == expected_keys
+    assert 'host' not in summary and 'detail' not in summary

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible_collections.pggit.chaos.plugins.module_utils import _reaper, _undo
+from ansible_collections.pggit.chaos.plugins.module_utils._ledger import Ledger
+
+START = 1000000.0
+ENGINE = ('_ledger', '_pgconn', '_undo', '_reaper')
+
+
+class Clock(object):
+    def __init__(self, now=START):
+        self.now = now
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        assert seconds >= 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    return Ledger(str(tmp_path / 'state')).ensure()
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def add(ledger, expires_in):
+    record = ledger.new_record('trigger', 'off', 60, [], now=START)
+    record['expires_at'] = START + expires_in
+    ledger.write(record)
+    return record['id']
+
+
+def fake_revert(monkeypatch, ledger, clock, results):
+    """Patch revert_one: answer from ``results`` (the last repeats), delete the record on success."""
+    calls = []
+
+    def revert_one(led, fid, runner=None, reason='requested'):
+        calls.append((clock.now, reason))
+        result = results[min(len(calls), len(results)) - 1]
+        if result == 'reverted':
+            led.delete(fid)
+        return {'id': fid, 'result': result, 'error': 'boom' if result == 'failed' else None}
+    monkeypatch.setattr(_undo, 'revert_one', revert_one)
+    return calls
+
+
+def test_returns_at_once_when_the_record_is_gone(ledger, clock, monkeypatch):
+    calls = fake_revert(monkeypatch, ledger, clock, ['reverted'])
+    assert _reaper.watch(ledger, 'trigger--off', clock=clock, sleep=clock.sleep) == 0
+    assert calls == [] and clock.sleeps == []
+
+
+@pytest.mark.parametrize('result', ['reverted', 'absent'])
+def test_waits_for_expiry_then_reverts_once(ledger, clock, monkeypatch, result):
+    fid = add(ledger, expires_in=1.1)
+    calls = fake_revert(monkeypatch, ledger, clock, [result])
+    assert _reaper.watch(ledger, fid, clock=clock, sleep=clock.sleep) == 0
+    assert calls == [(START + 1.1, 'ttl-expired')]
+    assert max(clock.sleeps) <= _reaper.POLL_SECONDS  # notices a normal revert quickly
+    assert sum(clock.sleeps) == pytest.approx(1.1)
+
+
+def test_an_expired_record_is_reverted_without_waiting(ledger, clock, monkeypatch):
+    fid = add(ledger, expires_in=-30)
+    calls = fake_revert(monkeypatch, ledger, clock, ['reverted'])
+    assert _reaper.watch(ledger, fid, clock=clock, sleep=clock.sleep) == 0
+    assert calls == [(START, 'ttl-expired')] and clock.sleeps == []
+
+
+def test_stops_waiting_when_the_fault_is_reverted_elsewhere(ledger, clock, monkeypatch):
+    fid = add(ledger, expires_in=100)
+    calls = fake_revert(monkeypatch, ledger, clock, ['reverted'])
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 3:
+            ledger.delete(fid)  # e.g. state=absent ran
+    assert _reaper.watch(ledger, fid, clock=clock, sleep=sleep) == 0
+    assert calls == [] and len(clock.sleeps) == 3
+
+
+def test_retries_every_retry_seconds_until_it_works(ledger, clock, monkeypatch):
+    fid = add(ledger, expires_in=0)
+    calls = fake_revert(monkeypatch, ledger, clock, ['failed', 'failed', 'reverted'])
+    assert _reaper.watch(ledger, fid, clock=clock, sleep=clock.sleep) == 0
+    assert [t for t, _ in calls] == [START, START + _reaper.RETRY_SECONDS, START + 2 * _reaper.RETRY_SECONDS]
+    assert ledger.read(fid) is None
+
+
+def test_gives_up_after_bounded_time_and_keeps_the_record(ledger, clock, monkeypatch, capsys):
+    fid = add(ledger, expires_in=0)
+    calls = fake_revert(monkeypatch, ledger, clock, ['failed'])
+    assert _reaper.watch(ledger, fid, clock=clock, sleep=clock.sleep) == 2
+    times = [t for t, _ in calls]
+    gaps = set(round(b - a, 6) for a, b in zip(times, times[1:]))
+    assert gaps == {_reaper.RETRY_SECONDS}
+    assert times[-1] - times[0] > _reaper.GIVE_UP_AFTER >= times[-2] - times[0]
+    assert ledger.read(fid) is not None
+    log = capsys.readouterr().out
+    assert 'trigger--off: failed boom' in log
+    assert 'giving up after %ds; the record stays in the ledger' % _reaper.GIVE_UP_AFTER in log
+
+
+def test_install_engine_writes_a_self_contained_copy(tmp_path):
+    state_dir = str(tmp_path)
+    script = _reaper.install_engine(state_dir)
+    lib = os.path.join(state_dir, 'lib')
+    assert script == os.path.join(lib, 'pggit-chaos-reaper.py')
+    pkg = os.path.join(lib, 'ansible_collections', 'pggit', 'chaos', 'plugins', 'module_utils')
+    files = [script] + [os.path.join(pkg, name + '.py') for name in ENGINE]
+    for path in files:
+        with open(path) as handle:
+            compile(handle.read(), path, 'exec')
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert sorted(os.listdir(pkg)) == sorted(name + '.py' for name in ENGINE)
+    mtimes = [os.stat(p).st_mtime_ns for p in files]
+    assert _reaper.install_engine(state_dir) == script  # unchanged files are not rewritten
+    assert [os.stat(p).st_mtime_ns for p in files] == mtimes
+    # The copy imports on its own: no PYTHONPATH, not run from the repository.
+    env = dict((k, v) for k, v in os.environ.items() if k != 'PYTHONPATH')
+    proc = subprocess.run([sys.executable, script, '--help'], cwd='/', env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert 'usage: pggit-chaos-reaper' in proc.stdout
+
+
+def _running(pid):
+    """Alive and not a zombie (an orphan may wait a while to be reaped)."""
+    try:
+        with open('/proc/%d/stat' % pid) as handle:
+            return handle.read().rsplit(')', 1)[-1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def _wait(predicate, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_arm_starts_a_detached_reaper_that_reverts_at_expiry(tmp_path):
+    victim = tmp_path / 'victim'
+    victim.write_text('fault in place')
+    ledger = Ledger(str(tmp_path / 'state')).ensure()
+    record = ledger.new_record('file', 'victim', 1, [{'type': 'remove_path', 'path': str(victim), 'root': str(tmp_path)}])
+    ledger.write(record)
+    watchdog = _reaper.arm(ledger, record['id'])
+    pid = watchdog['pid']
+    try:
+        assert _reaper.PROC_TAG in _undo.proc_cmdline(pid)
+        assert watchdog['starttime'] == _undo.proc_starttime(pid)
+        # A new session it does not lead (double fork): it survives the SSH session and never gets a terminal.
+        assert os.getsid(pid) not in (os.getsid(0), pid)
+        if time.time() < record['expires_at'] - 0.1:
+            assert victim.exists()  # not before expires_at
+        assert _wait(lambda: not victim.exists(), 10), 'the reaper did not remove the file within 10 s'
+        assert _wait(lambda: ledger.read(record['id']) is None, 5)
+        assert _wait(lambda: not _running(pid), 5), 'the reaper outlived its fault'
+        with open(os.path.join(ledger.state_dir, 'reaper.log')) as handle:
+            assert '%s: reverted' % record['id'] in handle.read()
+    finally:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,167 @@
+"""Every module refuses bad input before touching anything, and documents exactly the options it takes."""
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import yaml
+
+from modrun import run_module
+
+from ansible.module_utils import basic
+
+from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
+
+PREFIX = 'ansible_collections.pggit.chaos.plugins'
+MODULES_DIR = os.path.join(os.path.dirname(importlib.import_module(PREFIX).__path__[0]), 'plugins', 'modules')
+MODULES = sorted(f[:-3] for f in os.listdir(MODULES_DIR) if f.endswith('.py') and not f.startswith('_'))
+
+
+def load(name):
+    return importlib.import_module('%s.modules.%s' % (PREFIX, name))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty cwd (where a relative state_dir would land) and no database."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('the module connected to PostgreSQL')
+    monkeypatch.setattr(_pgconn.psycopg2, 'connect', refuse)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# (module, args, option named in the message, value shown in the message)
+BAD = [
+    ('pggit_chaos_trigger', dict(name='off', ttl=1), 'ttl', '1'),
+    ('pggit_chaos_trigger', dict(name='off', ttl=86401), 'ttl', '86401'),
+    ('pggit_chaos_trigger', dict(name='  '), 'name', "'  '"),
+    ('pggit_chaos_trigger', dict(name='off', state_dir='rel'), 'state_dir', "'rel'"),
+    ('pggit_chaos_trigger', dict(name='off', state_dir='rel', state='absent'), 'state_dir', "'rel'"),
+    ('pggit_chaos_trigger', dict(name='off', drop_schema='public'), 'drop_schema', "'public'"),
+    ('pggit_chaos_trigger', dict(name='off', drop_schema='pg_catalog'), 'drop_schema', "'pg_catalog'"),
+    ('pggit_chaos_trigger', dict(name='off', login_port=70000), 'login_port', '70000'),
+    ('pggit_chaos_trigger', dict(name='off', state='paused'), 'state', 'paused'),
+    ('pggit_chaos_trigger', dict(name='off', ssl_mode='sometimes'), 'ssl_mode', 'sometimes'),
+    ('pggit_chaos_trigger', dict(), 'name', 'missing required arguments'),
+    ('pggit_verify', dict(watch_interval=0.01), 'watch_interval', '0.01'),
+    ('pggit_verify', dict(canary_timeout_ms=50), 'canary_timeout_ms', '50'),
+    ('pggit_verify', dict(max_connections_pct=150), 'max_connections_pct', '150'),
+    ('pggit_verify', dict(max_replication_lag_bytes=-1), 'max_replication_lag_bytes', '-1'),
+    ('pggit_verify', dict(abort_after=-1), 'abort_after', '-1'),
+    ('pggit_verify', dict(health_check='maybe'), 'health_check', 'maybe'),
+    ('pggit_verify', dict(connect_timeout=0), 'connect_timeout', '0'),
+    ('pggit_workload', dict(run_id='X'), 'run_id', "'X'"),
+    ('pggit_workload', dict(run_id='r' * 25), 'run_id', 'r' * 25),
+    ('pggit_workload', dict(run_id='r1', duration=0), 'duration', '0'),
+    ('pggit_workload', dict(run_id='r1', max_ops=0), 'max_ops', '0'),
+    ('pggit_workload', dict(run_id='r1', interval=61), 'interval', '61'),
+    ('pggit_workload', dict(run_id='r1', statement_timeout_ms=99), 'statement_timeout_ms', '99'),
+    ('pggit_workload', dict(run_id='r1', state='gone'), 'state', 'gone'),
+    ('pggit_workload', dict(run_id='r1', login_port=0), 'login_port', '0'),
+    ('pggit_chaos_revert', dict(state_dir='rel'), 'state_dir', "'rel'"),
+    ('pggit_chaos_revert', dict(fail_on_error='perhaps'), 'fail_on_error', 'perhaps'),
+    ('pggit_chaos_connections', dict(count=0), 'count', '0'),
+    ('pggit_chaos_connections', dict(percent=101), 'percent', '101'),
+    ('pggit_chaos_record', dict(experiment='x', reverted='maybe'), 'reverted', 'maybe'),
+    ('pggit_chaos_record', dict(experiment='x'), 'pggit_chaos_record', 'action plugin'),
+]
+
+
+@pytest.mark.parametrize('name, args, option, value', BAD, ids=['%s-%s-%s' % (b[0], b[2], b[3]) for b in BAD])
+def test_bad_input_fails_naming_option_and_value(workdir, name, args, option, value):
+    result, failed = run_module(load(name).main, args)
+    assert failed
+    assert option in result['msg'] and value in result['msg'], result['msg']
+    assert result.get('changed') is not True
+    assert os.listdir(str(workdir)) == []  # no ledger, no state dir, nothing
+
+
+def test_every_module_has_bad_input_cases():
+    assert sorted(set(b[0] for b in BAD)) == MODULES
+
+
+# -- documentation and argument spec agree ---------------------------------------
+class SpecCaptured(Exception):
+    pass
+
+
+def argument_spec(name, monkeypatch):
+    """The argspec main() builds, captured at AnsibleModule() before any argument is read."""
+    def capture(self, argument_spec, **kwargs):
+        raise SpecCaptured(argument_spec)
+    monkeypatch.setattr(basic.AnsibleModule, '__init__', capture)
+    with pytest.raises(SpecCaptured) as captured:
+        load(name).main()
+    return captured.value.args[0]
+
+
+def documented_options(name):
+    doc = yaml.safe_load(load(name).DOCUMENTATION)
+    options = {}
+    for fragment in doc.get('extends_documentation_fragment') or []:
+        if not fragment.startswith('pggit.chaos.'):
+            continue  # ansible.builtin fragments document attributes, not options
+        parts = fragment.split('.')[2:]
+        source = importlib.import_module('%s.doc_fragments.%s' % (PREFIX, parts[0])).ModuleDocFragment
+        text = getattr(source, parts[1].upper() if len(parts) > 1 else 'DOCUMENTATION')
+        options.update(yaml.safe_load(text)['options'])
+    options.update(doc.get('options') or {})
+    return options
+
+
+def flatten(options, key, prefix=''):
+    """{'a': spec, 'a.sub': spec} from nested options; ``key`` names the nesting (options or suboptions)."""
+    flat = {}
+    for name, spec in (options or {}).items():
+        flat[prefix + name] = spec
+        flat.update(flatten(spec.get(key), key, prefix + name + '.'))
+    return flat
+
+
+def normalised(spec, field):
+    value = spec.get(field)
+    if field == 'type':
+        return value or 'str'
+    if field == 'required':
+        return bool(value)
+    if field == 'aliases':
+        return sorted(value or [])
+    return value
+
+
+@pytest.fixture(params=MODULES)
+def both(request, monkeypatch):
+    code = flatten(argument_spec(request.param, monkeypatch), 'options')
+    docs = flatten(documented_options(request.param), 'suboptions')
+    return code, docs
+
+
+def test_documented_options_are_the_argument_spec(both):
+    code, docs = both
+    assert sorted(docs) == sorted(code)
+
+
+@pytest.mark.parametrize('field', ['default', 'type', 'elements', 'choices', 'required', 'aliases'])
+def test_documented_option_fields_match_the_code(both, field):
+    code, docs = both
+    mismatched = dict((name, (normalised(docs[name], field), normalised(code[name], field)))
+                      for name in set(code) & set(docs) if normalised(docs[name], field) != normalised(code[name], field))
+    assert mismatched == {}, '%s differs (docs, code): %s' % (field, mismatched)
+
+
+def test_secrets_are_no_log(monkeypatch):
+    for name in MODULES:
+        spec = flatten(argument_spec(name, monkeypatch), 'options')
+        if 'login_password' in spec:
+            assert spec['login_password'].get('no_log') is True, name
+
+
+@pytest.mark.parametrize('name', MODULES)
+def test_doc_blocks_parse_and_examples_use_the_module(name):
+    module = load(name)
+    doc, examples, returns = (yaml.safe_load(getattr(module, b)) for b in ('DOCUMENTATION', 'EXAMPLES', 'RETURN'))
+    assert doc['module'] == name
+    assert isinstance(returns, dict) and returns
+    assert any('pggit.chaos.' + name in task for task in examples)
