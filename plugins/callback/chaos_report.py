@@ -14,8 +14,9 @@ description:
   - At the end of the playbook writes C(chaos-report.json), C(chaos-junit.xml)
     and C(chaos-report.md) to O(report_dir), each atomically, and displays a
     one-line summary with the paths.
-  - The reports are written even when no experiment was recorded, so that CI
-    can always read them.
+  - A playbook that recorded no experiment (C(lab_up.yml), C(revert.yml), a
+    run refused before any experiment started) writes nothing, so it never
+    overwrites the last real report.
 author: pggit.chaos maintainers (@pggit)
 requirements:
   - enable in configuration, for example C(callbacks_enabled = pggit.chaos.chaos_report)
@@ -80,6 +81,11 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats):
         meta = dict(playbook=', '.join(self.playbooks) or None, ansible_version=ansible_version)
         report_dir = self.get_option('report_dir')
+        if not self.entries:
+            # A playbook that ran no experiment (lab_up, revert.yml, a run refused
+            # before any experiment) must not overwrite the last real report.
+            self._display.vv('pggit.chaos.chaos_report: no experiment recorded; %s left as it was' % report_dir)
+            return
         try:
             paths = write_reports(report_dir, self.entries, meta)
         except OSError as exc:

@@ -266,9 +266,10 @@ class Probe(object):
                 worst['aborted'] = True
                 worst['abort_reason'] = '%d consecutive unhealthy probe(s): %s' % (streak, ', '.join(outcome['failed_checks']))
                 break
-            if self.clock() + interval > deadline:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
                 break
-            sleep(interval)
+            sleep(min(interval, remaining))
         worst = dict(worst)
         worst.setdefault('aborted', False)
         worst['rounds'] = rounds

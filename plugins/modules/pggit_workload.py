@@ -35,6 +35,8 @@ options:
     description:
       - Token prefix of this run, 1 to 24 characters of C([a-z0-9_]). Tokens are
         C(<run_id>_<sequence>); tables are named C(t_<token>).
+      - Must be new to the database, since history outlives the tables; a
+        reused run_id is refused before any DDL runs.
     type: str
     required: true
   duration:
@@ -142,6 +144,10 @@ RUN_ID_RE = re.compile(r'^[a-z0-9_]{1,24}$')
 APP = 'pggit-chaos-workload'
 
 
+class RunIdUsed(RuntimeError):
+    pass
+
+
 class Workload(object):
     def __init__(self, params, connect=None, clock=time.time, sleep=time.sleep):
         self.params = params
@@ -216,6 +222,12 @@ class Workload(object):
             if self._ensure_conn():
                 try:
                     cur = self.conn.cursor()
+                    cur.execute('SELECT count(*) FROM pggit.objects WHERE starts_with(object_name, %s)',
+                                ('t_%s_' % self.params['run_id'],))
+                    used = cur.fetchone()[0]
+                    if used:
+                        raise RunIdUsed("run_id '%s' was already used in this database (%d pggit.objects rows); "
+                                        "every run needs a new one" % (self.params['run_id'], used))
                     cur.execute(_pgconn.sql.SQL('CREATE SCHEMA IF NOT EXISTS {}').format(_pgconn.sql.Identifier(self.params['schema'])))
                     self.conn.commit()
                     return

@@ -56,3 +56,10 @@ def test_checker_catches_untracked_ddl(pgdb):
 def test_bad_run_id(pgdb):
     result, failed = run_module(pggit_workload.main, dict(pgdb, run_id='Bad-Id'))
     assert failed and result['msg'] == "run_id must be 1 to 24 characters of [a-z0-9_], got 'Bad-Id'"
+
+
+def test_reused_run_id_is_refused(pgdb):
+    first, failed = run_module(pggit_workload.main, dict(pgdb, run_id='again', duration=1, max_ops=2))
+    assert not failed and first['check']['valid']
+    second, failed = run_module(pggit_workload.main, dict(pgdb, run_id='again', duration=1, max_ops=2))
+    assert failed and "run_id 'again' was already used in this database" in second['msg']

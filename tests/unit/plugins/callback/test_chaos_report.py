@@ -64,18 +64,20 @@ def test_collects_entries_and_writes_reports(callback, tmp_path):
     assert os.path.join(report_dir, FILENAMES['markdown']) in lines[1]
 
 
-def test_writes_empty_report_from_env(callback, tmp_path, monkeypatch):
+def test_no_experiment_leaves_the_last_report_alone(callback, tmp_path, monkeypatch):
     monkeypatch.setenv('PGGIT_CHAOS_REPORT_DIR', str(tmp_path))
+    (tmp_path / FILENAMES['json']).write_text('{"last": "real report"}')
     callback.set_options()
     callback.v2_playbook_on_stats(MagicMock())
-    assert load(str(tmp_path))['summary']['total'] == 0
-    assert callback._display.display.call_args_list[0].args[0] == 'CHAOS REPORT: 0 experiment(s): 0 passed, 0 failed, 0 aborted, 0 skipped'
+    assert load(str(tmp_path)) == {'last': 'real report'}
+    assert sorted(os.listdir(str(tmp_path))) == [FILENAMES['json']]
 
 
 def test_unwritable_report_dir_warns(callback, tmp_path):
     blocker = tmp_path / 'file'
     blocker.write_text('not a directory')
     callback.set_options(direct={'report_dir': str(blocker / 'reports')})
+    callback.v2_runner_on_ok(SimpleNamespace(result=dict(pggit_chaos_entry=entry('passed'))))
     callback.v2_playbook_on_stats(MagicMock())
     callback._display.warning.assert_called_once()
     assert 'could not write reports' in callback._display.warning.call_args.args[0]

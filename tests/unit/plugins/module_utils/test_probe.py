@@ -282,10 +282,9 @@ def test_watch_without_a_bad_streak_does_not_abort_but_is_unhealthy(abort_after,
     assert [r['healthy'] for r in result['rounds']] == [pattern[min(i, len(pattern) - 1)] == 'g' for i in range(6)]
 
 
-def test_watch_interval_longer_than_duration_probes_once():
-    result, rounds = watch('g', duration=1, interval=5)
-    assert len(rounds) == 1 and result['healthy'] is True
-
+def test_watch_covers_the_whole_window_even_with_a_long_interval():
+    result, rounds = watch('gg', duration=1, interval=5)
+    assert len(rounds) == 2 and result['healthy'] is True  # at the start and at the end of the window
 
 
 REPLICAS = [('r1', '10.0.0.2', 'streaming', 0), ('r2', '10.0.0.3', 'catchup', 5000)]
