@@ -19,7 +19,8 @@ import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'tests'))
-import conftest  # noqa: E402,F401  (puts the collection on sys.path)
+# conftest puts the collection on sys.path.
+import conftest  # noqa: E402,F401  # pylint: disable=unused-import
 from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _pgconn, _undo  # noqa: E402
 from ansible_collections.pggit.chaos.plugins.module_utils._checker import percentile  # noqa: E402
 from ansible_collections.pggit.chaos.plugins.module_utils._probe import Probe  # noqa: E402
@@ -51,7 +52,7 @@ def conn_params(host):
 def probe_latency(params):
     probe = Probe(params)
     samples = []
-    for _ in range(RUNS):
+    for _round in range(RUNS):
         started = time.perf_counter()
         result = probe.run_once()
         samples.append((time.perf_counter() - started) * 1000.0)
@@ -119,9 +120,9 @@ def main():
         ('TTL faults injected / reverted', '%d / %d' % (results['ttl_revert']['faults'], results['ttl_revert']['reverted'])),
     ]
     rows += [('revert after window end: %s' % k, '%s s' % v) for k, v in results['playbook']['revert_after_window_s'].items()]
-    rows += [('chaos.yml wall / sum of windows', '%s s / %s s = %s' % (results['playbook']['wall_s'], results['playbook']['windows_s'],
-                                                                      results['playbook']['overhead_ratio'])),
-             ('experiments passed', '%(passed)d of %(total)d' % results['playbook']['summary'])]
+    run = results['playbook']
+    rows += [('chaos.yml wall / sum of windows', '%s s / %s s = %s' % (run['wall_s'], run['windows_s'], run['overhead_ratio'])),
+             ('experiments passed', '%(passed)d of %(total)d' % run['summary'])]
     width = max(len(r[0]) for r in rows)
     print('| %s | value |' % 'metric'.ljust(width))
     print('|%s|-------|' % ('-' * (width + 2)))

@@ -2,4 +2,8 @@
 # MIT License
 from __future__ import annotations
 
-from ansible_collections.pggit.chaos.plugins.plugin_utils._fault_action import FaultActionModule as ActionModule  # noqa: F401
+from ansible_collections.pggit.chaos.plugins.plugin_utils._fault_action import FaultActionModule
+
+
+class ActionModule(FaultActionModule):
+    """Opt-in guard, then the module."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 try:
     import psycopg2
-    from psycopg2 import sql  # noqa: F401  (re-exported for callers)
+    # Re-exported: callers build identifiers with _pgconn.sql.
+    from psycopg2 import sql  # noqa: F401  # pylint: disable=unused-import
     HAS_PSYCOPG2 = True
     PSYCOPG2_IMPORT_ERROR = None
 except ImportError as _exc:  # pragma: no cover - depends on the host

@@ -177,7 +177,7 @@ class Probe(object):
                     'wal_receiver': receiver}
             problems = []
             if limit_bytes is not None and data['replay_lag_bytes'] > limit_bytes:
-                problems.append('replay lag %d bytes > %d' % (data['replay_lag_bytes'], limit_bytes))
+                problems.append('replay lag %s bytes > %s' % (data['replay_lag_bytes'], limit_bytes))
             if limit_delay is not None and (delay is None or delay > limit_delay):
                 problems.append('replay delay %s s > %s' % (delay, limit_delay))
             if critical and receiver != 'streaming':
@@ -191,9 +191,9 @@ class Probe(object):
             problems = []
             streaming = len([r for r in replicas if r['state'] == 'streaming'])
             if min_replicas is not None and streaming < min_replicas:
-                problems.append('%d streaming replicas < %d' % (streaming, min_replicas))
+                problems.append('%s streaming replicas < %s' % (streaming, min_replicas))
             if limit_bytes is not None:
-                problems += ['%s lags %s bytes > %d' % (r['name'], r['lag_bytes'], limit_bytes)
+                problems += ['%s lags %s bytes > %s' % (r['name'], r['lag_bytes'], limit_bytes)
                              for r in replicas if r['lag_bytes'] is None or r['lag_bytes'] > limit_bytes]
         if problems:
             return _check('replication', FAILED, '; '.join(problems), critical=critical, data=data)

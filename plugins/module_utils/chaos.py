@@ -66,7 +66,7 @@ class Fault(object):
         """True when the recorded fault is still in effect."""
         return True
 
-    def apply(self, plan_detail):
+    def apply(self, detail):
         """Apply the fault. Return extra result keys."""
         raise NotImplementedError
 

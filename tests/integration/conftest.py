@@ -27,5 +27,3 @@ def state_dir(tmp_path):
     path = tmp_path / 'state'
     yield str(path)
     kill_reapers(str(path))
-
-

@@ -13,10 +13,8 @@ import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 
 import pytest
@@ -127,5 +125,3 @@ def query(params, text, args=None):
         cur = conn.cursor()
         cur.execute(text, args)
         return cur.fetchall() if cur.description else None
-
-

@@ -5,7 +5,6 @@ import psycopg2
 import pytest
 
 from modrun import run_module
-from pgtools import wait_for
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_connections
 
 
@@ -43,7 +42,7 @@ def test_kills_exactly_count_matching_backends(pgdb, victims):
 
 
 def test_percent_rounds_up_and_check_mode_kills_nothing(pgdb, victims):
-    conns, _ = victims
+    conns, _ignored = victims
     result, failed = run_module(pggit_chaos_connections.main, dict(pgdb, percent=50, application_name='victim-%'), check_mode=True)
     assert not failed and len(result['terminated']) == 2 and result['changed']
     assert all(alive(c) for c in conns)

@@ -54,11 +54,11 @@ def test_raising_health_check_is_a_finding_not_a_crash(postgres, pgdb):
 def test_tracking_off_is_detected_both_ways(pgdb):
     query(pgdb, 'ALTER EVENT TRIGGER pggit_ddl_trigger DISABLE')
     query(pgdb, 'ALTER EVENT TRIGGER pggit_enhanced_ddl_trigger DISABLE')
-    on, _ = verify(pgdb)
+    on, _ignored = verify(pgdb)
     assert not on['healthy'] and 'canary' in on['failed_checks']
     assert by_name(on)['event_triggers']['status'] == 'warning'
     assert 'pggit_ddl_trigger' in by_name(on)['event_triggers']['data']['disabled']
-    off, _ = verify(pgdb, expect_tracking=False)
+    off, _ignored = verify(pgdb, expect_tracking=False)
     assert off['healthy'], off['findings']
     assert by_name(off)['canary']['data']['history_rows'] == 0
     failing, failed = verify(pgdb, fail_on_unhealthy=True)
@@ -69,7 +69,7 @@ def test_drift_lists_untracked_objects(pgdb):
     query(pgdb, 'ALTER EVENT TRIGGER pggit_ddl_trigger DISABLE')
     query(pgdb, 'ALTER EVENT TRIGGER pggit_enhanced_ddl_trigger DISABLE')
     query(pgdb, 'CREATE TABLE public.sneaky (id int)')
-    result, _ = verify(pgdb, expect_tracking=False, check_drift=True)
+    result, _ignored = verify(pgdb, expect_tracking=False, check_drift=True)
     assert 'public.sneaky' in result['drift']
 
 
@@ -83,7 +83,7 @@ def test_unreachable_database_is_unhealthy_not_a_crash(pgdb):
 def test_watch_aborts_after_consecutive_bad_rounds(pgdb):
     query(pgdb, 'ALTER EVENT TRIGGER pggit_ddl_trigger DISABLE')
     query(pgdb, 'ALTER EVENT TRIGGER pggit_enhanced_ddl_trigger DISABLE')
-    result, _ = verify(pgdb, watch_duration=30, watch_interval=0.2, abort_after=2)
+    result, _ignored = verify(pgdb, watch_duration=30, watch_interval=0.2, abort_after=2)
     assert result['aborted'] and len(result['rounds']) == 2
     assert '2 consecutive unhealthy' in result['abort_reason']
 

@@ -100,5 +100,5 @@ def test_connections_action_adds_no_state_dir_but_still_needs_opt_in():
 
 def test_action_plugins_wire_the_right_guard():
     assert issubclass(TriggerAction, FaultActionModule) and TriggerAction.REQUIRES_OPT_IN and TriggerAction.INJECT_STATE_DIR
-    assert RevertAction is RevertActionModule and not RevertAction.REQUIRES_OPT_IN and RevertAction.INJECT_STATE_DIR
+    assert issubclass(RevertAction, RevertActionModule) and not RevertAction.REQUIRES_OPT_IN and RevertAction.INJECT_STATE_DIR
     assert ConnectionsAction.REQUIRES_OPT_IN and not ConnectionsAction.INJECT_STATE_DIR

@@ -10,7 +10,8 @@ HOSTS = ['pg1', 'pg2', 'pg3', 'pg4', 'pg5']
 MISSING = object()
 
 
-def opted_in(hosts=HOSTS):
+def opted_in(hosts=None):
+    hosts = HOSTS if hosts is None else hosts
     return dict((h, {'pggit_chaos_allowed': True}) for h in hosts)
 
 

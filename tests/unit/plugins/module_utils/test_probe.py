@@ -138,7 +138,7 @@ def test_raising_health_check_is_a_finding(mode, critical, healthy):
 ])
 @pytest.mark.parametrize('mode', ['auto', 'require'])
 def test_health_check_rows(rows, status, message, mode):
-    p, _ = probe(primary(**{'FROM pggit.health_check()': rows}), health_check=mode)
+    p, _ignored = probe(primary(**{'FROM pggit.health_check()': rows}), health_check=mode)
     result = p.run_once()
     check = by_name(result)['health_check']
     assert (check['status'], check['message'], check['critical']) == (status, message, mode == 'require')
@@ -173,12 +173,12 @@ def test_standby_skips_the_canary_and_checks_replay():
     assert result['failed_checks'] == ['replication'] and result['in_recovery'] is True
 
 
-@pytest.mark.parametrize('expect_tracking, rows, status', [(True, 1, 'ok'), (True, 0, 'failed'), (True, 2, 'failed'),
-                                                            (False, 0, 'ok'), (False, 1, 'failed')])
+@pytest.mark.parametrize('expect_tracking, rows, status', [
+    (True, 1, 'ok'), (True, 0, 'failed'), (True, 2, 'failed'), (False, 0, 'ok'), (False, 1, 'failed')])
 def test_canary_expects_one_row_or_none(expect_tracking, rows, status):
-    triggers = TRIGGERS if expect_tracking else [(n, e, 'D') for n, e, _ in TRIGGERS]
-    p, _ = probe(primary(**{'FROM pggit.history h JOIN pggit.objects': [(rows,)], 'FROM pg_event_trigger': triggers}),
-                 expect_tracking=expect_tracking)
+    triggers = TRIGGERS if expect_tracking else [(n, e, 'D') for n, e, _ignored in TRIGGERS]
+    fake = primary(**{'FROM pggit.history h JOIN pggit.objects': [(rows,)], 'FROM pg_event_trigger': triggers})
+    p, _ignored = probe(fake, expect_tracking=expect_tracking)
     result = p.run_once()
     canary = by_name(result)['canary']
     assert canary['status'] == status
@@ -299,7 +299,7 @@ REPLICAS = [('r1', '10.0.0.2', 'streaming', 0), ('r2', '10.0.0.3', 'catchup', 50
      '1 streaming replicas < 3; r2 lags 5000 bytes > 1000'),
 ])
 def test_replication_on_a_primary(params, status, critical, message):
-    p, _ = probe(primary(**{'FROM pg_stat_replication': REPLICAS}), **params)
+    p, _ignored = probe(primary(**{'FROM pg_stat_replication': REPLICAS}), **params)
     check = by_name(p.run_once())['replication']
     assert (check['status'], check['critical'], check['message']) == (status, critical, message)
     assert [r['state'] for r in check['data']['replicas']] == ['streaming', 'catchup']
@@ -307,6 +307,6 @@ def test_replication_on_a_primary(params, status, critical, message):
 
 @pytest.mark.parametrize('used, limit, status, critical', [(50, None, 'ok', False), (50, 60, 'ok', True), (70, 60, 'failed', True)])
 def test_connections_threshold(used, limit, status, critical):
-    p, _ = probe(primary(**{'FROM pg_stat_activity': [(used, 100)]}), max_connections_pct=limit)
+    p, _ignored = probe(primary(**{'FROM pg_stat_activity': [(used, 100)]}), max_connections_pct=limit)
     check = by_name(p.run_once())['connections']
     assert (check['status'], check['critical'], check['data']) == (status, critical, {'used': used, 'max': 100, 'pct': float(used)})

@@ -100,7 +100,7 @@ def test_retries_every_retry_seconds_until_it_works(ledger, clock, monkeypatch):
     fid = add(ledger, expires_in=0)
     calls = fake_revert(monkeypatch, ledger, clock, ['failed', 'failed', 'reverted'])
     assert _reaper.watch(ledger, fid, clock=clock, sleep=clock.sleep) == 0
-    assert [t for t, _ in calls] == [START, START + _reaper.RETRY_SECONDS, START + 2 * _reaper.RETRY_SECONDS]
+    assert [t for t, _ignored in calls] == [START, START + _reaper.RETRY_SECONDS, START + 2 * _reaper.RETRY_SECONDS]
     assert ledger.read(fid) is None
 
 
@@ -108,7 +108,7 @@ def test_gives_up_after_bounded_time_and_keeps_the_record(ledger, clock, monkeyp
     fid = add(ledger, expires_in=0)
     calls = fake_revert(monkeypatch, ledger, clock, ['failed'])
     assert _reaper.watch(ledger, fid, clock=clock, sleep=clock.sleep) == 2
-    times = [t for t, _ in calls]
+    times = [t for t, _ignored in calls]
     gaps = set(round(b - a, 6) for a, b in zip(times, times[1:]))
     assert gaps == {_reaper.RETRY_SECONDS}
     assert times[-1] - times[0] > _reaper.GIVE_UP_AFTER >= times[-2] - times[0]
