@@ -8,7 +8,7 @@ from labtools import chaos_processes, ledger, load_report, run_playbook, trigger
 
 @pytest.mark.parametrize('extra, needle', [
     (['chaos_experiments=trigger_failure,nope'], "chaos_experiments: unknown experiment 'nope'"),
-    (['chaos_duration=30', 'chaos_ttl=20'], 'chaos_ttl must be at least chaos_duration + 10 s'),
+    (['chaos_duration=30', 'chaos_ttl=20'], 'chaos_ttl must be at least chaos_duration + 5 s'),
     (['chaos_duration=abc'], 'chaos_duration must be a positive number of seconds'),
     (['chaos_max_hosts=0'], "chaos_max_hosts must be at least 1, got '0'"),
     (['chaos_max_hosts=150%'], "chaos_max_hosts must be a percentage in (0, 100], got '150%'"),
