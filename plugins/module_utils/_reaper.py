@@ -16,13 +16,15 @@ import os
 import sys
 import time
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _pgconn, _undo
+from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _nfqdelay, _pgconn, _undo
 
 PROC_TAG = 'pggit-chaos-reaper'
 RETRY_SECONDS = 5.0
 GIVE_UP_AFTER = 600.0
 POLL_SECONDS = 0.25
-_ENGINE = (_ledger, _pgconn, _undo)
+_ENGINE = (_ledger, _nfqdelay, _pgconn, _undo)
+# Detached programs, by process tag: the module that holds their main().
+ENTRIES = {PROC_TAG: '_reaper', _nfqdelay.PROC_TAG: '_nfqdelay'}
 _PKG = ('ansible_collections', 'pggit', 'chaos', 'plugins', 'module_utils')
 
 
@@ -55,27 +57,29 @@ def _write_if_changed(path, text, mode=0o600):
 
 
 def install_engine(state_dir):
-    """Copy the revert engine next to the ledger; return the entry script."""
+    """Copy the engine next to the ledger; return {process tag: entry script}."""
     lib = os.path.join(state_dir, 'lib')
     pkg = os.path.join(lib, *_PKG)
     if not os.path.isdir(pkg):
         os.makedirs(pkg, 0o700)
     for module in _ENGINE + (sys.modules[__name__],):
         _write_if_changed(os.path.join(pkg, module.__name__.rsplit('.', 1)[-1] + '.py'), _source(module))
-    script = os.path.join(lib, PROC_TAG + '.py')
-    _write_if_changed(script, (
-        'import sys\n'
-        'sys.path.insert(0, %r)\n'
-        'from ansible_collections.pggit.chaos.plugins.module_utils import _reaper\n'
-        'sys.exit(_reaper.main(sys.argv[1:]))\n') % lib)
-    return script
+    scripts = {}
+    for tag, name in ENTRIES.items():
+        scripts[tag] = os.path.join(lib, tag + '.py')
+        _write_if_changed(scripts[tag], (
+            'import sys\n'
+            'sys.path.insert(0, %r)\n'
+            'from ansible_collections.pggit.chaos.plugins.module_utils import %s\n'
+            'sys.exit(%s.main(sys.argv[1:]))\n') % (lib, name, name))
+    return scripts
 
 
-def arm(ledger, fid, python=None):
-    """Start the detached reaper for one fault. Returns {pid, starttime}."""
-    script = install_engine(ledger.state_dir)
-    argv = [python or sys.executable, script, '--state-dir', ledger.state_dir, '--fault-id', fid]
-    log = os.path.join(ledger.state_dir, 'reaper.log')
+def spawn(state_dir, tag, args, python=None):
+    """Start a detached engine program (no terminal, own session). Returns {pid, starttime}."""
+    script = install_engine(state_dir)[tag]
+    argv = [python or sys.executable, script] + list(args)
+    log = os.path.join(state_dir, tag.replace('pggit-chaos-', '') + '.log')
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -106,13 +110,18 @@ def arm(ledger, fid, python=None):
         data += chunk
     os.close(read_end)
     if not data:
-        raise RuntimeError('the reaper for %s did not start' % fid)
+        raise RuntimeError('%s did not start' % tag)
     child = int(data)
-    # Wait for exec so the recorded cmdline carries the reaper tag.
+    # Wait for exec so the recorded cmdline carries the tag.
     deadline = time.time() + 5
-    while time.time() < deadline and PROC_TAG not in _undo.proc_cmdline(child):
+    while time.time() < deadline and tag not in _undo.proc_cmdline(child):
         time.sleep(0.01)
     return {'pid': child, 'starttime': _undo.proc_starttime(child), 'script': script}
+
+
+def arm(ledger, fid, python=None):
+    """Start the detached reaper for one fault. Returns {pid, starttime}."""
+    return spawn(ledger.state_dir, PROC_TAG, ['--state-dir', ledger.state_dir, '--fault-id', fid], python)
 
 
 def _log(msg):

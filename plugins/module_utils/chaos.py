@@ -78,6 +78,19 @@ class Fault(object):
         """Return a message when there is nothing to inject, else None."""
         return None
 
+    def attach(self, ledger, record):
+        """Called before apply(): lets apply() add undo steps as it goes."""
+        self.ledger = ledger
+        self.record = record
+
+    def add_undo_first(self, step):
+        """Record the undo of something apply() just started (a daemon), before going on.
+
+        It goes first in the list, so it is undone last."""
+        with self.ledger.lock():
+            self.record['undo'].insert(0, step)
+            self.ledger.write(self.record)
+
 
 class ChaosModule(object):
     def __init__(self, argument_spec=None, **kwargs):
@@ -167,6 +180,7 @@ class ChaosModule(object):
             record['watchdog'] = _reaper.arm(ledger, fid)
             with ledger.lock():
                 ledger.write(record)
+            fault.attach(ledger, record)
             result.update(fault.apply(detail) or {})
         except Exception as exc:  # pylint: disable=broad-except
             outcome = _undo.revert_one(ledger, fid, runner=self._runner, reason='inject-failed')

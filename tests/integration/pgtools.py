@@ -14,10 +14,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from contextlib import contextmanager
 
 import pytest
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PG_BIN = os.environ.get('PGGIT_PG_BIN', '/usr/lib/postgresql/15/bin')
@@ -97,16 +97,6 @@ def kill_reapers(state_dir):
                     os.kill(int(pid), 9)
                 except OSError:
                     pass
-
-
-def wait_for(predicate, timeout, interval=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 @contextmanager

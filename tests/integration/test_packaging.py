@@ -1,13 +1,13 @@
 """The built collection tarball installs and works, action plugins included."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
+from adhoc import adhoc as run_adhoc, write_config
 from pgtools import query
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,26 +30,11 @@ def installed(tmp_path_factory):
     root = os.path.join(str(target), 'ansible_collections', 'pggit', 'chaos')
     for leftover in ('.venv', '.git', 'reports', 'tests/output', 'inventories/lab/hosts.yml'):
         assert not os.path.exists(os.path.join(root, leftover)), '%s must not be packaged' % leftover
-    with open(os.path.join(str(target), 'ansible.cfg'), 'w') as handle:
-        handle.write('[defaults]\n')  # nothing from the repository's own config
     return str(target)
 
 
-def adhoc(collections, module, args, extra_vars=None, cwd=None):
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_CONFIG=os.path.join(collections, 'ansible.cfg'), ANSIBLE_NOCOLOR='1')
-    argv = [os.path.join(BIN, 'ansible'), 'localhost', '-o', '-c', 'local', '-m', module,
-            '-e', 'ansible_python_interpreter=%s' % sys.executable]
-    if args:
-        argv += ['-a', json.dumps(args)]
-    if extra_vars:
-        argv += ['-e', json.dumps(extra_vars)]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd or '/', env=env, check=False)
-    line = [row for row in proc.stdout.splitlines() if row.startswith('localhost | ')]
-    assert line, proc.stdout + proc.stderr
-    status, payload = line[0].split(' => ', 1)
-    result = json.loads(payload)
-    result['failed'] = 'FAILED' in status
-    return result
+def adhoc(collections, module, args, extra_vars=None):
+    return run_adhoc(collections, write_config(collections), module, args, extra_vars)
 
 
 def test_installed_probe_runs(installed, pgdb):

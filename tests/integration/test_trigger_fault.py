@@ -7,7 +7,8 @@ import os
 import pytest
 
 from modrun import run_module
-from pgtools import query, wait_for
+from pgtools import query
+from waiting import wait_for
 from ansible_collections.pggit.chaos.plugins.module_utils import _undo
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_trigger, pggit_chaos_revert
 

@@ -6,18 +6,10 @@ import signal
 import subprocess
 import time
 
+from waiting import wait_until
 from labtools import REPO, chaos_processes, ledger, playbook_argv, playbook_env, query, trigger_modes
 
 DURATION, TTL = 30, 35
-
-
-def wait_until(predicate, deadline, step=0.25):
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 def test_killed_controller_leaves_no_fault_behind(primary, tmp_path):

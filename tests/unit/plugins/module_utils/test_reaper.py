@@ -13,7 +13,7 @@ from ansible_collections.pggit.chaos.plugins.module_utils import _reaper, _undo
 from ansible_collections.pggit.chaos.plugins.module_utils._ledger import Ledger
 
 START = 1000000.0
-ENGINE = ('_ledger', '_pgconn', '_undo', '_reaper')
+ENGINE = ('_ledger', '_nfqdelay', '_pgconn', '_undo', '_reaper')
 
 
 class Clock(object):
@@ -120,18 +120,20 @@ def test_gives_up_after_bounded_time_and_keeps_the_record(ledger, clock, monkeyp
 
 def test_install_engine_writes_a_self_contained_copy(tmp_path):
     state_dir = str(tmp_path)
-    script = _reaper.install_engine(state_dir)
+    scripts = _reaper.install_engine(state_dir)
     lib = os.path.join(state_dir, 'lib')
-    assert script == os.path.join(lib, 'pggit-chaos-reaper.py')
+    assert scripts == {'pggit-chaos-reaper': os.path.join(lib, 'pggit-chaos-reaper.py'),
+                       'pggit-chaos-nfqdelay': os.path.join(lib, 'pggit-chaos-nfqdelay.py')}
+    script = scripts['pggit-chaos-reaper']
     pkg = os.path.join(lib, 'ansible_collections', 'pggit', 'chaos', 'plugins', 'module_utils')
-    files = [script] + [os.path.join(pkg, name + '.py') for name in ENGINE]
+    files = sorted(scripts.values()) + [os.path.join(pkg, name + '.py') for name in ENGINE]
     for path in files:
         with open(path) as handle:
             compile(handle.read(), path, 'exec')
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert sorted(os.listdir(pkg)) == sorted(name + '.py' for name in ENGINE)
     mtimes = [os.stat(p).st_mtime_ns for p in files]
-    assert _reaper.install_engine(state_dir) == script  # unchanged files are not rewritten
+    assert _reaper.install_engine(state_dir) == scripts  # unchanged files are not rewritten
     assert [os.stat(p).st_mtime_ns for p in files] == mtimes
     # The copy imports on its own: no PYTHONPATH, not run from the repository.
     env = dict((k, v) for k, v in os.environ.items() if k != 'PYTHONPATH')
@@ -139,6 +141,9 @@ def test_install_engine_writes_a_self_contained_copy(tmp_path):
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
     assert 'usage: pggit-chaos-reaper' in proc.stdout
+    proc = subprocess.run([sys.executable, scripts['pggit-chaos-nfqdelay'], '--help'], cwd='/', env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=30, check=False)
+    assert proc.returncode == 0 and 'usage: pggit-chaos-nfqdelay' in proc.stdout, proc.stderr
 
 
 def _running(pid):

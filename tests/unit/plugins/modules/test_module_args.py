@@ -66,6 +66,21 @@ BAD = [
     ('pggit_chaos_connections', dict(percent=101), 'percent', '101'),
     ('pggit_chaos_record', dict(experiment='x', reverted='maybe'), 'reverted', 'maybe'),
     ('pggit_chaos_record', dict(experiment='x'), 'pggit_chaos_record', 'action plugin'),
+    ('pggit_chaos_latency', dict(name='l', port=5432, delay_ms=-5), 'delay_ms', '-5'),
+    ('pggit_chaos_latency', dict(name='l', port=5432, delay_ms=60001), 'delay_ms', '60001'),
+    ('pggit_chaos_latency', dict(name='l', port=5432, loss_pct=101), 'loss_pct', '101'),
+    ('pggit_chaos_latency', dict(name='l', port=5432, delay_ms=0), 'delay_ms', '0'),
+    ('pggit_chaos_latency', dict(name='l', peers=['10.0.0.300']), 'peers', "'10.0.0.300'"),
+    ('pggit_chaos_latency', dict(name='l', port=5432, method='tc'), 'method', 'tc'),
+    ('pggit_chaos_partition', dict(name='p', peers=['not-an-address']), 'peers', "'not-an-address'"),
+    ('pggit_chaos_partition', dict(name='p', peers=['fe80::1']), 'peers', "'fe80::1/128'"),
+    ('pggit_chaos_partition', dict(name='p', peers=['198.18.0.1'], exclude_peers=['x']), 'exclude_peers', "'x'"),
+    ('pggit_chaos_partition', dict(name='p', port=70000), 'port', '70000'),
+    ('pggit_chaos_partition', dict(name='p'), 'peers, a port', 'none of them'),
+    ('pggit_chaos_partition', dict(name='p', peers=['198.18.0.1'], direction='sideways'), 'direction', 'sideways'),
+    ('pggit_chaos_bandwidth', dict(name='b', peers=['198.18.0.1'], rate_kbit=1), 'rate_kbit', '1'),
+    ('pggit_chaos_bandwidth', dict(name='b', peers=['198.18.0.999'], rate_kbit=100), 'peers', "'198.18.0.999'"),
+    ('pggit_chaos_bandwidth', dict(name='b', rate_kbit=100), 'peers or a port', 'neither'),
 ]
 
 
