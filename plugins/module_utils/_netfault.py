@@ -89,7 +89,6 @@ def chain_plan(fault_id, selector, target, iptables='iptables'):
     apply, undo = [], []
     for direction in selector['directions']:
         chain = names[direction]
-        hook = 'INPUT' if direction == 'in' else 'OUTPUT'
         apply.append([iptables, '-w', '-N', chain])
         undo.append(_run_step([iptables, '-w', '-X', chain]))
         undo.append(_run_step([iptables, '-w', '-F', chain]))

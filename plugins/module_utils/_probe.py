@@ -24,7 +24,7 @@ SYSTEM_SCHEMAS = ('pg_catalog', 'information_schema', 'pg_toast', 'pggit')
 DEFAULTS = dict(
     expect_tracking=True, canary=True, zero_footprint=True, canary_schema='public', canary_timeout_ms=5000,
     health_check='auto', check_drift=False, drift_schemas=None, max_replication_lag_bytes=None,
-    max_replay_delay_seconds=None, min_replicas=None, max_connections_pct=None,
+    max_replay_delay_seconds=None, min_replicas=None, max_connections_pct=None, history_digest=False,
 )
 
 
@@ -228,6 +228,15 @@ class Probe(object):
                           % (len(drift), ', '.join(drift[:10])), critical=False, data=data)
         return _check('drift', OK, 'every catalog relation is known to pggit.objects', critical=False, data=data)
 
+    def check_history(self):
+        """Row count and digest of pggit.history, to compare a replica with its primary."""
+        cur = self.conn.cursor()
+        cur.execute("SELECT count(*), coalesce(max(id), 0), md5(coalesce(string_agg(concat_ws('|', id, object_id, change_type, "
+                    "change_severity, sql_executed), E'\\n' ORDER BY id), '')) FROM pggit.history")
+        rows, max_id, digest = cur.fetchone()
+        return _check('history', OK, '%d history rows, last id %d' % (rows, max_id), critical=False,
+                      data={'rows': rows, 'max_id': max_id, 'digest': digest})
+
     # -- orchestration ----------------------------------------------------
     def run_once(self):
         self.conn = None
@@ -241,6 +250,8 @@ class Probe(object):
                     steps = [self.check_event_triggers, self.check_canary, self.check_health_check]
                     if self.params['check_drift']:
                         steps.append(self.check_drift)
+                    if self.params['history_digest']:
+                        steps.append(self.check_history)
                 else:
                     steps = []
                 steps += [self.check_replication, self.check_connections]
@@ -258,6 +269,7 @@ class Probe(object):
         rounds, streak, worst = [], 0, None
         while True:
             outcome = self.run_once()
+            latest = outcome
             rounds.append({'at': outcome['at'], 'healthy': outcome['healthy'], 'failed': outcome['failed_checks']})
             streak = 0 if outcome['healthy'] else streak + 1
             if worst is None or (not outcome['healthy'] and worst['healthy']):
@@ -270,11 +282,13 @@ class Probe(object):
             if remaining <= 0:
                 break
             sleep(min(interval, remaining))
-        worst = dict(worst)
-        worst.setdefault('aborted', False)
-        worst['rounds'] = rounds
-        worst['healthy'] = all(r['healthy'] for r in rounds)
-        return worst
+        # The first unhealthy round explains a failure; when all were healthy the
+        # latest round is the freshest picture (history at the window's end).
+        result = dict(worst if not worst['healthy'] else latest)
+        result.setdefault('aborted', False)
+        result['rounds'] = rounds
+        result['healthy'] = all(r['healthy'] for r in rounds)
+        return result
 
 
 def summarize(checks, in_recovery, elapsed, now):
@@ -288,6 +302,7 @@ def summarize(checks, in_recovery, elapsed, now):
         'checks': checks,
         'in_recovery': in_recovery,
         'drift': by_name.get('drift', {}).get('data', {}).get('drift'),
+        'history': by_name.get('history', {}).get('data') or None,
         'elapsed_ms': round(elapsed * 1000.0, 2),
         'at': now,
     }

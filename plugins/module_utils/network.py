@@ -66,7 +66,10 @@ class NetworkFault(Fault):
 
     # -- ownership ------------------------------------------------------
     def chain_exists(self, chain):
-        rc, _out, _err = self.module.run_command([self.bin('iptables'), '-w', '-S', chain])
+        iptables = self.module.get_bin_path('iptables')
+        if not iptables:
+            return False  # no iptables, so no chain of ours (netem needs none)
+        rc, _out, _err = self.module.run_command([iptables, '-w', '-S', chain])
         return rc == 0
 
     def refuse_foreign_chains(self, fault_id, record):

@@ -85,6 +85,13 @@ options:
     type: list
     elements: str
     default: []
+  history_digest:
+    description:
+      - Also return the row count, last id and an md5 digest of
+        C(pggit.history) in RV(history), so a replica can be compared with its
+        primary row for row.
+    type: bool
+    default: false
   max_replication_lag_bytes:
     description:
       - Fail the C(replication) check when a replica (on a primary) or the
@@ -179,6 +186,10 @@ drift:
   returned: when check_drift
   type: list
   elements: str
+history:
+  description: V(rows), V(max_id) and V(digest) of C(pggit.history), when O(history_digest=true).
+  returned: when history_digest
+  type: dict
 aborted:
   description: In watch mode, whether the abort condition fired.
   returned: always
@@ -232,6 +243,7 @@ def main():
         health_check=dict(type='str', default='auto', choices=['auto', 'require', 'skip']),
         check_drift=dict(type='bool', default=False),
         drift_schemas=dict(type='list', elements='str', default=[]),
+        history_digest=dict(type='bool', default=False),
         max_replication_lag_bytes=dict(type='int'),
         max_replay_delay_seconds=dict(type='float'),
         min_replicas=dict(type='int'),

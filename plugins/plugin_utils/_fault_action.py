@@ -20,8 +20,15 @@ class FaultActionModule(ActionBase):
     _supports_check_mode = True
     _supports_async = True
 
+    def _host_vars(self, task_vars):
+        """The variables of the host the fault lands on (the delegate, if any)."""
+        delegate = getattr(self._task, 'delegate_to', None)
+        if isinstance(delegate, str) and delegate:
+            return (task_vars.get('ansible_delegated_vars') or {}).get(delegate) or {}
+        return task_vars
+
     def _var(self, task_vars, name):
-        value = task_vars.get(name)
+        value = self._host_vars(task_vars).get(name)
         return self._templar.template(value) if value is not None else None
 
     def run(self, tmp=None, task_vars=None):
@@ -32,7 +39,8 @@ class FaultActionModule(ActionBase):
         if self.INJECT_STATE_DIR and state_dir and not args.get('state_dir'):
             args['state_dir'] = state_dir
         if self.REQUIRES_OPT_IN and args.get('state', 'present') != 'absent':
-            host = task_vars.get('inventory_hostname', '?')
+            delegate = getattr(self._task, 'delegate_to', None)
+            host = delegate if isinstance(delegate, str) and delegate else task_vars.get('inventory_hostname', '?')
             raw = self._var(task_vars, 'pggit_chaos_allowed')
             try:
                 allowed = boolean(raw, strict=True) if raw is not None else False

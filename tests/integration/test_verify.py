@@ -93,3 +93,13 @@ def test_bad_numbers_name_the_option(pgdb):
     assert failed and result['msg'] == 'canary_timeout_ms must be between 100 and 600000, got 5'
     result, failed = verify(pgdb, login_port=70000)
     assert failed and result['msg'] == 'login_port must be between 1 and 65535, got 70000'
+
+
+def test_history_digest_changes_with_history(pgdb):
+    first, _failed = verify(pgdb, history_digest=True)
+    query(pgdb, 'CREATE TABLE public.digested (id int)')
+    second, _failed = verify(pgdb, history_digest=True)
+    assert second['history']['rows'] == first['history']['rows'] + 1
+    assert second['history']['digest'] != first['history']['digest']
+    again, _failed = verify(pgdb, history_digest=True)
+    assert again['history'] == second['history']

@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+
+import pytest
+
+from ansible_collections.pggit.chaos.plugins.module_utils import _nfqdelay
+from ansible_collections.pggit.chaos.plugins.module_utils._nfqdelay import Delayer
+
+
+class Clock(object):
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class Packet(object):
+    """Records its verdict in a shared log, once."""
+
+    def __init__(self, name, log):
+        self.name = name
+        self.log = log
+
+    def accept(self):
+        self.log.append(('accept', self.name))
+
+    def drop(self):
+        self.log.append(('drop', self.name))
+
+
+class ScriptedRng(object):
+    """gauss() and random() return scripted values, so hold times are exact."""
+
+    def __init__(self, gauss=(), uniform=()):
+        self.gauss_values = list(gauss)
+        self.uniform_values = list(uniform)
+
+    def gauss(self, mu, sigma):
+        return self.gauss_values.pop(0)
+
+    def random(self):
+        return self.uniform_values.pop(0)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def log():
+    return []
+
+
+def send(delayer, log, names):
+    for name in names:
+        delayer.on_packet(Packet(name, log))
+
+
+def accepted(log):
+    return [name for verdict, name in log if verdict == 'accept']
+
+
+def test_packets_are_accepted_only_after_the_delay(clock, log):
+    delayer = Delayer(125, clock=clock)  # binary fractions: due times compare exactly
+    send(delayer, log, ['a'])
+    clock.now += 0.0625
+    send(delayer, log, ['b'])
+    for step, due in [(0.0625 - 2 ** -20, []), (2 ** -20, ['a']), (0.0625 - 2 ** -20, ['a']), (2 ** -20, ['a', 'b'])]:
+        clock.now += step
+        delayer.release_due()
+        assert accepted(log) == due
+    assert delayer.heap == []
+    assert delayer.stats == {'seen': 2, 'dropped': 0, 'accepted': 2}
+
+
+def test_release_due_follows_due_time_not_arrival(clock, log):
+    delayer = Delayer(100, 50, rng=ScriptedRng(gauss=[0.5, 0.125, 0.25, 0.125]), clock=clock)
+    send(delayer, log, ['a', 'b', 'c', 'd'])
+    clock.now += 0.25
+    delayer.release_due()
+    assert accepted(log) == ['b', 'd', 'c']  # equal due times keep arrival order
+    clock.now += 1
+    delayer.release_due()
+    assert accepted(log) == ['b', 'd', 'c', 'a']
+
+
+@pytest.mark.parametrize('delay_ms, jitter_ms, gauss', [(0, 0, []), (100, 50, [-0.25]), (100, 50, [0.0])])
+def test_zero_or_negative_hold_is_accepted_at_once(clock, log, delay_ms, jitter_ms, gauss):
+    delayer = Delayer(delay_ms, jitter_ms, rng=ScriptedRng(gauss=gauss), clock=clock)
+    send(delayer, log, ['a'])
+    assert log == [('accept', 'a')]
+    assert delayer.heap == []
+
+
+@pytest.mark.parametrize('delay_ms, jitter_ms, seed', [(100, 20, 7), (250, 5, 11)])
+def test_jitter_spreads_hold_times_around_the_delay(delay_ms, jitter_ms, seed):
+    delayer = Delayer(delay_ms, jitter_ms, rng=random.Random(seed))
+    holds = [delayer.hold_for() for _ignored in range(20000)]
+    assert statistics.mean(holds) == pytest.approx(delay_ms / 1000.0, abs=0.05 * jitter_ms / 1000.0)
+    assert statistics.pstdev(holds) == pytest.approx(jitter_ms / 1000.0, rel=0.03)
+    assert min(holds) >= 0
+
+
+def test_jitter_larger_than_delay_never_holds_negative():
+    delayer = Delayer(10, 50, rng=random.Random(3))
+    holds = [delayer.hold_for() for _ignored in range(5000)]
+    assert min(holds) == 0.0
+    assert 0.3 < holds.count(0.0) / float(len(holds)) < 0.6  # P(N(10, 50) < 0) is about 0.42
+
+
+def test_no_jitter_holds_exactly_the_delay():
+    rng = ScriptedRng()  # any call to gauss() would fail
+    assert Delayer(80, rng=rng).hold_for() == pytest.approx(0.08)
+
+
+@pytest.mark.parametrize('loss_pct, seed', [(10, 1), (25, 2), (50, 3)])
+def test_loss_drops_about_that_fraction(clock, log, loss_pct, seed):
+    delayer = Delayer(0, loss_pct=loss_pct, rng=random.Random(seed), clock=clock)
+    send(delayer, log, range(10000))
+    dropped = [name for verdict, name in log if verdict == 'drop']
+    assert abs(len(dropped) / 100.0 - loss_pct) <= 2
+    assert len(log) == 10000 and len(set(name for _verdict, name in log)) == 10000  # one verdict per packet
+    assert delayer.stats == {'seen': 10000, 'dropped': len(dropped), 'accepted': 10000 - len(dropped)}
+
+
+@pytest.mark.parametrize('loss_pct, verdicts', [(0, ['accept'] * 3), (100, ['drop'] * 3)])
+def test_loss_extremes(clock, log, loss_pct, verdicts):
+    delayer = Delayer(0, loss_pct=loss_pct, rng=random.Random(5), clock=clock)
+    send(delayer, log, 'abc')
+    assert [verdict for verdict, _name in log] == verdicts
+
+
+def test_dropped_packets_are_never_held(clock, log):
+    delayer = Delayer(100, loss_pct=50, rng=ScriptedRng(uniform=[0.4, 0.6]), clock=clock)
+    send(delayer, log, ['lost', 'kept'])
+    assert log == [('drop', 'lost')]
+    assert [entry[2].name for entry in delayer.heap] == ['kept']
+
+
+def test_release_all_accepts_everything_held(clock, log):
+    delayer = Delayer(5000, 1000, rng=random.Random(9), clock=clock)
+    send(delayer, log, range(50))
+    assert log == []
+    delayer.release_all()
+    assert sorted(accepted(log)) == list(range(50))
+    assert delayer.heap == []
+    assert delayer.stats == {'seen': 50, 'dropped': 0, 'accepted': 50}
+    delayer.release_all()
+    assert len(log) == 50
+
+
+@pytest.mark.parametrize('due_in, cap, timeout', [
+    (None, None, 0.2),
+    (None, 1.5, 1.5),
+    (0.125, None, 0.125),
+    (5.0, None, 0.2),
+    (5.0, 10.0, 5.0),
+    (-1.0, None, 0.0),
+])
+def test_next_timeout(clock, log, due_in, cap, timeout):
+    delayer = Delayer(1000, clock=clock)
+    if due_in is not None:
+        send(delayer, log, ['a'])
+        clock.now += 1.0 - due_in
+    got = delayer.next_timeout() if cap is None else delayer.next_timeout(cap)
+    assert got == pytest.approx(timeout)
+
+
+def test_stats_count_every_verdict(clock, log):
+    delayer = Delayer(125, loss_pct=50, rng=ScriptedRng(uniform=[0.1, 0.9, 0.9, 0.2]), clock=clock)
+    send(delayer, log, 'abcd')
+    assert delayer.stats == {'seen': 4, 'dropped': 2, 'accepted': 0}
+    clock.now += 0.125
+    delayer.release_due()
+    assert delayer.stats == {'seen': 4, 'dropped': 2, 'accepted': 2}
+    assert log == [('drop', 'a'), ('drop', 'd'), ('accept', 'b'), ('accept', 'c')]
+
+
+def test_help_needs_no_netfilterqueue(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'netfilterqueue', None)  # importing it now raises ImportError
+    with pytest.raises(SystemExit) as done:
+        _nfqdelay.main(['--help'])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith('usage: pggit-chaos-nfqdelay')
+    for option in ('--queue', '--delay-ms', '--jitter-ms', '--loss-pct', '--until', '--record'):
+        assert option in out
+
+
+@pytest.mark.parametrize('argv', [[], ['--queue', '1000'], ['--until', '1', '--queue', 'x']])
+def test_bad_arguments_exit_before_netfilterqueue(monkeypatch, capsys, argv):
+    monkeypatch.setitem(sys.modules, 'netfilterqueue', None)
+    with pytest.raises(SystemExit) as done:
+        _nfqdelay.main(argv)
+    assert done.value.code == 2
+    assert 'pggit-chaos-nfqdelay: error:' in capsys.readouterr().err
