@@ -82,6 +82,7 @@ lint: deps
 
 molecule: deps
 	$(BIN)/molecule test -s default
+	$(BIN)/molecule test -s network
 
 # Kill -9 ansible-playbook mid-fault; the target must heal itself by its TTL.
 deadman: deps
