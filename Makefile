@@ -91,7 +91,7 @@ deadman: deps
 
 bench: deps
 	$(MAKE) lab
-	trap '$(MAKE) lab-down' EXIT; $(BIN)/python bench/spine.py
+	trap '$(MAKE) lab-down' EXIT; $(BIN)/python bench/spine.py && $(BIN)/python bench/network.py
 
 build: deps
 	$(BIN)/ansible-galaxy collection build --force --output-path .cache/dist

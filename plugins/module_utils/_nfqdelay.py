@@ -84,14 +84,15 @@ def main(argv=None):
     parser.add_argument('--until', type=float, required=True)
     parser.add_argument('--record', help='ledger record; the daemon stops when it is gone')
     args = parser.parse_args(argv)
-    from netfilterqueue import NetfilterQueue  # target-side dependency, imported only here
+    from netfilterqueue import COPY_META, NetfilterQueue  # target-side dependency, imported only here
 
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append('SIGTERM'))
     signal.signal(signal.SIGINT, lambda *a: stop.append('SIGINT'))
     delayer = Delayer(args.delay_ms, args.jitter_ms, args.loss_pct)
     queue = NetfilterQueue()
-    queue.bind(args.queue, delayer.on_packet, max_len=8192)
+    # Only the verdict matters: copy packet metadata, never the payload.
+    queue.bind(args.queue, delayer.on_packet, max_len=8192, mode=COPY_META)
     fd = queue.get_fd()
     checked = 0.0
     try:

@@ -39,6 +39,8 @@ options:
   delay_ms:
     description:
       - Added delay per packet in milliseconds, from 0 to 60000.
+      - With V(0) and no jitter or loss, only O(method=nfqueue) is accepted: it
+        passes packets through the daemon, to measure its overhead.
     type: int
     default: 100
   jitter_ms:
@@ -120,8 +122,9 @@ class LatencyFault(NetworkFault):
             _netfault.check_range('loss_pct', params['loss_pct'], 0, 100)
         except _netfault.SelectorError as exc:
             self.fail(str(exc))
-        if not (params['delay_ms'] or params['jitter_ms'] or params['loss_pct']):
-            self.fail('nothing to inject: delay_ms, jitter_ms and loss_pct are all 0')
+        if not (params['delay_ms'] or params['jitter_ms'] or params['loss_pct']) and params['method'] != 'nfqueue':
+            self.fail('nothing to inject: delay_ms, jitter_ms and loss_pct are all 0 '
+                      '(method nfqueue allows it, to measure the daemon alone)')
         super(LatencyFault, self).validate()
 
     def observe(self):

@@ -12,6 +12,11 @@ from labtools import REPO, chaos_processes, ledger, playbook_argv, playbook_env,
 DURATION, TTL = 30, 35
 
 
+def iptables_rules(host):
+    return subprocess.run(['ip', 'netns', 'exec', host['pggit_lab_netns'], 'iptables', '-w', '-S'],
+                          capture_output=True, text=True, check=False).stdout
+
+
 def test_killed_controller_leaves_no_fault_behind(primary, tmp_path):
     assert set(trigger_modes(primary).values()) == {'O'}, 'the lab must start at baseline'
     proc = subprocess.Popen(playbook_argv('chaos.yml', 'chaos_experiments=trigger_failure', 'chaos_duration=%d' % DURATION,
@@ -43,3 +48,35 @@ def test_killed_controller_leaves_no_fault_behind(primary, tmp_path):
     assert wait_until(lambda: not chaos_processes(), time.time() + 5), chaos_processes()
     assert query(primary, "SELECT to_regnamespace('pggit_chaos_drift')")[0][0] is None, 'untracked tables dropped'
     print('deadman: healed %.2f s after expires_at' % (healed_at - expires_at))
+
+
+def test_killed_controller_mid_partition_heals_and_the_replica_catches_up(lab, primary, tmp_path):
+    isolated = next(h for h in lab.values() if h.get('pggit_region') == 'region_b')
+    assert 'pggit-chaos' not in iptables_rules(isolated)
+    proc = subprocess.Popen(playbook_argv('chaos.yml', 'chaos_experiments=region_partition', 'chaos_duration=30',
+                                          'chaos_ttl=35'),
+                            cwd=REPO, env=playbook_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        active = wait_until(lambda: [r for r in ledger(isolated) if r.get('status') == 'active'], time.time() + 90)
+        assert active, 'the partition was never injected'
+        record = active[0]
+        time.sleep(3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    # The partition outlived the controller: the replica falls behind.
+    assert 'pggit-chaos' in iptables_rules(isolated)
+    query(primary, 'CREATE TABLE public.deadman_%d (id int)' % int(time.time()))
+    primary_rows = query(primary, 'SELECT count(*) FROM pggit.history')[0][0]
+    time.sleep(1)
+    assert query(isolated, 'SELECT count(*) FROM pggit.history')[0][0] < primary_rows
+
+    healed = wait_until(lambda: 'pggit-chaos' not in iptables_rules(isolated) and not ledger(isolated),
+                        record['expires_at'] + 5)
+    assert healed, 'the partition did not heal within TTL + 5 s'
+    digest = "SELECT count(*), md5(string_agg(id::text || sql_executed, ',' ORDER BY id)) FROM pggit.history"
+    assert wait_until(lambda: query(isolated, digest) == query(primary, digest), time.time() + 60), \
+        'the replica did not catch up with the primary after the heal'
+    assert wait_until(lambda: not chaos_processes(), time.time() + 5), chaos_processes()

@@ -1,0 +1,200 @@
+"""Fidelity of the network faults on the lab (make bench-network builds and removes it).
+
+Measures, for the nfqueue method, from the controller (198.18.0.1) to the
+primary's PostgreSQL port:
+- requested against measured added round-trip time, p50 and p95, for 20, 100
+  and 300 ms (one `SELECT 1` on an open connection is one round trip);
+- jitter: the spread of measured delays for 100 +/- 20 ms;
+- requested against measured loss for 10 % and 30 % (a dropped SYN is only
+  retransmitted after 1 s, so a connect that fails within 0.5 s was dropped);
+- the daemon's overhead: pgbench select-only TPS through NFQUEUE at 0 ms
+  against no rule at all;
+- the time from state=absent until traffic is back at baseline.
+Writes bench/results/network.json and prints a table. Misses are reported, not tuned away.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg2
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from spine import primary  # noqa: E402  # pylint: disable=wrong-import-position
+
+SAMPLES = 200
+CONNECTS = 200
+
+
+def fault(host, **args):
+    """Inject or revert a latency fault inside the host's namespace, in-process (no SSH overhead)."""
+    args.setdefault('name', 'bench')
+    args.setdefault('state_dir', host['pggit_chaos_state_dir'])
+    args.setdefault('ttl', 600)
+    proc = subprocess.run(['ip', 'netns', 'exec', host['pggit_lab_netns'], sys.executable, os.path.join(HERE, '_in_netns.py'),
+                           'pggit_chaos_latency', json.dumps(args)], capture_output=True, text=True, check=False)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result['failed']:
+        raise RuntimeError(result['msg'])
+    return result
+
+
+def connect(host):
+    conn = psycopg2.connect(host=host['pggit_login_host'], port=5432, user='postgres', dbname='postgres',
+                            application_name='pggit-chaos-bench')
+    conn.autocommit = True
+    return conn
+
+
+def rtts(conn, count):
+    cur = conn.cursor()
+    samples = []
+    for _n in range(count):
+        started = time.perf_counter()
+        cur.execute('SELECT 1')
+        cur.fetchone()
+        samples.append((time.perf_counter() - started) * 1000.0)
+    return samples
+
+
+def pct(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]
+
+
+def delay_run(host, conn, base, delay_ms, jitter_ms=0):
+    fault(host, port=5432, direction='in', delay_ms=delay_ms, jitter_ms=jitter_ms, method='nfqueue')
+    try:
+        time.sleep(0.5)
+        added = [s - base for s in rtts(conn, SAMPLES)]
+    finally:
+        fault(host, state='absent')
+    p50 = pct(added, 50)
+    return {'requested_ms': delay_ms, 'jitter_ms': jitter_ms, 'p50_added_ms': round(p50, 2), 'p95_added_ms': round(pct(added, 95), 2),
+            'p5_added_ms': round(pct(added, 5), 2), 'stdev_ms': round(statistics.pstdev(added), 2),
+            'p50_error_pct': round(100.0 * (p50 - delay_ms) / delay_ms, 1) if delay_ms else None}
+
+
+def loss_run(host, loss_pct):
+    fault(host, port=5432, direction='in', delay_ms=0, loss_pct=loss_pct, method='nfqueue')
+    failed = 0
+    try:
+        time.sleep(0.5)
+        for _n in range(CONNECTS):
+            try:
+                socket.create_connection((host['pggit_login_host'], 5432), timeout=0.5).close()
+            except OSError:
+                failed += 1
+    finally:
+        fault(host, state='absent')
+    measured = 100.0 * failed / CONNECTS
+    return {'requested_pct': loss_pct, 'measured_pct': round(measured, 1), 'attempts': CONNECTS,
+            'error_points': round(measured - loss_pct, 1)}
+
+
+def pgbench_tps(host, seconds=10):
+    out = subprocess.run(['pgbench', '-h', host['pggit_login_host'], '-U', 'postgres', '-n', '-S', '-c', '4', '-j', '2',
+                          '-T', str(seconds), 'bench'], capture_output=True, text=True, check=True).stdout
+    return float(re.search(r'tps = ([0-9.]+)', out).group(1))
+
+
+def overhead(host):
+    admin = connect(host)
+    admin.cursor().execute('DROP DATABASE IF EXISTS bench')
+    admin.cursor().execute('CREATE DATABASE bench')
+    admin.close()
+    subprocess.run(['pgbench', '-h', host['pggit_login_host'], '-U', 'postgres', '-i', '-s', '1', '-q', 'bench'],
+                   capture_output=True, check=True)
+    try:
+        plain = pgbench_tps(host)
+        fault(host, port=5432, direction='in', delay_ms=0, method='nfqueue')
+        try:
+            through = pgbench_tps(host)
+        finally:
+            fault(host, state='absent')
+    finally:
+        admin = connect(host)
+        admin.cursor().execute('DROP DATABASE IF EXISTS bench')
+        admin.close()
+    return {'tps_no_rule': round(plain, 1), 'tps_nfqueue_0ms': round(through, 1), 'cost_pct': round(100.0 * (plain - through) / plain, 1)}
+
+
+def revert_time(host, conn, base):
+    """Sample RTT every 10 ms from a thread; time from the revert call to the first baseline sample."""
+    fault(host, port=5432, direction='in', delay_ms=100, method='nfqueue')
+    samples, stop = [], threading.Event()
+
+    def sampler():
+        cur = conn.cursor()
+        while not stop.is_set():
+            started = time.perf_counter()
+            cur.execute('SELECT 1')
+            cur.fetchone()
+            samples.append((time.time(), (time.perf_counter() - started) * 1000.0))
+            time.sleep(0.01)
+    thread = threading.Thread(target=sampler)
+    thread.start()
+    time.sleep(1)
+    asked = time.time()
+    result = fault(host, state='absent')
+    time.sleep(1)
+    stop.set()
+    thread.join()
+    back = [t for t, ms in samples if t > asked and ms < base + 5]
+    return {'engine_revert_s': result['revert']['revert_seconds'],
+            'until_baseline_s': round(back[0] - asked, 3) if back else None,
+            'note': 'until_baseline_s includes starting python in the namespace and importing the module'}
+
+
+def main():
+    host = primary()
+    conn = connect(host)
+    base = pct(rtts(conn, SAMPLES), 50)
+    results = {'method': 'nfqueue', 'baseline_rtt_ms': round(base, 3), 'delay': [], 'loss': []}
+    for delay in (20, 100, 300):
+        results['delay'].append(delay_run(host, conn, base, delay))
+    results['jitter'] = delay_run(host, conn, base, 100, 20)
+    for loss in (10, 30):
+        results['loss'].append(loss_run(host, loss))
+    results['overhead'] = overhead(host)
+    results['revert'] = revert_time(host, conn, base)
+    conn.close()
+    results['targets'] = {
+        'delay_p50_within_10pct': all(abs(d['p50_error_pct']) <= 10 for d in results['delay']),
+        'loss_within_5_points': all(abs(loss['error_points']) <= 5 for loss in results['loss']),
+        'daemon_cost_under_15pct': results['overhead']['cost_pct'] < 15,
+        'revert_under_1s': results['revert']['engine_revert_s'] < 1,
+    }
+    results['measured_at'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+    os.makedirs(os.path.join(REPO, 'bench', 'results'), exist_ok=True)
+    with open(os.path.join(REPO, 'bench', 'results', 'network.json'), 'w') as handle:
+        json.dump(results, handle, indent=2)
+    print('| measure | requested | measured |')
+    print('|---|---|---|')
+    for d in results['delay']:
+        print('| added RTT p50 / p95 | %d ms | %s / %s ms (%+.1f%%) |' % (d['requested_ms'], d['p50_added_ms'], d['p95_added_ms'],
+                                                                     d['p50_error_pct']))
+    j = results['jitter']
+    print('| jitter (stdev, p5..p95) | 100 +/- 20 ms | %s ms, %s..%s ms |' % (j['stdev_ms'], j['p5_added_ms'], j['p95_added_ms']))
+    for loss in results['loss']:
+        print('| loss | %d %% | %s %% of %d connects |' % (loss['requested_pct'], loss['measured_pct'], loss['attempts']))
+    o = results['overhead']
+    print('| daemon at 0 ms (pgbench -S TPS) | no rule %s | %s (cost %s %%) |' % (o['tps_no_rule'], o['tps_nfqueue_0ms'], o['cost_pct']))
+    r = results['revert']
+    print('| revert | < 1 s | engine %s s, traffic at baseline after %s s |' % (r['engine_revert_s'], r['until_baseline_s']))
+    print('targets: %s' % json.dumps(results['targets']))
+    print('wrote bench/results/network.json')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
