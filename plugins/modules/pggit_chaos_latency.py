@@ -39,7 +39,7 @@ options:
   delay_ms:
     description:
       - Added delay per packet in milliseconds, from 0 to 60000.
-      - With V(0) and no jitter or loss, only O(method=nfqueue) is accepted: it
+      - With V(0) and no jitter or loss, only O(method=nfqueue) is accepted; it
         passes packets through the daemon, to measure its overhead.
     type: int
     default: 100
