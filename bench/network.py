@@ -181,8 +181,8 @@ def main():
     print('| measure | requested | measured |')
     print('|---|---|---|')
     for d in results['delay']:
-        print('| added RTT p50 / p95 | %d ms | %s / %s ms (%+.1f%%) |' % (d['requested_ms'], d['p50_added_ms'], d['p95_added_ms'],
-                                                                     d['p50_error_pct']))
+        row = (d['requested_ms'], d['p50_added_ms'], d['p95_added_ms'], d['p50_error_pct'])
+        print('| added RTT p50 / p95 | %d ms | %s / %s ms (%+.1f%%) |' % row)
     j = results['jitter']
     print('| jitter (stdev, p5..p95) | 100 +/- 20 ms | %s ms, %s..%s ms |' % (j['stdev_ms'], j['p5_added_ms'], j['p95_added_ms']))
     for loss in results['loss']:

@@ -17,20 +17,24 @@ def iptables_rules(host):
                           capture_output=True, text=True, check=False).stdout
 
 
-def test_killed_controller_leaves_no_fault_behind(primary, tmp_path):
-    assert set(trigger_modes(primary).values()) == {'O'}, 'the lab must start at baseline'
-    proc = subprocess.Popen(playbook_argv('chaos.yml', 'chaos_experiments=trigger_failure', 'chaos_duration=%d' % DURATION,
-                                          'chaos_ttl=%d' % TTL),
-                            cwd=REPO, env=playbook_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+def kill_controller_after_injection(host, tmp_path, *extra_vars):
+    """Start chaos.yml, wait until `host` holds an active fault, then SIGKILL the whole controller."""
+    proc = subprocess.Popen(playbook_argv('chaos.yml', *extra_vars), cwd=REPO, env=playbook_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        active = wait_until(lambda: [r for r in ledger(primary) if r.get('status') == 'active'], time.time() + 90)
-        assert active, 'the trigger fault was never injected'
-        record = active[0]
+        active = wait_until(lambda: [r for r in ledger(host) if r.get('status') == 'active'], time.time() + 90)
+        assert active, 'the fault was never injected'
         time.sleep(3)
+        return active[0]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def test_killed_controller_leaves_no_fault_behind(primary, tmp_path):
+    assert set(trigger_modes(primary).values()) == {'O'}, 'the lab must start at baseline'
+    record = kill_controller_after_injection(primary, tmp_path, 'chaos_experiments=trigger_failure',
+                                             'chaos_duration=%d' % DURATION, 'chaos_ttl=%d' % TTL)
     killed_at = time.time()
 
     # The fault really outlived the controller.
@@ -53,18 +57,8 @@ def test_killed_controller_leaves_no_fault_behind(primary, tmp_path):
 def test_killed_controller_mid_partition_heals_and_the_replica_catches_up(lab, primary, tmp_path):
     isolated = next(h for h in lab.values() if h.get('pggit_region') == 'region_b')
     assert 'pggit-chaos' not in iptables_rules(isolated)
-    proc = subprocess.Popen(playbook_argv('chaos.yml', 'chaos_experiments=region_partition', 'chaos_duration=30',
-                                          'chaos_ttl=35'),
-                            cwd=REPO, env=playbook_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        active = wait_until(lambda: [r for r in ledger(isolated) if r.get('status') == 'active'], time.time() + 90)
-        assert active, 'the partition was never injected'
-        record = active[0]
-        time.sleep(3)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    record = kill_controller_after_injection(isolated, tmp_path, 'chaos_experiments=region_partition',
+                                             'chaos_duration=%d' % DURATION, 'chaos_ttl=%d' % TTL)
 
     # The partition outlived the controller: the replica falls behind.
     assert 'pggit-chaos' in iptables_rules(isolated)
