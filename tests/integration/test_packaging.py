@@ -56,3 +56,13 @@ def test_installed_fault_refuses_hosts_without_opt_in(installed, pgdb, state_dir
     assert [r['id'] for r in reverted['reverted']] == ['trigger--pkg']
     modes = dict(query(pgdb, "SELECT evtname, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pggit%'"))
     assert set(modes.values()) == {'O'}
+
+
+def test_installed_playbook_resolves_by_its_collection_name(installed, tmp_path):
+    inventory = tmp_path / 'hosts.yml'
+    inventory.write_text('all:\n  children:\n    pggit_primary:\n      hosts:\n        db1:\n          pggit_chaos_allowed: true\n')
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=installed, ANSIBLE_CONFIG=write_config(installed))
+    proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), 'pggit.chaos.chaos', '-i', str(inventory), '--syntax-check'],
+                          capture_output=True, text=True, cwd='/', env=env, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'ansible_collections/pggit/chaos/playbooks/chaos.yml' in proc.stdout  # the installed copy
