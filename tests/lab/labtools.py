@@ -59,6 +59,12 @@ def trigger_modes(host):
     return dict(query(host, "SELECT evtname, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pggit%'"))
 
 
+def host_rules(host):
+    """iptables rules inside a lab host's namespace."""
+    return subprocess.run(['ip', 'netns', 'exec', host['pggit_lab_netns'], 'iptables', '-w', '-S'],
+                          capture_output=True, text=True, check=False).stdout
+
+
 def chaos_processes():
     proc = subprocess.run(['pgrep', '-af', 'pggit-chaos-reaper'], capture_output=True, text=True, check=False)
     return [line for line in proc.stdout.splitlines() if 'pgrep' not in line]

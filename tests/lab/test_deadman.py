@@ -7,14 +7,9 @@ import subprocess
 import time
 
 from waiting import wait_until
-from labtools import REPO, chaos_processes, ledger, playbook_argv, playbook_env, query, trigger_modes
+from labtools import REPO, chaos_processes, host_rules, ledger, playbook_argv, playbook_env, query, trigger_modes
 
 DURATION, TTL = 30, 35
-
-
-def iptables_rules(host):
-    return subprocess.run(['ip', 'netns', 'exec', host['pggit_lab_netns'], 'iptables', '-w', '-S'],
-                          capture_output=True, text=True, check=False).stdout
 
 
 def kill_controller_after_injection(host, tmp_path, *extra_vars):
@@ -56,18 +51,18 @@ def test_killed_controller_leaves_no_fault_behind(primary, tmp_path):
 
 def test_killed_controller_mid_partition_heals_and_the_replica_catches_up(lab, primary, tmp_path):
     isolated = next(h for h in lab.values() if h.get('pggit_region') == 'region_b')
-    assert 'pggit-chaos' not in iptables_rules(isolated)
+    assert 'pggit-chaos' not in host_rules(isolated)
     record = kill_controller_after_injection(isolated, tmp_path, 'chaos_experiments=region_partition',
                                              'chaos_duration=%d' % DURATION, 'chaos_ttl=%d' % TTL)
 
     # The partition outlived the controller: the replica falls behind.
-    assert 'pggit-chaos' in iptables_rules(isolated)
+    assert 'pggit-chaos' in host_rules(isolated)
     query(primary, 'CREATE TABLE public.deadman_%d (id int)' % int(time.time()))
     primary_rows = query(primary, 'SELECT count(*) FROM pggit.history')[0][0]
     time.sleep(1)
     assert query(isolated, 'SELECT count(*) FROM pggit.history')[0][0] < primary_rows
 
-    healed = wait_until(lambda: 'pggit-chaos' not in iptables_rules(isolated) and not ledger(isolated),
+    healed = wait_until(lambda: 'pggit-chaos' not in host_rules(isolated) and not ledger(isolated),
                         record['expires_at'] + 5)
     assert healed, 'the partition did not heal within TTL + 5 s'
     digest = "SELECT count(*), md5(string_agg(id::text || sql_executed, ',' ORDER BY id)) FROM pggit.history"

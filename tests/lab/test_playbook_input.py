@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from labtools import chaos_processes, ledger, load_report, run_playbook, trigger_modes
+from labtools import chaos_processes, host_rules, ledger, load_report, run_playbook, trigger_modes
+
+KNOWN = ['kill_connections', 'trigger_failure', 'network_latency', 'packet_loss', 'region_partition']
 
 
 @pytest.mark.parametrize('extra, needle', [
@@ -41,7 +43,12 @@ def test_check_mode_injects_nothing(lab, primary, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert ledger(primary) == [] and set(trigger_modes(primary).values()) == {'O'}
     report = load_report(tmp_path)
-    assert report['summary']['skipped'] == report['summary']['total'] == 2
     plans = dict((e['experiment'], e['fault']) for e in report['entries'])
+    assert sorted(plans) == sorted(KNOWN)
+    assert report['summary']['skipped'] == report['summary']['total'] == len(KNOWN)
     assert plans['trigger_failure']['changed'] and 'pggit_ddl_trigger' in plans['trigger_failure']['planned']['disable']
-    assert plans['kill_connections']['changed'] is False or plans['kill_connections']['terminated'] is not None
+    assert 'terminated' in plans['kill_connections']
+    assert plans['network_latency']['planned']['method'] == 'nfqueue' and plans['network_latency']['changed']
+    assert plans['packet_loss']['planned']['method'] == 'iptables'
+    for host in lab.values():
+        assert 'pggit-chaos' not in host_rules(host), 'check mode added a rule on %s' % host['pggit_lab_netns']
