@@ -29,7 +29,8 @@ import psycopg2
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from spine import primary  # noqa: E402  # pylint: disable=wrong-import-position
+sys.path.insert(0, os.path.join(REPO, 'tests', 'lab'))
+from labtools import lab_primary  # noqa: E402  # pylint: disable=wrong-import-position
 
 SAMPLES = 200
 CONNECTS = 200
@@ -156,7 +157,7 @@ def revert_time(host, conn, base):
 
 
 def main():
-    host = primary()
+    host = lab_primary()
     conn = connect(host)
     base = pct(rtts(conn, SAMPLES), 50)
     results = {'method': 'nfqueue', 'baseline_rtt_ms': round(base, 3), 'delay': [], 'loss': []}

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 
-import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'tests'))
@@ -25,23 +24,13 @@ from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _pgcon
 from ansible_collections.pggit.chaos.plugins.module_utils._checker import percentile  # noqa: E402
 from ansible_collections.pggit.chaos.plugins.module_utils._probe import Probe  # noqa: E402
 from modrun import run_module  # noqa: E402
+
+sys.path.insert(0, os.path.join(REPO, 'tests', 'lab'))
+from labtools import lab_primary  # noqa: E402  # pylint: disable=wrong-import-position
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_trigger  # noqa: E402
 
 RUNS = 50
 WINDOW = 10
-
-
-def primary():
-    with open(os.path.join(REPO, 'inventories', 'lab', 'hosts.yml')) as handle:
-        inv = yaml.safe_load(handle)['all']
-    hosts = {}
-    stack = [inv]
-    while stack:
-        node = stack.pop()
-        for name, hv in (node.get('hosts') or {}).items():
-            hosts.setdefault(name, {}).update(hv or {})
-        stack.extend((node.get('children') or {}).values())
-    return next(h for h in hosts.values() if h.get('pggit_lab_role') == 'primary')
 
 
 def conn_params(host):
@@ -108,7 +97,7 @@ def playbook_run():
 
 
 def main():
-    params = conn_params(primary())
+    params = conn_params(lab_primary())
     results = {'probe': probe_latency(params), 'ttl_revert': ttl_revert(params), 'playbook': playbook_run(),
                'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
     os.makedirs(os.path.join(REPO, 'bench', 'results'), exist_ok=True)

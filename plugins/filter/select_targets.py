@@ -7,7 +7,8 @@ import math
 import re
 
 from ansible.errors import AnsibleFilterError
-from ansible.module_utils.parsing.convert_bool import boolean
+
+from ansible_collections.pggit.chaos.plugins.plugin_utils._optin import OPT_IN_VAR, opted_in
 
 DOCUMENTATION = r'''
 name: select_targets
@@ -68,15 +69,8 @@ def blast_limit(max_hosts, eligible):
     return min(eligible, count)
 
 
-def _allowed(value):
-    try:
-        return boolean(value, strict=True) if value is not None else False
-    except TypeError:
-        return False
-
-
 def select_targets(hosts, hostvars, max_hosts='all'):
-    refused = [h for h in hosts if not _allowed(hostvars.get(h, {}).get('pggit_chaos_allowed'))]
+    refused = [h for h in hosts if not opted_in(hostvars.get(h, {}).get(OPT_IN_VAR))]
     eligible = [h for h in hosts if h not in refused]
     limit = blast_limit(max_hosts, len(eligible))
     return {'selected': eligible[:limit], 'refused': refused, 'spared': eligible[limit:], 'limit': limit}

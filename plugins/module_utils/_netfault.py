@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 
+from ansible_collections.pggit.chaos.plugins.module_utils._validate import RangeError, range_error
+
 CHAIN_PREFIX = 'pggit-chaos-'
 SSH_PORT = 22
 # Root qdiscs the kernel installs by itself; anything else belongs to someone.
@@ -19,7 +21,7 @@ DEFAULT_QDISCS = ('noqueue', 'pfifo_fast', 'mq', 'fq_codel', 'fq', 'pfifo', 'noo
 OUR_HANDLE = '7a3c:'
 
 
-class SelectorError(ValueError):
+class SelectorError(RangeError):
     pass
 
 
@@ -43,8 +45,9 @@ def parse_networks(values, option):
 
 
 def check_range(name, value, low, high, unit=''):
-    if value is not None and not low <= value <= high:
-        raise SelectorError('%s must be between %s and %s%s, got %s' % (name, low, high, unit, value))
+    msg = range_error(name, value, low, high, unit)
+    if msg:
+        raise SelectorError(msg)
 
 
 def _match(direction, peer=None, port=None):

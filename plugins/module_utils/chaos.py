@@ -22,6 +22,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _reaper, _undo
+from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 
 TTL_MIN = 5
 TTL_MAX = 86400
@@ -104,9 +105,7 @@ class ChaosModule(object):
         self.module.fail_json(msg=msg, **kwargs)
 
     def _check_common(self):
-        ttl = self.params['ttl']
-        if not TTL_MIN <= ttl <= TTL_MAX:
-            self.fail('ttl must be between %d and %d seconds, got %s' % (TTL_MIN, TTL_MAX, ttl))
+        fail_on_ranges(self.module, (('ttl', TTL_MIN, TTL_MAX, ' seconds'),))
         if not self.params['name'].strip():
             self.fail("name must not be empty, got '%s'" % self.params['name'])
         try:

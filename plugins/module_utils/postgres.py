@@ -11,6 +11,7 @@ from __future__ import annotations
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
+from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 
 SSL_MODES = ['allow', 'disable', 'prefer', 'require', 'verify-ca', 'verify-full']
 
@@ -30,12 +31,7 @@ def postgres_argument_spec():
 
 
 def check_postgres_params(module):
-    port = module.params['login_port']
-    if not 1 <= port <= 65535:
-        module.fail_json(msg='login_port must be between 1 and 65535, got %s' % port)
-    timeout = module.params['connect_timeout']
-    if not 1 <= timeout <= 600:
-        module.fail_json(msg='connect_timeout must be between 1 and 600 seconds, got %s' % timeout)
+    fail_on_ranges(module, (('login_port', 1, 65535), ('connect_timeout', 1, 600, ' seconds')))
 
 
 def ensure_psycopg2(module):

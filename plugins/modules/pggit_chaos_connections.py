@@ -132,6 +132,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
+from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import connect_or_fail, postgres_argument_spec
 
 BACKEND_TYPES = {'client backend'}
@@ -180,16 +181,7 @@ def choose(rows, params, rng=random):
     return rows[:want]
 
 
-def validate(module):
-    params = module.params
-    if params['count'] is not None and not 1 <= params['count'] <= 10000:
-        module.fail_json(msg='count must be between 1 and 10000, got %s' % params['count'])
-    if params['percent'] is not None and not 1 <= params['percent'] <= 100:
-        module.fail_json(msg='percent must be between 1 and 100, got %s' % params['percent'])
-    if not 1 <= params['rounds'] <= 100:
-        module.fail_json(msg='rounds must be between 1 and 100, got %s' % params['rounds'])
-    if not 0 <= params['interval'] <= 600:
-        module.fail_json(msg='interval must be between 0 and 600 seconds, got %s' % params['interval'])
+RANGES = (('count', 1, 10000), ('percent', 1, 100), ('rounds', 1, 100), ('interval', 0, 600, ' seconds'))
 
 
 def main():
@@ -212,7 +204,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[('count', 'percent')], required_one_of=[('count', 'percent')])
-    validate(module)
+    fail_on_ranges(module, RANGES)
     conn = connect_or_fail(module, application_name='pggit-chaos-connections')
     query, args = build_query(module.params)
     result = dict(changed=False, terminated=[], candidates=[], rounds=0)

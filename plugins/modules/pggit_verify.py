@@ -208,6 +208,7 @@ elapsed_ms:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pggit.chaos.plugins.module_utils._probe import Probe
+from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import check_postgres_params, ensure_psycopg2, postgres_argument_spec
 
 RANGES = (
@@ -220,16 +221,6 @@ RANGES = (
     ('min_replicas', 0, 1000),
     ('max_connections_pct', 0, 100),
 )
-
-
-def validate(module):
-    for key, low, high in RANGES:
-        value = module.params[key]
-        if value is None:
-            continue
-        if value < low or (high is not None and value > high):
-            bound = 'between %s and %s' % (low, high) if high is not None else 'at least %s' % low
-            module.fail_json(msg='%s must be %s, got %s' % (key, bound, value))
 
 
 def main():
@@ -254,7 +245,7 @@ def main():
         fail_on_unhealthy=dict(type='bool', default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    validate(module)
+    fail_on_ranges(module, RANGES)
     check_postgres_params(module)
     ensure_psycopg2(module)
     params = dict(module.params)

@@ -138,6 +138,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
 from ansible_collections.pggit.chaos.plugins.module_utils._checker import check, percentile
+from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import check_postgres_params, ensure_psycopg2, postgres_argument_spec
 
 RUN_ID_RE = re.compile(r'^[a-z0-9_]{1,24}$')
@@ -323,9 +324,7 @@ def main():
     params = module.params
     if not RUN_ID_RE.match(params['run_id']):
         module.fail_json(msg="run_id must be 1 to 24 characters of [a-z0-9_], got '%s'" % params['run_id'])
-    for key, low, high in RANGES:
-        if not low <= params[key] <= high:
-            module.fail_json(msg='%s must be between %s and %s, got %s' % (key, low, high, params[key]))
+    fail_on_ranges(module, RANGES)
     check_postgres_params(module)
     ensure_psycopg2(module)
     if params['state'] == 'absent':

@@ -9,8 +9,9 @@ It runs before anything reaches the target:
 """
 from __future__ import annotations
 
-from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
+
+from ansible_collections.pggit.chaos.plugins.plugin_utils._optin import OPT_IN_VAR, opted_in
 
 
 class FaultActionModule(ActionBase):
@@ -41,11 +42,8 @@ class FaultActionModule(ActionBase):
         if self.REQUIRES_OPT_IN and args.get('state', 'present') != 'absent':
             delegate = getattr(self._task, 'delegate_to', None)
             host = delegate if isinstance(delegate, str) and delegate else task_vars.get('inventory_hostname', '?')
-            raw = self._var(task_vars, 'pggit_chaos_allowed')
-            try:
-                allowed = boolean(raw, strict=True) if raw is not None else False
-            except TypeError:
-                allowed = False
+            raw = self._var(task_vars, OPT_IN_VAR)
+            allowed = opted_in(raw)
             if not allowed:
                 result.update(failed=True, changed=False, refused=True,
                               msg="host %s has not opted in to chaos: pggit_chaos_allowed is %r; "

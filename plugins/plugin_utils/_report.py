@@ -77,7 +77,7 @@ def _steady_state_reasons(steady_state):
 
 
 def _revert_reason(raw):
-    failures = (raw.get('revert') or {}).get('failed') or []
+    failures = (raw.get('revert') or {}).get('failures') or []
     if raw.get('reverted') is True and not failures:
         return None
     detail = '; '.join('%s: %s' % (f.get('id', f.get('name', '?')), f.get('error', f.get('msg', '?'))) if isinstance(f, dict) else str(f)

@@ -157,7 +157,11 @@ def test_partition_keeps_ssh_and_heals_by_ttl_alone(pair):
 def test_full_isolation_cuts_ssh_too(pair):
     result = pair.fault('pggit_chaos_partition', name='all', peers=[pair.client], full_isolation=True, ttl=30)
     assert not result['failed'] and result['isolation'] == 'full'
-    assert '--dport 22 -j RETURN' not in pair.target_rules()
+    chain = _netfault.chains('partition--all')['in']
+    rules = pair.target_rules()
+    assert '-A %s -s %s/32 -j DROP' % (chain, pair.client) in rules
+    assert '--dport 22 -j RETURN' not in rules and '--sport 22 -j RETURN' not in rules
+    assert pair.connect(1).startswith('error'), 'the isolation must really cut traffic'
 
 
 def test_loss_alone_is_an_iptables_statistic_rule(pair):
@@ -188,6 +192,7 @@ def test_netem_is_used_or_refused_plainly(pair):
         assert pair.ledger() == []
     auto = pair.fault('pggit_chaos_latency', name='auto', peers=[pair.client], direction='out', delay_ms=50, ttl=30)
     assert not auto['failed'] and auto['method'] in ('netem', 'nfqueue')
+    assert 45 <= p50(pair.rtts(1)) <= 75, 'auto must really delay egress by 50 ms'
 
 
 def test_bandwidth_shapes_only_our_qdisc(pair):

@@ -61,7 +61,7 @@ def test_inject_stops_tracking_and_revert_restores_it(pgdb, state_dir):
     assert not failed and gone['changed'] is False
 
 
-def test_record_written_before_apply_holds_the_undo(pgdb, state_dir):
+def test_record_holds_the_undo_and_no_secret(pgdb, state_dir):
     query(pgdb, 'ALTER EVENT TRIGGER pggit_drop_trigger ENABLE ALWAYS')
     result, failed = inject(pgdb, state_dir)
     assert not failed

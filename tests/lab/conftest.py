@@ -4,28 +4,17 @@ from __future__ import annotations
 import os
 
 import pytest
-import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-INVENTORY = os.path.join(REPO, 'inventories', 'lab', 'hosts.yml')
-
-
-def _hosts(node, found):
-    for name, hostvars in (node.get('hosts') or {}).items():
-        found.setdefault(name, {}).update(hostvars or {})
-    for child in (node.get('children') or {}).values():
-        _hosts(child or {}, found)
-    return found
+from labtools import INVENTORY, lab_hosts, lab_primary
 
 
 @pytest.fixture(scope='session')
 def lab():
     if not os.path.exists(INVENTORY):
         pytest.fail('the lab is not up (%s missing): run make lab first' % INVENTORY)
-    with open(INVENTORY) as handle:
-        return _hosts(yaml.safe_load(handle)['all'], {})
+    return lab_hosts()
 
 
 @pytest.fixture(scope='session')
 def primary(lab):
-    return next(v for v in lab.values() if v.get('pggit_lab_role') == 'primary')
+    return lab_primary(lab)

@@ -8,9 +8,30 @@ import subprocess
 import sys
 
 import psycopg2
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
+
+
+INVENTORY = os.path.join(REPO, 'inventories', 'lab', 'hosts.yml')
+
+
+def lab_hosts():
+    """Host name -> host vars, from the inventory make lab wrote."""
+    with open(INVENTORY) as handle:
+        stack = [yaml.safe_load(handle)['all']]
+    hosts = {}
+    while stack:
+        node = stack.pop() or {}
+        for name, hostvars in (node.get('hosts') or {}).items():
+            hosts.setdefault(name, {}).update(hostvars or {})
+        stack.extend((node.get('children') or {}).values())
+    return hosts
+
+
+def lab_primary(hosts=None):
+    return next(h for h in (hosts or lab_hosts()).values() if h.get('pggit_lab_role') == 'primary')
 
 
 def playbook_env(report_dir):

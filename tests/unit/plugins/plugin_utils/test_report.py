@@ -23,7 +23,7 @@ def raw_record(**overrides):
         experiment='tracking-off', host='pg1', target_role='primary', experiment_id='exp-1',
         steady_state=dict(before=healthy(), during=healthy(), after=healthy()),
         fault=dict(disabled=['pggit_ddl_trigger'], left_enabled=[]),
-        revert=dict(reverted=[dict(id='trigger--tracking-off')], failed=[]),
+        revert=dict(reverted=[dict(id='trigger--tracking-off')], failures=[]),
         reverted=True,
         workload=dict(ops=100, ok=97, failed=2, unknown=1, lost=[], duplicated=[], unexpected=[], valid=True),
         drift=[], error=None, aborted=False, parameters=dict(duration=30, ttl=300),
@@ -71,7 +71,7 @@ def test_missing_timestamps_give_none():
     (dict(steady_state=with_steady(after={})), 'steady state after the fault was not checked'),
     (dict(reverted=False), 'revert failed or was not confirmed'),
     (dict(reverted=None), 'revert failed or was not confirmed'),
-    (dict(revert=dict(reverted=[], failed=[dict(id='trigger--x', error='permission denied')])),
+    (dict(revert=dict(reverted=[], failures=[dict(id='trigger--x', error='permission denied')])),
      'revert failed or was not confirmed: trigger--x: permission denied'),
     (dict(workload=dict(ok=1, lost=['op-7'], duplicated=[], unexpected=[], valid=False)), 'workload lost 1 operation(s): op-7'),
     (dict(workload=dict(ok=1, lost=[], duplicated=['op-3', 'op-4'], unexpected=[], valid=False)), 'workload duplicated 2'),
@@ -94,7 +94,7 @@ def test_optional_parts_do_not_fail(overrides):
 
 
 @pytest.mark.parametrize('overrides', [
-    dict(reverted=False), dict(reverted=None), dict(revert=dict(failed=['x'])),
+    dict(reverted=False), dict(reverted=None), dict(revert=dict(failures=['x'])),
     dict(reverted=False, steady_state=with_steady(during=None), workload=None),
 ])
 def test_unreverted_is_never_passed(overrides):
