@@ -10,7 +10,7 @@ version_added: 0.1.0
 description:
   - Collects the C(pggit_chaos_entry) of every task result, including loop
     items and failed tasks, as returned by
-    P(pggit.chaos.pggit_chaos_record#module).
+    P(pggit.chaos.pggit_chaos_verdict#module).
   - At the end of the playbook writes C(chaos-report.json), C(chaos-junit.xml)
     and C(chaos-report.md) to O(report_dir), each atomically, and displays a
     one-line summary with the paths.

@@ -21,6 +21,8 @@ import socket
 import tempfile
 import time
 
+from ansible_collections.pggit.chaos.plugins.module_utils._errors import LedgerError  # noqa: F401  # pylint: disable=unused-import
+
 SCHEMA_VERSION = 1
 FAULTS_DIR = 'faults'
 LOCK_FILE = '.lock'
@@ -33,10 +35,6 @@ def fault_id(kind, name):
     if not clean:
         raise ValueError('fault id for kind %r and name %r is empty' % (kind, name))
     return clean[:200]
-
-
-class LedgerError(Exception):
-    pass
 
 
 class Ledger(object):
@@ -92,7 +90,7 @@ class Ledger(object):
             'status': 'pending',
             'undo': undo,
             'detail': detail or {},
-            'watchdog': None,
+            'reaper': None,
         }
 
     def write(self, record):
@@ -171,5 +169,5 @@ class Ledger(object):
 
 def summarize(record):
     """The part of a record that is safe to return to the controller."""
-    keys = ('id', 'kind', 'name', 'experiment', 'created_at', 'expires_at', 'ttl', 'status', 'undo', 'watchdog', 'last_error')
+    keys = ('id', 'kind', 'name', 'experiment', 'created_at', 'expires_at', 'ttl', 'status', 'undo', 'reaper', 'last_error')
     return dict((k, record.get(k)) for k in keys if k in record)

@@ -1,6 +1,15 @@
 # Copyright: pggit.chaos contributors
 # MIT License
-"""The fault lifecycle shared by every fault module.
+"""The engine's public API: the fault lifecycle shared by every fault module.
+
+Public (fault modules import these, and only these, from the engine):
+
+- :class:`Fault`: what one kind of fault does (validate, observe, plan, apply);
+- :class:`ChaosModule`: runs a ``Fault`` through its lifecycle;
+- :func:`fault_argument_spec`, :func:`state_dir_argument_spec`: the shared options;
+- :class:`ChaosError` and its subclasses :class:`LedgerError`, :class:`UndoError`.
+
+Everything in files whose names start with ``_`` is private to the engine.
 
 A fault module describes its fault with a small :class:`Fault` subclass
 (observe, plan, apply).  :class:`ChaosModule` owns the rest, in this order:
@@ -22,7 +31,11 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _reaper, _undo
+from ansible_collections.pggit.chaos.plugins.module_utils._errors import ChaosError, LedgerError, UndoError
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
+
+__all__ = ['ChaosError', 'ChaosModule', 'Fault', 'LedgerError', 'UndoError', 'fault_argument_spec',
+           'state_dir_argument_spec']
 
 TTL_MIN = 5
 TTL_MAX = 86400
@@ -110,7 +123,7 @@ class ChaosModule(object):
             self.fail("name must not be empty, got '%s'" % self.params['name'])
         try:
             return _ledger.Ledger(self.params['state_dir'])
-        except _ledger.LedgerError as exc:
+        except LedgerError as exc:
             self.fail('state_dir: %s' % exc)
         return None
 
@@ -125,7 +138,7 @@ class ChaosModule(object):
             else:
                 fault.validate()
                 self._present(ledger, fid, fault, result)
-        except (_undo.UndoError, _ledger.LedgerError, OSError) as exc:
+        except (ChaosError, OSError) as exc:
             self.fail('%s %s failed: %s' % (fault.kind, fid, exc), exception=traceback.format_exc(), **result)
         self.module.exit_json(**result)
 
@@ -176,7 +189,7 @@ class ChaosModule(object):
             ledger.write(record)
         started = time.time()
         try:
-            record['watchdog'] = _reaper.arm(ledger, fid)
+            record['reaper'] = _reaper.arm(ledger, fid)
             with ledger.lock():
                 ledger.write(record)
             fault.attach(ledger, record)

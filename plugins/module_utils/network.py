@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _netfault
+from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _netcmd
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import Fault
 
 
@@ -36,7 +36,7 @@ class NetworkFault(Fault):
 
     def observe_chains(self):
         self.fid = _ledger.fault_id(self.kind, self.params['name'])
-        return {'chains': dict((c, self.chain_exists(c)) for c in _netfault.chains(self.fid).values())}
+        return {'chains': dict((c, self.chain_exists(c)) for c in _netcmd.chains(self.fid).values())}
 
     def validate(self):
         self.selector()
@@ -44,10 +44,10 @@ class NetworkFault(Fault):
     def selector(self):
         params = self.params
         try:
-            peers = _netfault.parse_networks(params['peers'], 'peers')
-            excluded = _netfault.parse_networks(params['exclude_peers'], 'exclude_peers')
-            _netfault.check_range('port', params['port'], 1, 65535)
-        except _netfault.SelectorError as exc:
+            peers = _netcmd.parse_networks(params['peers'], 'peers')
+            excluded = _netcmd.parse_networks(params['exclude_peers'], 'exclude_peers')
+            _netcmd.check_range('port', params['port'], 1, 65535)
+        except _netcmd.SelectorError as exc:
             self.fail(str(exc))
         if not peers and not params['port'] and not params['full_isolation']:
             self.fail('select the traffic: give peers, a port, or full_isolation=true (got none of them)')
@@ -75,7 +75,7 @@ class NetworkFault(Fault):
     def refuse_foreign_chains(self, fault_id, record):
         if record is not None:
             return
-        for chain in _netfault.chains(fault_id).values():
+        for chain in _netcmd.chains(fault_id).values():
             if self.chain_exists(chain):
                 self.fail('chain %s exists but no ledger record owns it; run playbooks/revert.yml or delete it by hand'
                           % chain)
@@ -84,11 +84,11 @@ class NetworkFault(Fault):
         rc, out, err = self.module.run_command([self.bin('tc'), 'qdisc', 'show', 'dev', interface])
         if rc != 0:
             self.fail("interface: cannot read qdiscs of '%s': %s" % (interface, (err or out).strip()))
-        return _netfault.parse_root_qdisc(out)
+        return _netcmd.parse_root_qdisc(out)
 
     def refuse_foreign_qdisc(self, interface, record):
         kind, handle = self.root_qdisc(interface)
-        if kind and kind not in _netfault.DEFAULT_QDISCS and not (record and handle == _netfault.OUR_HANDLE):
+        if kind and kind not in _netcmd.DEFAULT_QDISCS and not (record and handle == _netcmd.OUR_HANDLE):
             self.fail("root qdisc '%s %s' on %s was not created by pggit.chaos; refusing to replace it"
                       % (kind, handle, interface))
 

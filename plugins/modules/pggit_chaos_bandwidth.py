@@ -70,7 +70,7 @@ applied:
   elements: list
 '''
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _netfault
+from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _netcmd
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosModule
 from ansible_collections.pggit.chaos.plugins.module_utils.network import NetworkFault
 
@@ -80,29 +80,29 @@ class BandwidthFault(NetworkFault):
 
     def validate(self):
         try:
-            _netfault.check_range('rate_kbit', self.params['rate_kbit'], 8, 10000000)
-            _netfault.check_range('port', self.params['port'], 1, 65535)
-            self.peers = _netfault.parse_networks(self.params['peers'], 'peers')
-        except _netfault.SelectorError as exc:
+            _netcmd.check_range('rate_kbit', self.params['rate_kbit'], 8, 10000000)
+            _netcmd.check_range('port', self.params['port'], 1, 65535)
+            self.peers = _netcmd.parse_networks(self.params['peers'], 'peers')
+        except _netcmd.SelectorError as exc:
             self.fail(str(exc))
         if not self.peers and not self.params['port']:
             self.fail('select the traffic: give peers or a port (got neither)')
 
     def observe(self):
         self.fid = _ledger.fault_id(self.kind, self.params['name'])
-        self.interface = self.interface_for(_netfault.parse_networks(self.params['peers'], 'peers'))
+        self.interface = self.interface_for(_netcmd.parse_networks(self.params['peers'], 'peers'))
         kind, handle = self.root_qdisc(self.interface)
         return {'interface': self.interface, 'root_qdisc': kind, 'handle': handle}
 
     def in_place(self, record, current):
-        return current['handle'] == _netfault.OUR_HANDLE
+        return current['handle'] == _netcmd.OUR_HANDLE
 
     def plan(self, current):
         self.refuse_foreign_qdisc(self.interface, self.module_record())
-        apply, undo = _netfault.htb_plan(self.interface, self.peers, self.params['port'], self.params['rate_kbit'],
+        apply, undo = _netcmd.htb_plan(self.interface, self.peers, self.params['port'], self.params['rate_kbit'],
                                          tc=self.bin('tc'))
         detail = {'interface': self.interface, 'apply': apply}
-        return undo, detail, dict(current, root_qdisc='htb', handle=_netfault.OUR_HANDLE)
+        return undo, detail, dict(current, root_qdisc='htb', handle=_netcmd.OUR_HANDLE)
 
     def apply(self, detail):
         self.run_all(detail['apply'])

@@ -106,7 +106,7 @@ applied:
 
 import os
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _netfault, _reaper, _undo
+from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _netcmd, _steps
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosModule
 from ansible_collections.pggit.chaos.plugins.module_utils.network import NetworkFault, selector_argument_spec
 
@@ -117,10 +117,10 @@ class LatencyFault(NetworkFault):
     def validate(self):
         params = self.params
         try:
-            _netfault.check_range('delay_ms', params['delay_ms'], 0, 60000)
-            _netfault.check_range('jitter_ms', params['jitter_ms'], 0, 60000)
-            _netfault.check_range('loss_pct', params['loss_pct'], 0, 100)
-        except _netfault.SelectorError as exc:
+            _netcmd.check_range('delay_ms', params['delay_ms'], 0, 60000)
+            _netcmd.check_range('jitter_ms', params['jitter_ms'], 0, 60000)
+            _netcmd.check_range('loss_pct', params['loss_pct'], 0, 100)
+        except _netcmd.SelectorError as exc:
             self.fail(str(exc))
         if not (params['delay_ms'] or params['jitter_ms'] or params['loss_pct']) and params['method'] != 'nfqueue':
             self.fail('nothing to inject: delay_ms, jitter_ms and loss_pct are all 0 '
@@ -133,10 +133,10 @@ class LatencyFault(NetworkFault):
     def in_place(self, record, current):
         detail = record['detail']
         if detail.get('method') == 'netem':
-            return self.root_qdisc(detail['interface'])[1] == _netfault.OUR_HANDLE
+            return self.root_qdisc(detail['interface'])[1] == _netcmd.OUR_HANDLE
         daemons = [s for s in record['undo'] if s.get('type') == 'kill_process']
         return (all(current['chains'].get(c) for c in detail.get('chains', []))
-                and all(_undo.same_process(s['pid'], s.get('starttime'), s.get('match')) for s in daemons))
+                and all(_steps.same_process(s['pid'], s.get('starttime'), s.get('match')) for s in daemons))
 
     def choose_method(self, selector):
         params = self.params
@@ -162,18 +162,18 @@ class LatencyFault(NetworkFault):
         if method == 'netem':
             interface = self.interface_for(selector['peers'])
             self.refuse_foreign_qdisc(interface, record)
-            apply, undo = _netfault.netem_plan(interface, selector['peers'], selector['port'], params['delay_ms'],
+            apply, undo = _netcmd.netem_plan(interface, selector['peers'], selector['port'], params['delay_ms'],
                                                params['jitter_ms'], params['loss_pct'], tc=self.bin('tc'))
             detail['interface'] = interface
         else:
             self.refuse_foreign_chains(self.fid, record)
             if method == 'iptables':
-                target = _netfault.loss_target(params['loss_pct'])
+                target = _netcmd.loss_target(params['loss_pct'])
             else:
-                detail['queue'] = _netfault.queue_number(self.fid)
-                target = _netfault.nfqueue_target(detail['queue'])
-            apply, undo = _netfault.chain_plan(self.fid, selector, target, iptables=self.bin('iptables'))
-            detail['chains'] = [_netfault.chains(self.fid)[d] for d in selector['directions']]
+                detail['queue'] = _netcmd.queue_number(self.fid)
+                target = _netcmd.nfqueue_target(detail['queue'])
+            apply, undo = _netcmd.chain_plan(self.fid, selector, target, iptables=self.bin('iptables'))
+            detail['chains'] = [_netcmd.chains(self.fid)[d] for d in selector['directions']]
         detail['apply'] = apply
         return undo, detail, {'method': method, 'chains': dict((c, True) for c in detail['chains'])}
 
@@ -182,7 +182,7 @@ class LatencyFault(NetworkFault):
         if detail['method'] == 'nfqueue':
             params = self.params
             record_path = os.path.join(self.ledger.faults_dir, self.record['id'] + '.json')
-            daemon = _reaper.spawn(self.ledger.state_dir, 'pggit-chaos-nfqdelay', [
+            daemon = _daemon.spawn(self.ledger.state_dir, 'pggit-chaos-nfqdelay', [
                 '--queue', str(detail['queue']), '--delay-ms', str(params['delay_ms']), '--jitter-ms', str(params['jitter_ms']),
                 '--loss-pct', str(params['loss_pct']), '--until', str(self.record['expires_at']), '--record', record_path])
             self.add_undo_first({'type': 'kill_process', 'pid': daemon['pid'], 'starttime': daemon['starttime'],

@@ -58,7 +58,7 @@ record:
   type: dict
 '''
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _netfault
+from ansible_collections.pggit.chaos.plugins.module_utils import _netcmd
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosModule
 from ansible_collections.pggit.chaos.plugins.module_utils.network import NetworkFault, selector_argument_spec
 
@@ -76,8 +76,8 @@ class PartitionFault(NetworkFault):
         record = self.module_record()
         self.refuse_foreign_chains(self.fid, record)
         selector = self.selector()
-        apply, undo = _netfault.chain_plan(self.fid, selector, ['-j', 'DROP'], iptables=self.bin('iptables'))
-        chains = [_netfault.chains(self.fid)[d] for d in selector['directions']]
+        apply, undo = _netcmd.chain_plan(self.fid, selector, ['-j', 'DROP'], iptables=self.bin('iptables'))
+        chains = [_netcmd.chains(self.fid)[d] for d in selector['directions']]
         detail = {'chains': chains, 'apply': apply, 'selector': selector}
         return undo, detail, {'chains': dict((c, True) for c in chains)}
 

@@ -89,7 +89,7 @@ def kill_reapers(state_dir):
         if entry.endswith('.json'):
             try:
                 with open(os.path.join(faults, entry)) as handle:
-                    pid = (json.load(handle).get('watchdog') or {}).get('pid')
+                    pid = (json.load(handle).get('reaper') or {}).get('pid')
             except (OSError, ValueError):
                 continue
             if pid:

@@ -22,7 +22,7 @@ import pytest
 
 from adhoc import REPO_COLLECTIONS, adhoc, write_config
 from waiting import wait_for
-from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _netfault
+from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _netcmd
 
 ECHO = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'echo.py')
 PORT = 7777
@@ -142,13 +142,13 @@ def test_partition_keeps_ssh_and_heals_by_ttl_alone(pair):
     result = pair.fault('pggit_chaos_partition', name='cut', peers=[pair.client], ttl=5)
     assert not result['failed'], result
     rules = pair.target_rules()
-    chain = _netfault.chains('partition--cut')['in']
+    chain = _netcmd.chains('partition--cut')['in']
     ours = [r for r in rules.splitlines() if r.startswith('-A %s ' % chain)]
     assert ours[0] == '-A %s -i lo -j RETURN' % chain
     assert '-A %s -p tcp -m tcp --dport 22 -j RETURN' % chain in ours
     assert ours[-1] == '-A %s -s %s/32 -j DROP' % (chain, pair.client)
     assert pair.connect(1).startswith('error'), 'the partition must really cut traffic'
-    reaper = result['record']['watchdog']
+    reaper = result['record']['reaper']
     assert wait_for(lambda: pair.connect(1) == 'ok', 15), 'not healed by the TTL'
     assert wait_for(lambda: pair.ledger() == [] and 'pggit-chaos' not in pair.target_rules(), 5)
     assert wait_for(lambda: sh('pgrep', '-f', 'pggit-chaos-reaper.*%s' % pair.state_dir).returncode == 1, 5), reaper
@@ -157,7 +157,7 @@ def test_partition_keeps_ssh_and_heals_by_ttl_alone(pair):
 def test_full_isolation_cuts_ssh_too(pair):
     result = pair.fault('pggit_chaos_partition', name='all', peers=[pair.client], full_isolation=True, ttl=30)
     assert not result['failed'] and result['isolation'] == 'full'
-    chain = _netfault.chains('partition--all')['in']
+    chain = _netcmd.chains('partition--all')['in']
     rules = pair.target_rules()
     assert '-A %s -s %s/32 -j DROP' % (chain, pair.client) in rules
     assert '--dport 22 -j RETURN' not in rules and '--sport 22 -j RETURN' not in rules
@@ -175,7 +175,7 @@ def test_loss_alone_is_an_iptables_statistic_rule(pair):
 
 
 def test_a_chain_we_do_not_own_is_refused_and_left_alone(pair):
-    chain = _netfault.chains('partition--mine')['in']
+    chain = _netcmd.chains('partition--mine')['in']
     sh('ip', 'netns', 'exec', pair.target_ns, 'iptables', '-w', '-N', chain)
     result = pair.fault('pggit_chaos_partition', name='mine', peers=[pair.client], ttl=30)
     assert result['failed'] and 'chain %s exists but no ledger record owns it' % chain in result['msg']

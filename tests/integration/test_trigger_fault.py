@@ -9,7 +9,7 @@ import pytest
 from modrun import run_module
 from pgtools import query
 from waiting import wait_for
-from ansible_collections.pggit.chaos.plugins.module_utils import _undo
+from ansible_collections.pggit.chaos.plugins.module_utils import _steps
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_trigger, pggit_chaos_revert
 
 
@@ -44,8 +44,8 @@ def test_inject_stops_tracking_and_revert_restores_it(pgdb, state_dir):
     assert set(modes(pgdb).values()) == {'D'}
     assert tracked(pgdb, 'during_fault') == 0
     assert ledger_files(state_dir) == ['trigger--off.json']
-    reaper = result['record']['watchdog']
-    assert _undo.same_process(reaper['pid'], reaper['starttime'], 'pggit-chaos-reaper')
+    reaper = result['record']['reaper']
+    assert _steps.same_process(reaper['pid'], reaper['starttime'], 'pggit-chaos-reaper')
 
     again, failed = inject(pgdb, state_dir)
     assert not failed and again['changed'] is False, 'a fault in place must not stack'
@@ -55,7 +55,7 @@ def test_inject_stops_tracking_and_revert_restores_it(pgdb, state_dir):
     assert set(modes(pgdb).values()) == {'O'}
     assert tracked(pgdb, 'after_fault') == 1
     assert ledger_files(state_dir) == []
-    assert wait_for(lambda: not _undo.same_process(reaper['pid'], reaper['starttime']), 5)
+    assert wait_for(lambda: not _steps.same_process(reaper['pid'], reaper['starttime']), 5)
 
     gone, failed = run_module(pggit_chaos_trigger.main, dict(pgdb, name='off', state_dir=state_dir, state='absent'))
     assert not failed and gone['changed'] is False
@@ -78,10 +78,10 @@ def test_record_holds_the_undo_and_no_secret(pgdb, state_dir):
 def test_ttl_reverts_without_any_controller(pgdb, state_dir):
     result, failed = inject(pgdb, state_dir, ttl=5)
     assert not failed and set(modes(pgdb).values()) == {'D'}
-    reaper = result['record']['watchdog']
+    reaper = result['record']['reaper']
     assert wait_for(lambda: set(modes(pgdb).values()) == {'O'}, 12), 'the reaper did not re-enable the triggers'
     assert wait_for(lambda: ledger_files(state_dir) == [], 5)
-    assert wait_for(lambda: not _undo.same_process(reaper['pid'], reaper['starttime']), 5), 'the reaper outlived its fault'
+    assert wait_for(lambda: not _steps.same_process(reaper['pid'], reaper['starttime']), 5), 'the reaper outlived its fault'
     with open(os.path.join(state_dir, 'reaper.log')) as handle:
         assert 'trigger--off: reverted' in handle.read()
 

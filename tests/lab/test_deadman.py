@@ -35,7 +35,7 @@ def test_killed_controller_leaves_no_fault_behind(primary, tmp_path):
     # The fault really outlived the controller.
     assert set(trigger_modes(primary).values()) == {'D'}
     assert ledger(primary), 'the record must still be there'
-    assert any(str(record['watchdog']['pid']) in line for line in chaos_processes())
+    assert any(str(record['reaper']['pid']) in line for line in chaos_processes())
 
     expires_at = record['expires_at']
     assert expires_at - record['created_at'] == TTL

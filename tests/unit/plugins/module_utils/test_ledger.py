@@ -69,7 +69,7 @@ def test_new_record_expires_after_ttl(ledger):
     assert rec['id'] == 'trigger--tracking-off'
     assert (rec['created_at'], rec['expires_at']) == (1000.0, 1060.0)
     assert rec['status'] == 'pending'
-    assert rec['watchdog'] is None
+    assert rec['reaper'] is None
     assert (rec['experiment'], rec['detail']) == ('exp1', {'k': 1})
 
 
@@ -189,9 +189,9 @@ def test_lock_serialises_threads(ledger):
 
 
 @pytest.mark.parametrize('extra, expected_keys', [
-    ({}, {'id', 'kind', 'name', 'experiment', 'created_at', 'expires_at', 'ttl', 'status', 'undo', 'watchdog'}),
+    ({}, {'id', 'kind', 'name', 'experiment', 'created_at', 'expires_at', 'ttl', 'status', 'undo', 'reaper'}),
     ({'last_error': 'UndoError: x'}, {'id', 'kind', 'name', 'experiment', 'created_at', 'expires_at', 'ttl', 'status',
-                                      'undo', 'watchdog', 'last_error'}),
+                                      'undo', 'reaper', 'last_error'}),
 ])
 def test_summarize_returns_only_safe_keys(ledger, extra, expected_keys):
     rec = dict(record(ledger), **extra)

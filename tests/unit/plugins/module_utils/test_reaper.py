@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _reaper, _undo
+from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _reaper, _steps, _undo
 from ansible_collections.pggit.chaos.plugins.module_utils._ledger import Ledger
 
 START = 1000000.0
-ENGINE = ('_ledger', '_nfqdelay', '_pgconn', '_undo', '_reaper')
+ENGINE = ('_errors', '_ledger', '_steps', '_undo', '_pgconn', '_daemon', '_reaper', '_nfqdelay')
 
 
 class Clock(object):
@@ -120,7 +120,7 @@ def test_gives_up_after_bounded_time_and_keeps_the_record(ledger, clock, monkeyp
 
 def test_install_engine_writes_a_self_contained_copy(tmp_path):
     state_dir = str(tmp_path)
-    scripts = _reaper.install_engine(state_dir)
+    scripts = _daemon.install_engine(state_dir)
     lib = os.path.join(state_dir, 'lib')
     assert scripts == {'pggit-chaos-reaper': os.path.join(lib, 'pggit-chaos-reaper.py'),
                        'pggit-chaos-nfqdelay': os.path.join(lib, 'pggit-chaos-nfqdelay.py')}
@@ -133,7 +133,7 @@ def test_install_engine_writes_a_self_contained_copy(tmp_path):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert sorted(os.listdir(pkg)) == sorted(name + '.py' for name in ENGINE)
     mtimes = [os.stat(p).st_mtime_ns for p in files]
-    assert _reaper.install_engine(state_dir) == scripts  # unchanged files are not rewritten
+    assert _daemon.install_engine(state_dir) == scripts  # unchanged files are not rewritten
     assert [os.stat(p).st_mtime_ns for p in files] == mtimes
     # The copy imports on its own: no PYTHONPATH, not run from the repository.
     env = dict((k, v) for k, v in os.environ.items() if k != 'PYTHONPATH')
@@ -170,11 +170,11 @@ def test_arm_starts_a_detached_reaper_that_reverts_at_expiry(tmp_path):
     ledger = Ledger(str(tmp_path / 'state')).ensure()
     record = ledger.new_record('file', 'victim', 1, [{'type': 'remove_path', 'path': str(victim), 'root': str(tmp_path)}])
     ledger.write(record)
-    watchdog = _reaper.arm(ledger, record['id'])
-    pid = watchdog['pid']
+    reaper = _reaper.arm(ledger, record['id'])
+    pid = reaper['pid']
     try:
-        assert _reaper.PROC_TAG in _undo.proc_cmdline(pid)
-        assert watchdog['starttime'] == _undo.proc_starttime(pid)
+        assert _reaper.PROC_TAG in _steps.proc_cmdline(pid)
+        assert reaper['starttime'] == _steps.proc_starttime(pid)
         # A new session it does not lead (double fork): it survives the SSH session and never gets a terminal.
         assert os.getsid(pid) not in (os.getsid(0), pid)
         if time.time() < record['expires_at'] - 0.1:

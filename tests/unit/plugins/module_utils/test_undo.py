@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 
 import pytest
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _undo
+from ansible_collections.pggit.chaos.plugins.module_utils import _steps, _undo
 from ansible_collections.pggit.chaos.plugins.module_utils._ledger import Ledger
-from ansible_collections.pggit.chaos.plugins.module_utils._undo import UndoError
+from ansible_collections.pggit.chaos.plugins.module_utils._errors import UndoError
 
 
 @pytest.fixture
@@ -27,7 +26,7 @@ def calls(monkeypatch):
         if step.get('fail'):
             raise RuntimeError('step %s broke' % step['tag'])
         return step.get('changed', True)
-    monkeypatch.setitem(_undo.STEP_HANDLERS, 'note', note)
+    monkeypatch.setitem(_steps.STEP_HANDLERS, 'note', note)
     return seen
 
 
@@ -55,43 +54,6 @@ def note_steps(*tags, **extra):
     return [dict({'type': 'note', 'tag': tag}, **extra) for tag in tags]
 
 
-# -- run_steps ---------------------------------------------------------------
-def test_steps_run_in_reverse_order(calls):
-    _undo.run_steps(note_steps('first applied', 'second', 'last applied'), {})
-    assert calls == ['last applied', 'second', 'first applied']
-
-
-@pytest.mark.parametrize('changes, expected', [
-    ([False, False], False),
-    ([True, False], True),
-    ([False, True], True),
-    ([], False),
-])
-def test_run_steps_is_changed_when_any_step_changed(calls, changes, expected):
-    steps = [{'type': 'note', 'tag': i, 'changed': c} for i, c in enumerate(changes)]
-    assert _undo.run_steps(steps, {}) is expected
-    assert len(calls) == len(changes)  # every step runs, even after one that changed nothing
-
-
-def test_run_steps_of_none_is_a_noop():
-    assert _undo.run_steps(None, {}) is False
-
-
-def test_a_failing_step_stops_the_steps_applied_before_it(calls):
-    # Undo of [enable triggers, drop schema]: the drop must succeed before tracking returns.
-    steps = note_steps('enable') + note_steps('drop', fail=True)
-    with pytest.raises(RuntimeError, match='drop broke'):
-        _undo.run_steps(steps, {})
-    assert calls == ['drop']
-
-
-@pytest.mark.parametrize('step', [{'type': 'reboot'}, {'kind': 'run'}])
-def test_unknown_step_type_raises_naming_it(step):
-    with pytest.raises(UndoError, match='unknown undo step type %r' % step.get('type')):
-        _undo.run_steps([step], {})
-
-
-# -- the run step -------------------------------------------------------------
 class Runner(object):
     def __init__(self, rc, out='', err=''):
         self.reply = (rc, out, err)
@@ -100,101 +62,6 @@ class Runner(object):
     def __call__(self, argv):
         self.argvs.append(list(argv))
         return self.reply
-
-
-ARGV = ['tc', 'qdisc', 'del', 'dev', 'eth0', 'root']
-
-
-@pytest.mark.parametrize('step, rc, changed', [
-    ({}, 0, True),
-    ({'ok_rc': [0, 1]}, 1, True),
-    ({'gone_rc': [2]}, 2, False),
-    ({'ok_rc': [0], 'gone_rc': [1, 2]}, 1, False),
-])
-def test_run_step_ok_and_gone(step, rc, changed):
-    runner = Runner(rc)
-    assert _undo.run_steps([dict(step, type='run', argv=ARGV)], {'runner': runner}) is changed
-    assert runner.argvs == [ARGV]
-
-
-@pytest.mark.parametrize('out, err, shown', [
-    ('', 'RTNETLINK answers: Operation not permitted\n', 'RTNETLINK answers: Operation not permitted'),
-    ('only stdout\n', '', 'only stdout'),
-])
-def test_run_step_error_names_argv_rc_and_output(out, err, shown):
-    runner = Runner(3, out, err)
-    with pytest.raises(UndoError) as exc:
-        _undo.run_steps([{'type': 'run', 'argv': ARGV, 'gone_rc': [2]}], {'runner': runner})
-    assert str(exc.value) == 'tc qdisc del dev eth0 root exited 3: %s' % shown
-
-
-def test_default_runner_runs_argv_without_a_shell(tmp_path):
-    rc, out, err = _undo.default_runner([sys.executable, '-c', 'import sys; print(sys.argv[1:])', '$HOME', ';', 'x'])
-    assert (rc, err) == (0, '')
-    assert out.strip() == "['$HOME', ';', 'x']"
-
-
-# -- remove_path ------------------------------------------------------------
-def test_remove_path_is_idempotent(tmp_path):
-    victim = tmp_path / 'sub' / 'victim'
-    victim.parent.mkdir()
-    victim.write_text('x')
-    step = {'type': 'remove_path', 'path': str(victim), 'root': str(tmp_path)}
-    assert _undo.run_steps([step], {}) is True
-    assert not victim.exists()
-    assert _undo.run_steps([step], {}) is False
-
-
-@pytest.mark.parametrize('path, root', [
-    ('/etc/passwd', '{tmp}'),
-    ('{tmp}/../outside', '{tmp}'),
-    ('{tmp}', '{tmp}'),  # the root itself
-    ('{tmp}-sibling/file', '{tmp}'),  # shares the root as a string prefix only
-    ('{tmp}/link/file', '{tmp}'),  # a symlink leading out of the root
-])
-def test_remove_path_refuses_paths_outside_its_root(tmp_path, path, root):
-    outside = tmp_path.parent / (tmp_path.name + '-outside')
-    outside.mkdir(exist_ok=True)
-    (outside / 'file').write_text('keep me')
-    (tmp_path / 'link').symlink_to(outside)
-    step = {'type': 'remove_path', 'path': path.format(tmp=tmp_path), 'root': root.format(tmp=tmp_path)}
-    with pytest.raises(UndoError, match='refusing to remove .* outside its recorded root'):
-        _undo.run_steps([step], {})
-    assert (outside / 'file').read_text() == 'keep me'
-
-
-# -- processes -----------------------------------------------------------------
-def test_same_process_guards_against_pid_reuse(process):
-    start = _undo.proc_starttime(process.pid)
-    assert isinstance(start, int)
-    assert _undo.same_process(process.pid)
-    assert _undo.same_process(process.pid, start, 'sleep 30')
-    assert _undo.same_process(str(process.pid), str(start))
-    assert not _undo.same_process(process.pid, start + 1)
-    assert not _undo.same_process(process.pid, start, 'pggit-chaos-reaper')
-
-
-@pytest.mark.parametrize('pid', [None, 0, 999999999])
-def test_same_process_of_no_process_is_false(pid):
-    assert not _undo.same_process(pid)
-    assert _undo.stop_process(pid) is False
-
-
-def test_stop_process_kills_only_the_recorded_process(process):
-    start = _undo.proc_starttime(process.pid)
-    assert _undo.stop_process(process.pid, start + 1, grace=0.5) is False
-    assert _undo.stop_process(process.pid, start, 'pggit-chaos-reaper', grace=0.5) is False
-    assert process.poll() is None
-    assert _undo.stop_process(process.pid, start, 'sleep', grace=2.0) is True
-    assert process.wait(5) == -15  # SIGTERM was enough
-    assert _undo.proc_starttime(process.pid) is None
-
-
-def test_kill_process_step(process):
-    step = {'type': 'kill_process', 'pid': process.pid, 'starttime': _undo.proc_starttime(process.pid), 'match': 'sleep'}
-    assert _undo.run_steps([step], {}) is True
-    assert process.wait(5) == -15
-    assert _undo.run_steps([step], {}) is False  # already gone
 
 
 # -- revert_one / revert_many ----------------------------------------------
@@ -208,7 +75,7 @@ def test_revert_one_deletes_record_and_secret_on_success(ledger, monkeypatch):
     def note(step, ctx):
         seen.update(secret=ctx['secret'], runner=ctx['runner'])
         return True
-    monkeypatch.setitem(_undo.STEP_HANDLERS, 'note', note)
+    monkeypatch.setitem(_steps.STEP_HANDLERS, 'note', note)
     fid = add(ledger, 'ok', 1000.0, [{'type': 'note'}], experiment='exp1')
     ledger.write_secret(fid, {'login_password': 'pw'})
     runner = Runner(0)
@@ -242,10 +109,10 @@ def test_revert_one_of_a_corrupt_record_fails_without_running_anything(ledger, c
     assert calls == []
 
 
-def test_revert_one_stops_the_watchdog_only_if_it_is_the_reaper(ledger, calls, process):
+def test_revert_one_stops_the_reaper_only_if_it_is_the_reaper(ledger, calls, process):
     fid = add(ledger, 'w', 1000.0, note_steps('x'))
     record = ledger.read(fid)
-    record['watchdog'] = {'pid': process.pid, 'starttime': _undo.proc_starttime(process.pid)}
+    record['reaper'] = {'pid': process.pid, 'starttime': _steps.proc_starttime(process.pid)}
     ledger.write(record)
     assert _undo.revert_one(ledger, fid)['result'] == 'reverted'
     assert process.poll() is None  # a `sleep` is not a pggit-chaos-reaper: left alone

@@ -9,7 +9,7 @@ from ansible.module_utils import basic
 
 from modrun import run_module
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _netfault, _reaper
+from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _ledger, _netcmd, _reaper
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_bandwidth as bandwidth
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_latency as latency
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_partition as partition
@@ -18,7 +18,7 @@ IPT = '/usr/sbin/iptables'
 TC = '/usr/sbin/tc'
 IP = '/usr/sbin/ip'
 # Above any pid_max, so the revert engine never finds (or signals) a real process.
-WATCHDOG = {'pid': 99999991, 'starttime': 4242}
+REAPER = {'pid': 99999991, 'starttime': 4242}
 DAEMON = {'pid': 99999992, 'starttime': 4343, 'script': '/state/bin/pggit-chaos-nfqdelay'}
 NO_CHAIN = (1, '', 'iptables: No chain/target/match by that name.\n')
 ROUTE = '198.18.0.11 dev eth0 src 198.18.0.12 uid 0 \\    cache '
@@ -97,13 +97,13 @@ def spawned(monkeypatch, commands):
 
     def arm(ledger, fid, python=None):
         calls['arm'].append(fid)
-        return dict(WATCHDOG)
+        return dict(REAPER)
 
     def spawn(state_dir, tag, args, python=None):
         calls['spawn'].append({'state_dir': state_dir, 'tag': tag, 'args': list(args), 'calls_before': len(commands.calls)})
         return dict(DAEMON)
     monkeypatch.setattr(_reaper, 'arm', arm)
-    monkeypatch.setattr(_reaper, 'spawn', spawn)
+    monkeypatch.setattr(_daemon, 'spawn', spawn)
     return calls
 
 
@@ -126,7 +126,7 @@ def read_record(state_dir, fid):
 
 
 def chain_names(fid):
-    names = _netfault.chains(fid)
+    names = _netcmd.chains(fid)
     return names['in'], names['out']
 
 
@@ -146,7 +146,7 @@ PFID = 'partition--split'
 
 
 def partition_plan():
-    return _netfault.chain_plan(PFID, selector(['in', 'out'], ['198.18.0.11/32'], 5432, ['198.18.0.13/32']), ['-j', 'DROP'],
+    return _netcmd.chain_plan(PFID, selector(['in', 'out'], ['198.18.0.11/32'], 5432, ['198.18.0.13/32']), ['-j', 'DROP'],
                                 iptables=IPT)
 
 
@@ -167,7 +167,7 @@ def test_partition_present_records_then_applies_the_plan(commands, spawned, stat
     before = commands.ledger_at_first_create[PFID]
     assert (before['status'], before['undo']) == ('pending', undo)
     record = read_record(state_dir, PFID)
-    assert (record['status'], record['undo'], record['watchdog']) == ('active', undo, WATCHDOG)
+    assert (record['status'], record['undo'], record['reaper']) == ('active', undo, REAPER)
     assert spawned == {'arm': [PFID], 'spawn': []}
 
 
@@ -284,8 +284,8 @@ def test_latency_auto_without_netem_uses_nfqueue(commands, spawned, netem, state
         commands.missing.add('modprobe')
     else:
         commands.reply(['/usr/sbin/modprobe'], modprobe)
-    queue = _netfault.queue_number(LFID)
-    apply, undo = _netfault.chain_plan(LFID, selector([direction], port=5432), _netfault.nfqueue_target(queue), iptables=IPT)
+    queue = _netcmd.queue_number(LFID)
+    apply, undo = _netcmd.chain_plan(LFID, selector([direction], port=5432), _netcmd.nfqueue_target(queue), iptables=IPT)
     result, failed = run_latency(state_dir, direction=direction)
     assert not failed, result['msg']
     assert (result['changed'], result['method'], result['queue']) == (True, 'nfqueue', queue)
@@ -304,7 +304,7 @@ def test_latency_auto_without_netem_uses_nfqueue(commands, spawned, netem, state
 
 def test_latency_absent_reverts_rules_and_daemon(commands, spawned, netem, state_dir):
     run_latency(state_dir, direction='in')
-    _apply, undo = _netfault.chain_plan(LFID, selector(['in'], port=5432), _netfault.nfqueue_target(1), iptables=IPT)
+    _apply, undo = _netcmd.chain_plan(LFID, selector(['in'], port=5432), _netcmd.nfqueue_target(1), iptables=IPT)
     commands.calls[:] = []
     result, failed = run_module(latency.main, {'name': 'slow', 'state': 'absent', 'state_dir': state_dir})
     assert (failed, result['changed'], result['revert']['result']) == (False, True, 'reverted')
@@ -313,7 +313,7 @@ def test_latency_absent_reverts_rules_and_daemon(commands, spawned, netem, state
 
 
 def test_latency_loss_only_needs_no_daemon(commands, spawned, netem, state_dir):
-    apply, undo = _netfault.chain_plan(LFID, selector(['in', 'out'], port=5432), _netfault.loss_target(30), iptables=IPT)
+    apply, undo = _netcmd.chain_plan(LFID, selector(['in', 'out'], port=5432), _netcmd.loss_target(30), iptables=IPT)
     result, failed = run_latency(state_dir, delay_ms=0, loss_pct=30)
     assert not failed, result['msg']
     assert result['method'] == 'iptables'
@@ -346,7 +346,7 @@ def test_latency_netem_shapes_egress(commands, spawned, netem, state_dir, method
     netem.append(True)
     commands.reply([IP, '-o', 'route', 'get'], 0, ROUTE)
     commands.reply([TC, 'qdisc', 'show', 'dev', 'eth0'], 0, NOQUEUE)
-    apply, undo = _netfault.netem_plan('eth0', ['198.18.0.11/32'], 5432, 100, 10, 0.0, tc=TC)
+    apply, undo = _netcmd.netem_plan('eth0', ['198.18.0.11/32'], 5432, 100, 10, 0.0, tc=TC)
     result, failed = run_latency(state_dir, method=method, direction='out', peers=['198.18.0.11'], jitter_ms=10)
     assert not failed, result['msg']
     assert (result['changed'], result['method']) == (True, 'netem')
@@ -402,7 +402,7 @@ def run_bandwidth(state_dir, check_mode=False, **options):
 
 @pytest.mark.parametrize('port', [None, 5432])
 def test_bandwidth_present_shapes_the_routed_interface(routed, spawned, state_dir, port):
-    apply, undo = _netfault.htb_plan('eth0', ['198.18.0.11/32'], port, 1000, tc=TC)
+    apply, undo = _netcmd.htb_plan('eth0', ['198.18.0.11/32'], port, 1000, tc=TC)
     result, failed = run_bandwidth(state_dir, port=port)
     assert not failed, result['msg']
     assert (result['changed'], result['interface'], result['applied']) == (True, 'eth0', apply)

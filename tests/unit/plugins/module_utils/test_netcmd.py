@@ -4,12 +4,12 @@ import re
 
 import pytest
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _netfault
-from ansible_collections.pggit.chaos.plugins.module_utils._netfault import SelectorError
+from ansible_collections.pggit.chaos.plugins.module_utils import _netcmd
+from ansible_collections.pggit.chaos.plugins.module_utils._netcmd import SelectorError
 
 FID = 'partition--split'
-IN = _netfault.chains(FID)['in']
-OUT = _netfault.chains(FID)['out']
+IN = _netcmd.chains(FID)['in']
+OUT = _netcmd.chains(FID)['out']
 DROP = ['-j', 'DROP']
 SSH_IN = [['-p', 'tcp', '--dport', '22', '-j', 'RETURN'], ['-p', 'tcp', '--sport', '22', '-j', 'RETURN']]
 
@@ -71,7 +71,7 @@ def appended(chain, rules):
         id='full-isolation-match-all'),
 ])
 def test_chain_plan_apply(sel, target, expected):
-    apply, _undo = _netfault.chain_plan(FID, sel, target)
+    apply, _undo = _netcmd.chain_plan(FID, sel, target)
     assert apply == expected
 
 
@@ -82,7 +82,7 @@ def test_chain_plan_apply(sel, target, expected):
                      ipt('-F', OUT), ipt('-X', OUT), ipt('-F', IN), ipt('-X', IN)]),
 ])
 def test_chain_plan_undo_reversed_unhooks_then_flushes_then_deletes(directions, reverted):
-    _apply, undo = _netfault.chain_plan(FID, selector(directions, port=5432), DROP)
+    _apply, undo = _netcmd.chain_plan(FID, selector(directions, port=5432), DROP)
     assert all(step['type'] == 'run' and step['ok_rc'] == [0] and step['gone_rc'] == [1] for step in undo)
     argvs = [step['argv'] for step in reversed(undo)]
     assert argvs == reverted
@@ -94,7 +94,7 @@ def test_chain_plan_undo_reversed_unhooks_then_flushes_then_deletes(directions, 
 
 
 def test_chain_plan_uses_the_given_binary_everywhere():
-    apply, undo = _netfault.chain_plan(FID, selector(['in', 'out'], port=1), DROP, iptables='/usr/sbin/iptables')
+    apply, undo = _netcmd.chain_plan(FID, selector(['in', 'out'], port=1), DROP, iptables='/usr/sbin/iptables')
     assert {argv[0] for argv in apply + [step['argv'] for step in undo]} == {'/usr/sbin/iptables'}
 
 
@@ -106,7 +106,7 @@ def test_chain_plan_uses_the_given_binary_everywhere():
     ('out', False, False, [], []),
 ])
 def test_exclusions(direction, keep_ssh, keep_loopback, excluded, rules):
-    assert _netfault.exclusions(direction, keep_ssh, keep_loopback, excluded) == rules
+    assert _netcmd.exclusions(direction, keep_ssh, keep_loopback, excluded) == rules
 
 
 PRIO = ['prio', 'bands', '4', 'priomap', '1', '2', '2', '2', '1', '2', '0', '0', '1', '1', '1', '1', '1', '1', '1', '1']
@@ -126,7 +126,7 @@ SPORT = ['match', 'ip', 'sport', '5432', '0xffff']
     ([], None, 5, 0, 0.1, ['delay', '5ms', 'loss', '0.1%'], [['match', 'u32', '0', '0']]),
 ])
 def test_netem_plan(peers, port, delay, jitter, loss, netem, matches):
-    apply, undo = _netfault.netem_plan('eth0', peers, port, delay, jitter, loss)
+    apply, undo = _netcmd.netem_plan('eth0', peers, port, delay, jitter, loss)
     assert apply == ([TC_ROOT + PRIO, TC_NETEM + netem]
                      + [TC_FILTER + match + ['flowid', '7a3c:4'] for match in matches])
     assert undo == TC_UNDO
@@ -138,7 +138,7 @@ def test_netem_plan(peers, port, delay, jitter, loss, netem, matches):
     ([], 5432, [SPORT]),
 ])
 def test_htb_plan(peers, port, matches):
-    apply, undo = _netfault.htb_plan('eth0', peers, port, 1000)
+    apply, undo = _netcmd.htb_plan('eth0', peers, port, 1000)
     assert apply == ([TC_ROOT + ['htb', 'default', '0'],
                       ['tc', 'class', 'add', 'dev', 'eth0', 'parent', '7a3c:', 'classid', '7a3c:10', 'htb',
                        'rate', '1000kbit', 'ceil', '1000kbit']]
@@ -147,7 +147,7 @@ def test_htb_plan(peers, port, matches):
 
 
 def test_tc_plans_use_the_given_binary():
-    for plan in (_netfault.netem_plan('eth0', [], 1, 10, tc='/sbin/tc'), _netfault.htb_plan('eth0', [], 1, 8, tc='/sbin/tc')):
+    for plan in (_netcmd.netem_plan('eth0', [], 1, 10, tc='/sbin/tc'), _netcmd.htb_plan('eth0', [], 1, 8, tc='/sbin/tc')):
         apply, undo = plan
         assert {argv[0] for argv in apply + [step['argv'] for step in undo]} == {'/sbin/tc'}
 
@@ -161,7 +161,7 @@ def test_tc_plans_use_the_given_binary():
     (['0.0.0.0/0', '198.18.0.11/32'], ['0.0.0.0/0', '198.18.0.11/32']),
 ])
 def test_parse_networks(values, nets):
-    assert _netfault.parse_networks(values, 'peers') == nets
+    assert _netcmd.parse_networks(values, 'peers') == nets
 
 
 @pytest.mark.parametrize('option, values, message', [
@@ -174,14 +174,14 @@ def test_parse_networks(values, nets):
 ])
 def test_parse_networks_refuses(option, values, message):
     with pytest.raises(SelectorError) as err:
-        _netfault.parse_networks(values, option)
+        _netcmd.parse_networks(values, option)
     assert str(err.value) == message
 
 
 @pytest.mark.parametrize('args', [('port', None, 1, 65535), ('port', 1, 1, 65535), ('port', 65535, 1, 65535),
                                   ('loss_pct', 0.0, 0, 100), ('loss_pct', 100, 0, 100)])
 def test_check_range_accepts(args):
-    _netfault.check_range(*args)
+    _netcmd.check_range(*args)
 
 
 @pytest.mark.parametrize('args, message', [
@@ -192,24 +192,24 @@ def test_check_range_accepts(args):
 ])
 def test_check_range_refuses(args, message):
     with pytest.raises(SelectorError, match='^%s$' % re.escape(message)):
-        _netfault.check_range(*args)
+        _netcmd.check_range(*args)
 
 
 @pytest.mark.parametrize('percent, probability', [(30, '0.3000'), (0.5, '0.0050'), (100, '1.0000'), (33.33, '0.3333'), (1, '0.0100')])
 def test_loss_target(percent, probability):
-    assert _netfault.loss_target(percent) == ['-m', 'statistic', '--mode', 'random', '--probability', probability, '-j', 'DROP']
+    assert _netcmd.loss_target(percent) == ['-m', 'statistic', '--mode', 'random', '--probability', probability, '-j', 'DROP']
 
 
 def test_nfqueue_target():
-    assert _netfault.nfqueue_target(1234) == ['-j', 'NFQUEUE', '--queue-num', '1234', '--queue-bypass']
+    assert _netcmd.nfqueue_target(1234) == ['-j', 'NFQUEUE', '--queue-num', '1234', '--queue-bypass']
 
 
 IDS = ['latency--%s' % n for n in ['a', 'slow-clients', 'x' * 200] + list(range(200))]
 
 
 def test_queue_number_is_stable_and_in_range():
-    numbers = [_netfault.queue_number(fid) for fid in IDS]
-    assert numbers == [_netfault.queue_number(fid) for fid in IDS]
+    numbers = [_netcmd.queue_number(fid) for fid in IDS]
+    assert numbers == [_netcmd.queue_number(fid) for fid in IDS]
     assert all(1000 <= n < 31000 for n in numbers)
     assert len(set(numbers)) > 0.95 * len(IDS)
 
@@ -217,8 +217,8 @@ def test_queue_number_is_stable_and_in_range():
 def test_chains_fit_iptables_and_differ_per_fault():
     seen = set()
     for fid in IDS:
-        names = _netfault.chains(fid)
-        assert names == _netfault.chains(fid)
+        names = _netcmd.chains(fid)
+        assert names == _netcmd.chains(fid)
         assert sorted(names) == ['in', 'out']
         for direction, name in names.items():
             assert len(name) <= 28
@@ -244,4 +244,4 @@ def test_chains_fit_iptables_and_differ_per_fault():
     ('', (None, None)),
 ])
 def test_parse_root_qdisc(text, root):
-    assert _netfault.parse_root_qdisc(text) == root
+    assert _netcmd.parse_root_qdisc(text) == root

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 DOCUMENTATION = r'''
-module: pggit_chaos_record
-short_description: Judge one chaos experiment and record it for the report
+module: pggit_chaos_verdict
+short_description: The verdict of one chaos experiment, for the report
 version_added: 0.1.0
 description:
   - Takes the raw record of one experiment on one host (steady-state results,
@@ -151,7 +151,7 @@ seealso:
 
 EXAMPLES = r'''
 - name: Record the tracking-off experiment
-  pggit.chaos.pggit_chaos_record:
+  pggit.chaos.pggit_chaos_verdict:
     experiment: tracking-off
     experiment_id: "{{ pggit_experiment_id }}"
     target_role: primary
@@ -222,12 +222,12 @@ pggit_chaos_entry:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pggit.chaos.plugins.module_utils._record_spec import record_argument_spec
+from ansible_collections.pggit.chaos.plugins.module_utils._verdict_spec import verdict_argument_spec
 
 
 def main():
-    module = AnsibleModule(argument_spec=record_argument_spec(), supports_check_mode=True)
-    module.fail_json(msg='pggit_chaos_record must run via its action plugin; call it as pggit.chaos.pggit_chaos_record from a playbook')
+    module = AnsibleModule(argument_spec=verdict_argument_spec(), supports_check_mode=True)
+    module.fail_json(msg='pggit_chaos_verdict must run via its action plugin; call it as pggit.chaos.pggit_chaos_verdict from a playbook')
 
 
 if __name__ == '__main__':

@@ -6,13 +6,13 @@ import pytest
 
 from ansible.errors import AnsibleActionFail
 
-from ansible_collections.pggit.chaos.plugins.action.pggit_chaos_record import ActionModule
+from ansible_collections.pggit.chaos.plugins.action.pggit_chaos_verdict import ActionModule
 
 HEALTHY = dict(healthy=True, checks=[])
 
 
 def run(args, check_mode=False, task_vars=None):
-    task = MagicMock(args=args, async_val=0, check_mode=check_mode, action='pggit.chaos.pggit_chaos_record')
+    task = MagicMock(args=args, async_val=0, check_mode=check_mode, action='pggit.chaos.pggit_chaos_verdict')
     connection = MagicMock()
     action = ActionModule(task, connection, MagicMock(), loader=None, templar=None, shared_loader_obj=None)
     result = action.run(task_vars={'inventory_hostname': 'pg1'} if task_vars is None else task_vars)

@@ -1,12 +1,12 @@
 # Copyright: pggit.chaos contributors
 # MIT License
-"""Argument spec of pggit_chaos_record, shared by its action plugin and its doc stub."""
+"""Argument spec of pggit_chaos_verdict, shared by its action plugin and its doc stub."""
 from __future__ import annotations
 
 TIMESTAMPS = ('started_at', 'inject_start', 'inject_end', 'window_end', 'revert_start', 'revert_end', 'finished_at')
 
 
-def record_argument_spec():
+def verdict_argument_spec():
     """Return a fresh argument spec for one raw experiment record."""
     return dict(
         experiment=dict(type='str', required=True),

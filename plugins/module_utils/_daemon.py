@@ -1,0 +1,124 @@
+# Copyright: pggit.chaos contributors
+# MIT License
+"""Detached engine programs: the copy of the engine they run from, and how they start.
+
+Every background program of the collection (the TTL reaper, the NFQUEUE delay
+daemon, ...) is an *engine program*: a ``main()`` in a module_utils file,
+registered in :data:`PROGRAMS` under its process tag.  :func:`spawn` copies
+the engine into ``<state_dir>/lib`` and starts the program there, detached
+(own session, no terminal), so it survives the SSH session and the
+controller.  The tag is in its command line, which is how pid-reuse guards
+recognise it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+
+from ansible_collections.pggit.chaos.plugins.module_utils import _steps
+
+# Process tag -> the module_utils file that holds the program's main().
+PROGRAMS = {
+    'pggit-chaos-reaper': '_reaper',
+    'pggit-chaos-nfqdelay': '_nfqdelay',
+}
+# Files copied into <state_dir>/lib: every program and everything they import.
+ENGINE = ('_errors', '_ledger', '_steps', '_undo', '_pgconn', '_daemon', '_reaper', '_nfqdelay')
+_PKG = ('ansible_collections', 'pggit', 'chaos', 'plugins', 'module_utils')
+
+
+def _module(name):
+    return importlib.import_module('.'.join(_PKG + (name,)))
+
+
+def _source(module):
+    loader = getattr(module, '__loader__', None)
+    text = None
+    if loader is not None and hasattr(loader, 'get_source'):
+        try:
+            text = loader.get_source(module.__name__)
+        except Exception:  # pylint: disable=broad-except
+            text = None
+    if text is None:
+        with open(module.__file__) as handle:
+            text = handle.read()
+    return text
+
+
+def _write_if_changed(path, text, mode=0o600):
+    try:
+        with open(path) as handle:
+            if handle.read() == text:
+                return
+    except (IOError, OSError):
+        pass
+    tmp = '%s.%d.tmp' % (path, os.getpid())
+    with open(tmp, 'w') as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    os.rename(tmp, path)
+
+
+def install_engine(state_dir):
+    """Copy the engine next to the ledger; return {process tag: entry script}."""
+    lib = os.path.join(state_dir, 'lib')
+    pkg = os.path.join(lib, *_PKG)
+    if not os.path.isdir(pkg):
+        os.makedirs(pkg, 0o700)
+    for name in ENGINE:
+        _write_if_changed(os.path.join(pkg, name + '.py'), _source(_module(name)))
+    scripts = {}
+    for tag, name in PROGRAMS.items():
+        scripts[tag] = os.path.join(lib, tag + '.py')
+        _write_if_changed(scripts[tag], (
+            'import sys\n'
+            'sys.path.insert(0, %r)\n'
+            'from ansible_collections.pggit.chaos.plugins.module_utils import %s\n'
+            'sys.exit(%s.main(sys.argv[1:]))\n') % (lib, name, name))
+    return scripts
+
+
+def spawn(state_dir, tag, args, python=None):
+    """Start a detached engine program (no terminal, own session). Returns {pid, starttime}."""
+    script = install_engine(state_dir)[tag]
+    argv = [python or sys.executable, script] + list(args)
+    log = os.path.join(state_dir, tag.replace('pggit-chaos-', '') + '.log')
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read_end)
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+            os.write(write_end, str(os.getpid()).encode())
+            os.close(write_end)
+            os.chdir('/')
+            null = os.open(os.devnull, os.O_RDWR)
+            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(null, 0)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            os.closerange(3, 65536)
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    data = b''
+    while True:
+        chunk = os.read(read_end, 64)
+        if not chunk:
+            break
+        data += chunk
+    os.close(read_end)
+    if not data:
+        raise RuntimeError('%s did not start' % tag)
+    child = int(data)
+    # Wait for exec so the recorded cmdline carries the tag.
+    deadline = time.time() + 5
+    while time.time() < deadline and tag not in _steps.proc_cmdline(child):
+        time.sleep(0.01)
+    return {'pid': child, 'starttime': _steps.proc_starttime(child), 'script': script}
