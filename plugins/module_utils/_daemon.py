@@ -18,6 +18,7 @@ import sys
 import time
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _steps
+from ansible_collections.pggit.chaos.plugins.module_utils._errors import DaemonError
 
 # Process tag -> the module_utils file that holds the program's main().
 PROGRAMS = {
@@ -80,11 +81,35 @@ def install_engine(state_dir):
     return scripts
 
 
-def spawn(state_dir, tag, args, python=None):
-    """Start a detached engine program (no terminal, own session). Returns {pid, starttime}."""
+def log_path(state_dir, tag):
+    return os.path.join(state_dir, tag.replace('pggit-chaos-', '') + '.log')
+
+
+def log_tail(state_dir, tag, lines=5):
+    """The last lines of a program's log, for error messages."""
+    try:
+        with open(log_path(state_dir, tag), 'rb') as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            text = handle.read().decode('utf-8', 'replace')
+    except (IOError, OSError):
+        return ''
+    return ' | '.join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def spawn(state_dir, tag, args, python=None, ready=None, ready_timeout=5.0):
+    """Start a detached engine program (no terminal, own session). Returns {pid, starttime, script}.
+
+    ``ready``: a callable that returns True once the program has proven that
+    it does its job (a bound queue, a held lock, ...).  Until it does, the
+    program is not started as far as the caller knows: when it exits first,
+    or ``ready_timeout`` seconds pass, it is stopped and :class:`DaemonError`
+    says why, with the tail of its log.  A fault that cannot prove it is in
+    place has failed.
+    """
     script = install_engine(state_dir)[tag]
     argv = [python or sys.executable, script] + list(args)
-    log = os.path.join(state_dir, tag.replace('pggit-chaos-', '') + '.log')
+    log = log_path(state_dir, tag)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -121,4 +146,19 @@ def spawn(state_dir, tag, args, python=None):
     deadline = time.time() + 5
     while time.time() < deadline and tag not in _steps.proc_cmdline(child):
         time.sleep(0.01)
-    return {'pid': child, 'starttime': _steps.proc_starttime(child), 'script': script}
+    started = {'pid': child, 'starttime': _steps.proc_starttime(child), 'script': script}
+    if ready is not None:
+        _await_ready(state_dir, tag, started, ready, ready_timeout)
+    return started
+
+
+def _await_ready(state_dir, tag, started, ready, timeout):
+    deadline = time.monotonic() + timeout
+    while not ready():
+        alive = _steps.same_process(started['pid'], started['starttime'])
+        if not alive or time.monotonic() > deadline:
+            _steps.stop_process(started['pid'], started['starttime'], tag, grace=1.0)
+            why = 'exited before it was ready' if not alive else 'was not ready after %gs' % timeout
+            tail = log_tail(state_dir, tag)
+            raise DaemonError('%s (pid %s) %s%s' % (tag, started['pid'], why, ': ' + tail if tail else ''))
+        time.sleep(0.05)

@@ -17,3 +17,7 @@ class LedgerError(ChaosError):
 
 class UndoError(ChaosError):
     """An undo step could not be carried out; the record stays and the reaper retries."""
+
+
+class DaemonError(ChaosError):
+    """A detached engine program did not start, or could not prove that it does its job."""

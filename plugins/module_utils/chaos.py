@@ -7,7 +7,7 @@ Public (fault modules import these, and only these, from the engine):
 - :class:`Fault`: what one kind of fault does (validate, observe, plan, apply);
 - :class:`ChaosModule`: runs a ``Fault`` through its lifecycle;
 - :func:`fault_argument_spec`, :func:`state_dir_argument_spec`: the shared options;
-- :class:`ChaosError` and its subclasses :class:`LedgerError`, :class:`UndoError`.
+- :class:`ChaosError` and its subclasses :class:`LedgerError`, :class:`UndoError`, :class:`DaemonError`.
 
 Everything in files whose names start with ``_`` is private to the engine.
 
@@ -31,10 +31,10 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _reaper, _undo
-from ansible_collections.pggit.chaos.plugins.module_utils._errors import ChaosError, LedgerError, UndoError
+from ansible_collections.pggit.chaos.plugins.module_utils._errors import ChaosError, DaemonError, LedgerError, UndoError
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 
-__all__ = ['ChaosError', 'ChaosModule', 'Fault', 'LedgerError', 'UndoError', 'fault_argument_spec',
+__all__ = ['ChaosError', 'ChaosModule', 'DaemonError', 'Fault', 'LedgerError', 'UndoError', 'fault_argument_spec',
            'state_dir_argument_spec']
 
 TTL_MIN = 5

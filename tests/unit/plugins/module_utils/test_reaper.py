@@ -187,3 +187,41 @@ def test_arm_starts_a_detached_reaper_that_reverts_at_expiry(tmp_path):
     finally:
         if _running(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def _program(tmp_path, monkeypatch, body):
+    """Register a throwaway engine program whose main() runs ``body`` (Python source)."""
+    state_dir = str(tmp_path / 'state')
+    os.makedirs(state_dir, mode=0o700)
+    monkeypatch.setitem(_daemon.PROGRAMS, 'pggit-chaos-testprog', '_reaper')
+    scripts = _daemon.install_engine(state_dir)
+    with open(scripts['pggit-chaos-testprog'], 'w') as handle:
+        handle.write(body)
+    monkeypatch.setattr(_daemon, 'install_engine', lambda _state_dir: scripts)
+    return state_dir
+
+
+def test_spawn_waits_until_the_program_proves_it_is_ready(tmp_path, monkeypatch):
+    flag = tmp_path / 'ready'
+    state_dir = _program(tmp_path, monkeypatch, 'import time, sys\ntime.sleep(0.3)\nopen(%r, "w").close()\ntime.sleep(30)\n'
+                         % str(flag))
+    started = _daemon.spawn(state_dir, 'pggit-chaos-testprog', [], ready=flag.exists, ready_timeout=5)
+    try:
+        assert flag.exists()
+        assert _steps.same_process(started['pid'], started['starttime'], 'pggit-chaos-testprog')
+    finally:
+        _steps.stop_process(started['pid'], started['starttime'])
+
+
+def test_spawn_fails_with_the_log_when_the_program_dies_before_ready(tmp_path, monkeypatch):
+    state_dir = _program(tmp_path, monkeypatch, 'import sys\nsys.stderr.write("no module named netfilterqueue\\n")\nsys.exit(3)\n')
+    with pytest.raises(_daemon.DaemonError, match='exited before it was ready: no module named netfilterqueue'):
+        _daemon.spawn(state_dir, 'pggit-chaos-testprog', [], ready=lambda: False, ready_timeout=5)
+
+
+def test_spawn_stops_a_program_that_never_gets_ready(tmp_path, monkeypatch):
+    state_dir = _program(tmp_path, monkeypatch, 'import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(30)\n')
+    with pytest.raises(_daemon.DaemonError, match='was not ready after 0.5s'):
+        _daemon.spawn(state_dir, 'pggit-chaos-testprog', [], ready=lambda: False, ready_timeout=0.5)
+    pid = int(_daemon.log_tail(state_dir, 'pggit-chaos-testprog').split()[-1])
+    assert not _steps.same_process(pid), 'the program that never got ready must be stopped'
