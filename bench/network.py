@@ -1,6 +1,6 @@
 """Fidelity of the network faults on the lab (make bench-network builds and removes it).
 
-Measures, for the nfqueue method, from the controller (198.18.0.1) to the
+Measures, for the nfqueue method, from the controller (the lab bridge, .1 of the lab's /24) to the
 primary's PostgreSQL port:
 - requested against measured added round-trip time, p50 and p95, for 20, 100
   and 300 ms (one `SELECT 1` on an open connection is one round trip);

@@ -1,10 +1,16 @@
-"""Kill every process that belongs to the pggit lab; print JSON of what died.
+"""Kill every process that belongs to one pggit lab; print JSON of what died.
 
 A process belongs to the lab when any of these holds:
-- it lives in one of the lab's network namespaces (/run/netns/<prefix>*);
+- it lives in one of the lab's network namespaces (/run/netns/<name> with a
+  name that matches --netns-regex);
 - its cwd or executable is under the lab directory;
-- its command line mentions the lab directory or one of the --pattern strings
-  (the collection's own daemons are named pggit-chaos-*).
+- its command line names the lab directory or a path under it (the lab's
+  sshd, ssh control masters, and the pggit-chaos daemons of its hosts, which
+  run from <lab dir>/hosts/<host>/state/lib).
+
+Nothing else: never a process picked by its name alone, so the pggit-chaos
+reapers of real faults, another lab and another checkout's tests are left
+alone. Paths match whole: lab dir /x/lab-a does not claim /x/lab-ab.
 
 This script, its ancestors (the shell and the ansible-playbook that ran it)
 and kernel threads are never touched. Matching processes get SIGKILL, and the
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -43,14 +50,14 @@ def _ancestors(pid):
     return seen
 
 
-def _lab_netns_inodes(prefix):
+def _lab_netns_inodes(regex):
     inodes = set()
     try:
         names = os.listdir('/run/netns')
     except OSError:
         return inodes
     for name in names:
-        if name.startswith(prefix):
+        if regex.match(name):
             try:
                 inodes.add(os.stat(os.path.join('/run/netns', name)).st_ino)
             except OSError:
@@ -62,7 +69,13 @@ def _under(path, lab_dir):
     return path == lab_dir or path.startswith(lab_dir + '/')
 
 
-def _why(pid, lab_dir, patterns, netns_inodes):
+def _names_dir(text, lab_dirs):
+    """Whether a command line names a lab dir itself or a path under it (not /x/lab-ab for /x/lab-a)."""
+    return any(re.search(r'(?<![A-Za-z0-9._/-])' + re.escape(path) + r'(?![A-Za-z0-9._-])', text)
+               for path in lab_dirs)
+
+
+def _why(pid, lab_dirs, netns_inodes):
     """Why pid belongs to the lab, or None."""
     cmdline = _read('/proc/%d/cmdline' % pid)
     if not cmdline:
@@ -76,34 +89,34 @@ def _why(pid, lab_dir, patterns, netns_inodes):
             pass
     for link in ('cwd', 'exe'):
         try:
-            if _under(os.readlink('/proc/%d/%s' % (pid, link)), lab_dir):
+            if any(_under(os.readlink('/proc/%d/%s' % (pid, link)), path) for path in lab_dirs):
                 return link
         except OSError:
             pass
-    if lab_dir in text:
+    if _names_dir(text, lab_dirs):
         return 'cmdline'
-    for pattern in patterns:
-        if pattern in text:
-            return 'pattern ' + pattern
     return None
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--lab-dir', required=True)
-    parser.add_argument('--netns-prefix', default='pgglab-')
-    parser.add_argument('--pattern', action='append', default=[])
+    parser.add_argument('--netns-regex', required=True, help="the lab's namespaces, e.g. ^pgglab-[0-9]$")
     parser.add_argument('--timeout', type=float, default=10.0)
     args = parser.parse_args()
 
-    lab_dir = os.path.realpath(args.lab_dir).rstrip('/')
-    if lab_dir in ('', '/'):
-        parser.error('--lab-dir must not be /')
+    lab_dirs = {os.path.normpath(args.lab_dir), os.path.realpath(args.lab_dir)}
+    if not os.path.isabs(args.lab_dir) or min(path.count('/') for path in lab_dirs) < 2:
+        parser.error('--lab-dir must be an absolute path at least two levels deep, got %s' % args.lab_dir)
+    try:
+        netns_regex = re.compile(args.netns_regex)
+    except re.error as exc:
+        parser.error('--netns-regex %r: %s' % (args.netns_regex, exc))
     spare = _ancestors(os.getpid())
     killed = {}
     deadline = time.monotonic() + args.timeout
     while True:
-        netns_inodes = _lab_netns_inodes(args.netns_prefix)
+        netns_inodes = _lab_netns_inodes(netns_regex)
         found = 0
         for entry in os.listdir('/proc'):
             if not entry.isdigit():
@@ -111,7 +124,7 @@ def main():
             pid = int(entry)
             if pid in spare:
                 continue
-            why = _why(pid, lab_dir, args.pattern, netns_inodes)
+            why = _why(pid, lab_dirs, netns_inodes)
             if why is None:
                 continue
             found += 1
