@@ -19,11 +19,20 @@ def write_config(folder):
     return path
 
 
-def adhoc(collections, config, module, args, extra_vars=None, netns=None, timeout=120):
-    """Return the module result, with 'failed' set from the CLI's verdict."""
+def adhoc(collections, config, module, args, extra_vars=None, netns=None, timeout=120, host_vars=None):
+    """Return the module result, with 'failed' set from the CLI's verdict.
+
+    ``host_vars`` go into an inventory written next to ``config``: the only
+    place an opt-in (pggit_chaos_allowed) counts; extra vars cannot grant it."""
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_CONFIG=config, ANSIBLE_NOCOLOR='1')
     argv = [os.path.join(BIN, 'ansible'), 'localhost', '-o', '-c', 'local', '-m', module,
             '-e', 'ansible_python_interpreter=%s' % sys.executable]
+    if host_vars is not None:
+        inventory = os.path.join(os.path.dirname(config), 'inventory.yml')
+        with open(inventory, 'w') as handle:
+            json.dump({'all': {'hosts': {'localhost': dict(host_vars, ansible_connection='local',
+                                                           ansible_python_interpreter=sys.executable)}}}, handle)
+        argv += ['-i', inventory]
     if args:
         argv += ['-a', json.dumps(args)]
     if extra_vars:

@@ -45,7 +45,7 @@ class Probe(object):
         try:
             check = func(*args)
         except Exception as exc:  # pylint: disable=broad-except
-            check = _check(func.__name__.lstrip('_').replace('check_', ''), ERROR, _pgconn.one_line(exc))
+            check = self._error_check(func.__name__.lstrip('_').replace('check_', ''), exc)
             if getattr(self, 'conn', None) is not None:
                 try:
                     self.conn.rollback()
@@ -53,6 +53,16 @@ class Probe(object):
                     pass
         check['elapsed_ms'] = round((self.clock() - started) * 1000.0, 2)
         return check
+
+    def _error_check(self, name, exc):
+        """An error finding; a database error names its statement and the option behind it."""
+        is_db = isinstance(exc, _pgconn.SQLError) or (_pgconn.HAS_PSYCOPG2 and isinstance(exc, _pgconn.psycopg2.Error))
+        if not is_db:
+            return _check(name, ERROR, _pgconn.one_line(exc))
+        error = _pgconn.sql_error(exc)
+        value = self.params.get(error.option) if error.option else None
+        return _check(name, ERROR, error.message(value, show_value=value is not None),
+                      data={'statement': error.statement, 'option': error.option})
 
     # -- the checks -----------------------------------------------------
     def check_connect(self):
@@ -62,16 +72,15 @@ class Probe(object):
             self.conn = None
             return _check('connect', FAILED, 'cannot connect to %s: %s' % (_pgconn.describe(self.params), _pgconn.one_line(exc)))
         self.conn.autocommit = True
-        cur = self.conn.cursor()
-        cur.execute('SELECT pg_is_in_recovery(), current_setting(\'server_version\'), current_database()')
+        cur = _pgconn.execute(self.conn.cursor(), "SELECT pg_is_in_recovery(), current_setting('server_version'), current_database()",
+                              what='reading the server role')
         self.in_recovery, version, dbname = cur.fetchone()
         return _check('connect', OK, 'connected to %s' % dbname,
                       data={'in_recovery': self.in_recovery, 'server_version': version})
 
     def check_pggit_present(self):
-        cur = self.conn.cursor()
-        cur.execute("SELECT to_regnamespace('pggit') IS NOT NULL, to_regclass('pggit.objects') IS NOT NULL, "
-                    "to_regclass('pggit.history') IS NOT NULL")
+        cur = _pgconn.execute(self.conn.cursor(), "SELECT to_regnamespace('pggit') IS NOT NULL, to_regclass('pggit.objects') IS NOT NULL, "
+                              "to_regclass('pggit.history') IS NOT NULL", what='looking for pgGit')
         schema, objects, history = cur.fetchone()
         missing = [n for n, ok in (('schema pggit', schema), ('pggit.objects', objects), ('pggit.history', history)) if not ok]
         if missing:
@@ -79,8 +88,8 @@ class Probe(object):
         return _check('pggit_present', OK, 'schema pggit with objects and history')
 
     def check_event_triggers(self):
-        cur = self.conn.cursor()
-        cur.execute("SELECT evtname, evtevent, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pggit%' ORDER BY evtname")
+        cur = _pgconn.execute(self.conn.cursor(), "SELECT evtname, evtevent, evtenabled FROM pg_event_trigger "
+                              "WHERE evtname LIKE 'pggit%' ORDER BY evtname", what='listing event triggers')
         triggers = [{'name': n, 'event': e, 'enabled': m != 'D', 'mode': m} for n, e, m in cur.fetchall()]
         recording = [t['name'] for t in triggers if t['enabled'] and t['event'] == 'ddl_command_end']
         disabled = [t['name'] for t in triggers if not t['enabled']]
@@ -114,17 +123,21 @@ class Probe(object):
         conn.autocommit = False
         try:
             cur = conn.cursor()
-            cur.execute('SET LOCAL statement_timeout = %s', (int(self.params['canary_timeout_ms']),))
-            cur.execute('SET LOCAL lock_timeout = %s', (int(self.params['canary_timeout_ms']),))
-            cur.execute(_pgconn.sql.SQL('CREATE TABLE {} (id int)').format(ident))
-            cur.execute("SELECT count(*) FROM pggit.history h JOIN pggit.objects o ON o.id = h.object_id "
-                        "WHERE o.schema_name = %s AND o.object_name = %s AND h.change_type::text = 'CREATE'", (schema, name))
+            timeout = int(self.params['canary_timeout_ms'])
+            _pgconn.execute(cur, 'SET LOCAL statement_timeout = %s', (timeout,), what='bounding the canary', option='canary_timeout_ms')
+            _pgconn.execute(cur, 'SET LOCAL lock_timeout = %s', (timeout,), what='bounding the canary', option='canary_timeout_ms')
+            _pgconn.execute(cur, _pgconn.sql.SQL('CREATE TABLE {} (id int)').format(ident), what='creating the canary table',
+                            option='canary_schema')
+            _pgconn.execute(cur, "SELECT count(*) FROM pggit.history h JOIN pggit.objects o ON o.id = h.object_id "
+                            "WHERE o.schema_name = %s AND o.object_name = %s AND h.change_type::text = 'CREATE'", (schema, name),
+                            what='counting the canary in pggit.history')
             rows = cur.fetchone()[0]
             if self.params['zero_footprint']:
                 conn.rollback()
             else:
                 conn.commit()
-                cur.execute(_pgconn.sql.SQL('DROP TABLE {}').format(ident))
+                _pgconn.execute(cur, _pgconn.sql.SQL('DROP TABLE {}').format(ident), what='dropping the canary table',
+                                option='canary_schema')
                 conn.commit()
         except Exception:
             conn.rollback()
@@ -142,8 +155,8 @@ class Probe(object):
         critical = mode == 'require'
         if mode == 'skip':
             return _check('health_check', SKIPPED, 'not asked for', critical=False)
-        cur = self.conn.cursor()
-        cur.execute("SELECT to_regprocedure('pggit.health_check()') IS NOT NULL")
+        cur = _pgconn.execute(self.conn.cursor(), "SELECT to_regprocedure('pggit.health_check()') IS NOT NULL",
+                              what='looking for pggit.health_check()')
         if not cur.fetchone()[0]:
             status = FAILED if critical else SKIPPED
             return _check('health_check', status, 'pggit.health_check() does not exist', critical=critical)
@@ -169,9 +182,9 @@ class Probe(object):
         min_replicas = self.params['min_replicas']
         critical = any(v is not None for v in (limit_bytes, limit_delay, min_replicas))
         if self.in_recovery:
-            cur.execute('SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '
-                        'EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), '
-                        '(SELECT status FROM pg_stat_wal_receiver)')
+            _pgconn.execute(cur, 'SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '
+                            'EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), '
+                            '(SELECT status FROM pg_stat_wal_receiver)', what='reading the replay position')
             lag, delay, receiver = cur.fetchone()
             data = {'role': 'standby', 'replay_lag_bytes': int(lag or 0), 'replay_delay_seconds': float(delay) if delay is not None else None,
                     'wal_receiver': receiver}
@@ -183,8 +196,9 @@ class Probe(object):
             if critical and receiver != 'streaming':
                 problems.append('wal receiver is %s' % (receiver or 'not running'))
         else:
-            cur.execute('SELECT application_name, client_addr::text, state, '
-                        'pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) FROM pg_stat_replication ORDER BY application_name')
+            _pgconn.execute(cur, 'SELECT application_name, client_addr::text, state, '
+                            'pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) FROM pg_stat_replication ORDER BY application_name',
+                            what='reading pg_stat_replication')
             replicas = [{'name': n, 'addr': a, 'state': s, 'lag_bytes': int(lag) if lag is not None else None}
                         for n, a, s, lag in cur.fetchall()]
             data = {'role': 'primary', 'replicas': replicas}
@@ -202,7 +216,8 @@ class Probe(object):
     def check_connections(self):
         limit = self.params['max_connections_pct']
         cur = self.conn.cursor()
-        cur.execute("SELECT count(*), current_setting('max_connections')::int FROM pg_stat_activity WHERE backend_type = 'client backend'")
+        _pgconn.execute(cur, "SELECT count(*), current_setting('max_connections')::int FROM pg_stat_activity "
+                        "WHERE backend_type = 'client backend'", what='counting connections')
         used, maximum = cur.fetchone()
         pct = round(100.0 * used / maximum, 1)
         data = {'used': used, 'max': maximum, 'pct': pct}
@@ -213,13 +228,14 @@ class Probe(object):
     def check_drift(self):
         cur = self.conn.cursor()
         schemas = self.params['drift_schemas']
-        cur.execute("SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE c.relkind = ANY(%s) AND NOT n.nspname = ANY(%s) AND n.nspname NOT LIKE 'pg_temp%%' "
-                    "AND n.nspname NOT LIKE 'pg_toast%%' AND (%s::text[] IS NULL OR n.nspname = ANY(%s::text[])) "
-                    "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('i', 'a', 'e')) "
-                    "ORDER BY 1, 2", (list(RELKINDS), list(SYSTEM_SCHEMAS), schemas, schemas))
+        _pgconn.execute(cur, "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.relkind = ANY(%s) AND NOT n.nspname = ANY(%s) AND n.nspname NOT LIKE 'pg_temp%%' "
+                        "AND n.nspname NOT LIKE 'pg_toast%%' AND (%s::text[] IS NULL OR n.nspname = ANY(%s::text[])) "
+                        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('i', 'a', 'e')) "
+                        "ORDER BY 1, 2", (list(RELKINDS), list(SYSTEM_SCHEMAS), schemas, schemas),
+                        what='listing catalog relations', option='drift_schemas')
         catalog = cur.fetchall()
-        cur.execute('SELECT schema_name, object_name FROM pggit.objects WHERE is_active')
+        _pgconn.execute(cur, 'SELECT schema_name, object_name FROM pggit.objects WHERE is_active', what='reading pggit.objects')
         known = set(cur.fetchall())
         drift = ['%s.%s' % (s, n) for s, n, _kind in catalog if (s, n) not in known]
         data = {'drift': drift, 'catalog_objects': len(catalog)}
@@ -231,8 +247,8 @@ class Probe(object):
     def check_history(self):
         """Row count and digest of pggit.history, to compare a replica with its primary."""
         cur = self.conn.cursor()
-        cur.execute("SELECT count(*), coalesce(max(id), 0), md5(coalesce(string_agg(concat_ws('|', id, object_id, change_type, "
-                    "change_severity, sql_executed), E'\\n' ORDER BY id), '')) FROM pggit.history")
+        _pgconn.execute(cur, "SELECT count(*), coalesce(max(id), 0), md5(coalesce(string_agg(concat_ws('|', id, object_id, change_type, "
+                        "change_severity, sql_executed), E'\\n' ORDER BY id), '')) FROM pggit.history", what='digesting pggit.history')
         rows, max_id, digest = cur.fetchone()
         return _check('history', OK, '%d history rows, last id %d' % (rows, max_id), critical=False,
                       data={'rows': rows, 'max_id': max_id, 'digest': digest})

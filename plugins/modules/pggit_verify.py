@@ -24,6 +24,11 @@ description:
     implement abort conditions.
   - The module reads and, unless O(zero_footprint=false), leaves no trace; the
     canary runs in a transaction that is rolled back.
+  - The probe never fails on a database error; each one is a finding with
+    status V(error) whose message names what failed, the option behind it
+    and the statement (also in the check's C(data.statement) and
+    C(data.option)). Bad option values fail the task before anything
+    connects.
 author: pggit.chaos maintainers (@pggit)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -57,7 +62,10 @@ options:
     default: true
   canary_schema:
     description:
-      - Schema for the canary table.
+      - Schema for the canary table. It must exist; a missing schema or a
+        missing privilege is reported as an V(error) finding of the
+        C(canary) check that names this option and the statement. System
+        schemas (C(pg_*), C(information_schema)) and C(pggit) are refused.
     type: str
     default: public
   canary_timeout_ms:
@@ -209,7 +217,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pggit.chaos.plugins.module_utils._probe import Probe
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
-from ansible_collections.pggit.chaos.plugins.module_utils.postgres import check_postgres_params, ensure_psycopg2, postgres_argument_spec
+from ansible_collections.pggit.chaos.plugins.module_utils.postgres import (
+    check_postgres_params, ensure_psycopg2, postgres_argument_spec, sql_failures,
+)
 
 RANGES = (
     ('canary_timeout_ms', 100, 600000),
@@ -221,6 +231,14 @@ RANGES = (
     ('min_replicas', 0, 1000),
     ('max_connections_pct', 0, 100),
 )
+# Never a canary here: system catalogs, and pgGit's own schema (not tracked).
+FORBIDDEN_CANARY_SCHEMAS = ('information_schema', 'pggit')
+
+
+def check_canary_schema(module):
+    schema = module.params['canary_schema']
+    if not schema or not schema.strip() or schema.lower() in FORBIDDEN_CANARY_SCHEMAS or schema.lower().startswith('pg_'):
+        module.fail_json(msg="canary_schema must name an existing user schema for the canary table, not %r" % schema)
 
 
 def main():
@@ -246,6 +264,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     fail_on_ranges(module, RANGES)
+    check_canary_schema(module)
     check_postgres_params(module)
     ensure_psycopg2(module)
     params = dict(module.params)
@@ -253,11 +272,13 @@ def main():
     if not params['zero_footprint'] and module.check_mode:
         params['zero_footprint'] = True  # check mode never commits a canary
     probe = Probe(params)
-    if params['watch_duration'] > 0:
-        result = probe.watch(params['watch_duration'], params['watch_interval'], params['abort_after'])
-    else:
-        result = probe.run_once()
-        result.update(aborted=False, rounds=[{'at': result['at'], 'healthy': result['healthy'], 'failed': result['failed_checks']}])
+    # The probe reports database errors as findings; this only guards against one escaping it.
+    with sql_failures(module, what='the steady-state probe'):
+        if params['watch_duration'] > 0:
+            result = probe.watch(params['watch_duration'], params['watch_interval'], params['abort_after'])
+        else:
+            result = probe.run_once()
+            result.update(aborted=False, rounds=[{'at': result['at'], 'healthy': result['healthy'], 'failed': result['failed_checks']}])
     result['changed'] = False
     if params['fail_on_unhealthy'] and not result['healthy']:
         module.fail_json(msg='steady state not met: %s' % '; '.join(result['findings'] or result['failed_checks']), **result)

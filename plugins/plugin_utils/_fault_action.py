@@ -3,20 +3,25 @@
 """Controller-side guard shared by the fault modules' action plugins.
 
 It runs before anything reaches the target:
-- refuses hosts that have not opted in with ``pggit_chaos_allowed: true``
-  (reverting is always allowed);
+- refuses hosts that have not opted in with ``pggit_chaos_allowed: true`` in
+  their own inventory, or whose opt-in this run lowered to false (the rule is
+  in ``_optin``; with ``delegate_to`` the delegate's inventory decides);
+  reverting is always allowed;
 - fills ``state_dir`` from the host variable ``pggit_chaos_state_dir``.
 """
 from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.pggit.chaos.plugins.plugin_utils._optin import OPT_IN_VAR, opted_in
+from ansible_collections.pggit.chaos.plugins.plugin_utils._optin import OPT_IN_VAR, UNDEFINED, decide
 
 
 class FaultActionModule(ActionBase):
     TRANSFERS_FILES = False
     REQUIRES_OPT_IN = True
+    # Whose opt-in counts under delegate_to: 'delegate' (where the fault lands, the default) or
+    # 'target' (inventory_hostname: the workload loads the target's database from a client).
+    OPT_IN_OF = 'delegate'
     INJECT_STATE_DIR = True
     _supports_check_mode = True
     _supports_async = True
@@ -41,13 +46,13 @@ class FaultActionModule(ActionBase):
             args['state_dir'] = state_dir
         if self.REQUIRES_OPT_IN and args.get('state', 'present') != 'absent':
             delegate = getattr(self._task, 'delegate_to', None)
-            host = delegate if isinstance(delegate, str) and delegate else task_vars.get('inventory_hostname', '?')
-            raw = self._var(task_vars, OPT_IN_VAR)
-            allowed = opted_in(raw)
-            if not allowed:
-                result.update(failed=True, changed=False, refused=True,
-                              msg="host %s has not opted in to chaos: pggit_chaos_allowed is %r; "
-                                  "set pggit_chaos_allowed: true for hosts that may take faults" % (host, raw))
+            if self.OPT_IN_OF == 'delegate' and isinstance(delegate, str) and delegate:
+                host, effective = delegate, self._host_vars(task_vars).get(OPT_IN_VAR, UNDEFINED)
+            else:
+                host, effective = task_vars.get('inventory_hostname', '?'), task_vars.get(OPT_IN_VAR, UNDEFINED)
+            decision = decide(task_vars, host, effective, self._templar)
+            if not decision.allowed:
+                result.update(failed=True, changed=False, refused=True, msg=decision.msg, opt_in=decision.details())
                 return result
         module = self._task.resolved_action or self._task.action
         result.update(self._execute_module(module_name=module, module_args=args, task_vars=task_vars,

@@ -1,9 +1,12 @@
 """Bad input to chaos.yml fails with a message naming the option and value, and leaves no fault."""
 from __future__ import annotations
 
-import pytest
+import subprocess
 
-from labtools import chaos_processes, host_rules, ledger, load_report, run_playbook, trigger_modes
+import pytest
+import yaml
+
+from labtools import INVENTORY, REPO, chaos_processes, host_rules, ledger, load_report, playbook_argv, playbook_env, run_playbook, trigger_modes
 
 KNOWN = ['kill_connections', 'trigger_failure', 'network_latency', 'packet_loss', 'region_partition']
 
@@ -14,7 +17,7 @@ KNOWN = ['kill_connections', 'trigger_failure', 'network_latency', 'packet_loss'
     (['chaos_duration=abc'], 'chaos_duration must be a positive number of seconds'),
     (['chaos_max_hosts=0'], "chaos_max_hosts must be at least 1, got '0'"),
     (['chaos_max_hosts=150%'], "chaos_max_hosts must be a percentage in (0, 100], got '150%'"),
-    (['pggit_chaos_allowed=false'], 'lab-1 has not opted in to chaos'),
+    (['pggit_chaos_allowed=false'], 'opted in to chaos in its inventory, but pggit_chaos_allowed is'),
     (['chaos_experiments=trigger_failure', 'chaos_duration=2', '{"pggit_chaos_trigger_triggers": ["nope"]}'],
      "triggers: unknown event trigger 'nope'"),
 ])
@@ -52,3 +55,30 @@ def test_check_mode_injects_nothing(lab, primary, tmp_path):
     assert plans['packet_loss']['planned']['method'] == 'iptables'
     for host in lab.values():
         assert 'pggit-chaos' not in host_rules(host), 'check mode added a rule on %s' % host['pggit_lab_netns']
+
+
+def test_extra_var_cannot_override_a_host_whose_inventory_says_false(lab, primary, tmp_path):
+    """chaos.yml -e pggit_chaos_allowed=true on a copy of the lab inventory where the primary says false: refused."""
+    name = next(n for n, h in lab.items() if h is primary or h == primary)
+    with open(INVENTORY) as handle:
+        inventory = yaml.safe_load(handle)
+    stack = [inventory['all']]
+    while stack:
+        node = stack.pop() or {}
+        for host, hostvars in (node.get('hosts') or {}).items():
+            if host == name and hostvars and 'pggit_chaos_allowed' in hostvars:
+                hostvars['pggit_chaos_allowed'] = False
+        stack.extend((node.get('children') or {}).values())
+    copy = tmp_path / 'inventory' / 'hosts.yml'
+    copy.parent.mkdir()
+    copy.write_text(yaml.safe_dump(inventory))
+    argv = playbook_argv('chaos.yml', 'chaos_experiments=trigger_failure', 'chaos_duration=2', 'pggit_chaos_allowed=true')
+    argv[argv.index(INVENTORY)] = str(copy)
+    result = subprocess.run(argv, cwd=REPO, env=playbook_env(tmp_path), capture_output=True, text=True, timeout=600, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert ('host %s has not opted in to chaos in its inventory (pggit_chaos_allowed is false there); '
+            'an extra-var or play var cannot override it' % name) in out, out[-3000:]
+    assert 'Run each experiment' not in out
+    assert ledger(primary) == [] and set(trigger_modes(primary).values()) == {'O'}
+    assert chaos_processes() == []

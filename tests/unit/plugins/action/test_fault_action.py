@@ -4,6 +4,8 @@ from unittest.mock import MagicMock
 
 import pytest
 
+from inventory_fixture import Inventory, hosts
+
 from ansible_collections.pggit.chaos.plugins.action.pggit_chaos_connections import ActionModule as ConnectionsAction
 from ansible_collections.pggit.chaos.plugins.action.pggit_chaos_revert import ActionModule as RevertAction
 from ansible_collections.pggit.chaos.plugins.action.pggit_chaos_trigger import ActionModule as TriggerAction
@@ -24,17 +26,33 @@ class Templar(object):
             return self.variables[value.strip('{} ')]
         return value
 
+    def copy_with_new_env(self, available_variables=None):
+        return Templar(available_variables or {})
 
-def run(action_cls, args, allowed=MISSING, state_dir=MISSING, async_val=0, variables=None):
-    task = MagicMock(args=dict(args), async_val=async_val, check_mode=False,
+
+@pytest.fixture
+def folder(tmp_path):
+    return tmp_path / 'inventory'
+
+
+def make_inventory(folder, allowed=MISSING, state_dir=MISSING, **pg1):
+    """pg1 with the given inventory opt-in, state dir and other variables."""
+    if allowed is not MISSING:
+        pg1['pggit_chaos_allowed'] = allowed
+    if state_dir is not MISSING:
+        pg1['pggit_chaos_state_dir'] = state_dir
+    return Inventory(folder, hosts(pg1=pg1))
+
+
+def run(action_cls, args, inventory, async_val=0, variables=None, overrides=None, delegate_to=None, delegated_overrides=None):
+    """Run the action for pg1; ``overrides`` are what extra vars or task/play vars add on top of the inventory."""
+    task = MagicMock(args=dict(args), async_val=async_val, check_mode=False, delegate_to=delegate_to,
                      action='pggit_chaos_x', resolved_action='pggit.chaos.pggit_chaos_x')
     action = action_cls(task, MagicMock(), MagicMock(), loader=None, templar=Templar(variables or {}), shared_loader_obj=None)
     action._execute_module = MagicMock(return_value=dict(MODULE_RESULT))
-    task_vars = {'inventory_hostname': 'pg1'}
-    if allowed is not MISSING:
-        task_vars['pggit_chaos_allowed'] = allowed
-    if state_dir is not MISSING:
-        task_vars['pggit_chaos_state_dir'] = state_dir
+    task_vars = inventory.task_vars('pg1', **(overrides or {}))
+    if delegate_to:
+        task_vars['ansible_delegated_vars'] = {delegate_to: inventory.task_vars(delegate_to, **(delegated_overrides or {}))}
     result = action.run(task_vars=task_vars)
     assert task.args == args  # the task itself is never rewritten
     return result, action._execute_module
@@ -46,25 +64,74 @@ def module_args(execute):
 
 
 @pytest.mark.parametrize('allowed, shown', [
-    (MISSING, None), (None, None), (False, False), ('false', 'false'), ('no', 'no'), ('maybe', 'maybe'), ('', ''),
-    ('{{ nope }}', False),  # judged after templating
+    (MISSING, 'not set'), (None, 'None'), (False, 'false'), ('false', "'false'"), ('no', "'no'"), ('maybe', "'maybe'"), ('', "''"),
+    ('{{ nope }}', 'false'),  # judged after templating, from inventory variables
 ])
 @pytest.mark.parametrize('action_cls', [TriggerAction, ConnectionsAction])
-def test_host_without_opt_in_is_refused_before_anything_runs(action_cls, allowed, shown):
-    result, execute = run(action_cls, {'name': 'off'}, allowed=allowed, variables={'nope': False})
+def test_host_without_opt_in_is_refused_before_anything_runs(folder, action_cls, allowed, shown):
+    inventory = make_inventory(folder, allowed=allowed, nope=False)
+    result, execute = run(action_cls, {'name': 'off'}, inventory)
     execute.assert_not_called()
     assert (result['failed'], result['changed'], result['refused']) == (True, False, True)
-    assert "host pg1 has not opted in to chaos: pggit_chaos_allowed is %r" % (shown,) in result['msg']
-    assert 'set pggit_chaos_allowed: true' in result['msg']
+    assert 'host pg1 has not opted in to chaos: pggit_chaos_allowed is %s in its inventory' % shown in result['msg']
+    assert 'set pggit_chaos_allowed: true in the inventory' in result['msg']
+
+
+@pytest.mark.parametrize('inventory_value', [MISSING, False, 'no'])
+@pytest.mark.parametrize('override', [True, 'true', 'yes'])
+@pytest.mark.parametrize('action_cls', [TriggerAction, ConnectionsAction])
+def test_extra_vars_or_task_vars_cannot_raise_the_opt_in(folder, action_cls, inventory_value, override):
+    result, execute = run(action_cls, {'name': 'off'}, make_inventory(folder, allowed=inventory_value),
+                          overrides={'pggit_chaos_allowed': override})
+    execute.assert_not_called()
+    assert result['refused'] and result['failed']
+    assert 'has not opted in to chaos in its inventory' in result['msg']
+    assert 'an extra-var or play var cannot override it' in result['msg']
+    assert result['opt_in']['effective'] == override
+
+
+@pytest.mark.parametrize('lowered', [False, 'false', 'no', 'maybe'])
+def test_a_play_or_extra_var_can_lower_the_opt_in(folder, lowered):
+    result, execute = run(TriggerAction, {'name': 'off'}, make_inventory(folder, allowed=True), overrides={'pggit_chaos_allowed': lowered})
+    execute.assert_not_called()
+    assert result['refused'] and 'lowered it' in result['msg']
 
 
 @pytest.mark.parametrize('allowed', [True, 'true', 'yes', '{{ ok }}'])
-def test_opted_in_host_runs_the_module_with_its_state_dir(allowed):
-    result, execute = run(TriggerAction, {'name': 'off'}, allowed=allowed, state_dir='{{ dir }}',
-                          async_val=45, variables={'ok': True, 'dir': '/srv/chaos'})
+def test_opted_in_host_runs_the_module_with_its_state_dir(folder, allowed):
+    inventory = Inventory(folder, hosts(pg1={'pggit_chaos_allowed': allowed, 'ok': True, 'pggit_chaos_state_dir': '{{ dir }}'}))
+    result, execute = run(TriggerAction, {'name': 'off'}, inventory, async_val=45, variables={'ok': True, 'dir': '/srv/chaos'})
     assert result == MODULE_RESULT
     execute.assert_called_once_with(module_name='pggit.chaos.pggit_chaos_x', module_args={'name': 'off', 'state_dir': '/srv/chaos'},
                                     task_vars=execute.call_args.kwargs['task_vars'], wrap_async=45)
+
+
+@pytest.mark.parametrize('task_host, delegate, allowed', [
+    (True, False, False),   # the delegate takes the fault: its inventory decides
+    (False, True, True),
+    (True, True, True),
+])
+def test_delegated_fault_obeys_the_delegates_inventory(folder, task_host, delegate, allowed):
+    inventory = Inventory(folder, hosts(pg1={'pggit_chaos_allowed': task_host}, pg2={'pggit_chaos_allowed': delegate}))
+    result, execute = run(TriggerAction, {'name': 'off'}, inventory, delegate_to='pg2')
+    assert bool(execute.called) is allowed
+    if not allowed:
+        assert result['msg'].startswith('host pg2 has not opted in to chaos')
+
+
+def test_delegate_cannot_be_raised_by_extra_vars_either(folder):
+    inventory = Inventory(folder, hosts(pg1={'pggit_chaos_allowed': True}, pg2={'pggit_chaos_allowed': False}))
+    result, execute = run(TriggerAction, {'name': 'off'}, inventory, delegate_to='pg2', overrides={'pggit_chaos_allowed': True},
+                          delegated_overrides={'pggit_chaos_allowed': True})
+    execute.assert_not_called()
+    assert 'host pg2 has not opted in to chaos in its inventory' in result['msg']
+
+
+def test_a_delegate_outside_the_inventory_is_refused(folder):
+    inventory = make_inventory(folder, allowed=True)
+    result, execute = run(TriggerAction, {'name': 'off'}, inventory, delegate_to='pg9')
+    execute.assert_not_called()
+    assert result['msg'].startswith('host pg9 is not in the inventory')
 
 
 @pytest.mark.parametrize('args, state_dir, expected', [
@@ -73,32 +140,33 @@ def test_opted_in_host_runs_the_module_with_its_state_dir(allowed):
     ({'name': 'off'}, None, None),
     ({'name': 'off'}, '', None),
 ])
-def test_state_dir_from_host_var_only_when_not_given(args, state_dir, expected):
-    dummy, execute = run(TriggerAction, args, allowed=True, state_dir=state_dir)
+def test_state_dir_from_host_var_only_when_not_given(folder, args, state_dir, expected):
+    dummy, execute = run(TriggerAction, args, make_inventory(folder, allowed=True, state_dir=state_dir))
     assert module_args(execute).get('state_dir') == expected
 
 
 @pytest.mark.parametrize('allowed', [MISSING, False])
-def test_revert_by_state_absent_needs_no_opt_in(allowed):
-    result, execute = run(TriggerAction, {'name': 'off', 'state': 'absent'}, allowed=allowed, state_dir='/srv/chaos')
+def test_revert_by_state_absent_needs_no_opt_in(folder, allowed):
+    result, execute = run(TriggerAction, {'name': 'off', 'state': 'absent'}, make_inventory(folder, allowed=allowed, state_dir='/srv/chaos'))
     assert 'refused' not in result
     assert module_args(execute) == {'name': 'off', 'state': 'absent', 'state_dir': '/srv/chaos'}
 
 
 @pytest.mark.parametrize('allowed', [MISSING, False, 'no'])
-def test_revert_module_never_refuses(allowed):
-    result, execute = run(RevertAction, {}, allowed=allowed, state_dir='/srv/chaos')
+def test_revert_module_never_refuses(folder, allowed):
+    result, execute = run(RevertAction, {}, make_inventory(folder, allowed=allowed, state_dir='/srv/chaos'))
     assert result == MODULE_RESULT
     assert module_args(execute) == {'state_dir': '/srv/chaos'}
 
 
-def test_connections_action_adds_no_state_dir_but_still_needs_opt_in():
-    result, execute = run(ConnectionsAction, {'count': 1}, allowed=True, state_dir='/srv/chaos')
+def test_connections_action_gets_the_state_dir_and_needs_opt_in(folder):
+    # kill_connections is a ledger-recorded fault like the others (its kill rounds are a recorded program).
+    result, execute = run(ConnectionsAction, {'name': 'k', 'count': 1}, make_inventory(folder, allowed=True, state_dir='/srv/chaos'))
     assert result == MODULE_RESULT
-    assert module_args(execute) == {'count': 1}
+    assert module_args(execute) == {'name': 'k', 'count': 1, 'state_dir': '/srv/chaos'}
 
 
 def test_action_plugins_wire_the_right_guard():
     assert issubclass(TriggerAction, FaultActionModule) and TriggerAction.REQUIRES_OPT_IN and TriggerAction.INJECT_STATE_DIR
     assert issubclass(RevertAction, RevertActionModule) and not RevertAction.REQUIRES_OPT_IN and RevertAction.INJECT_STATE_DIR
-    assert ConnectionsAction.REQUIRES_OPT_IN and not ConnectionsAction.INJECT_STATE_DIR
+    assert ConnectionsAction.REQUIRES_OPT_IN and ConnectionsAction.INJECT_STATE_DIR

@@ -200,10 +200,33 @@ def test_a_crashing_check_is_an_error_and_the_rest_still_run():
     result = p.run_once()
     checks = by_name(result)
     assert (checks['event_triggers']['status'], checks['event_triggers']['message']) == (
-        'error', 'canceling statement due to statement timeout')
+        'error', "listing event triggers failed: canceling statement due to statement timeout; "
+                 "statement: SELECT evtname, evtevent, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pggit%' ORDER BY evtname")
+    assert checks['event_triggers']['data'] == {
+        'statement': "SELECT evtname, evtevent, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pggit%' ORDER BY evtname",
+        'option': None}
     assert result['failed_checks'] == ['event_triggers']
     assert checks['connections']['status'] == 'ok'
     assert conn.log[0] == 'rollback'
+
+
+def test_a_failing_canary_names_its_option_and_statement():
+    error = psycopg2.errors.InvalidSchemaName('schema "nope" does not exist')
+    p, conn = probe(primary(**{'CREATE TABLE': error}), canary_schema='nope')
+    result = p.run_once()
+    canary = by_name(result)['canary']
+    assert canary['status'] == 'error' and result['failed_checks'] == ['canary']
+    assert canary['message'].startswith("creating the canary table failed (option canary_schema='nope'): "
+                                        'schema "nope" does not exist; statement: ')
+    assert canary['data']['option'] == 'canary_schema' and 'CREATE TABLE' in canary['data']['statement']
+    assert 'rollback' in conn.log and 'commit' not in conn.log
+
+
+def test_a_non_database_crash_is_still_an_error_finding():
+    p, dummy = probe(primary(**{'FROM pg_stat_activity': ZeroDivisionError('division by zero')}))
+    result = p.run_once()
+    assert by_name(result)['connections']['status'] == 'error'
+    assert by_name(result)['connections']['message'] == 'division by zero'
 
 
 def _c(name, status, critical=True, data=None):
