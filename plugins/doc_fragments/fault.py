@@ -11,6 +11,9 @@ options:
       - Name of this fault on the host. With the module's kind it forms the
         fault id in the ledger, so injecting the same name twice does not
         stack the fault.
+      - 1 to 128 characters of C(A-Z), C(a-z), C(0-9), C(_), C(.) and C(-),
+        starting with a letter or digit. Other names are refused, never
+        rewritten, so two names never share one record.
     type: str
     required: true
   state:
@@ -25,6 +28,10 @@ options:
       - Maximum lifetime of the fault in seconds, from 5 to 86400. A detached
         process on the target reverts the fault when it expires, even when the
         controller is gone. Set it to at least the planned fault window.
+      - Applying the fault is bounded by it too. SQL runs with a
+        C(lock_timeout) and C(statement_timeout) of what is left of the TTL,
+        and an apply that still outlasts the TTL is reverted as soon as it
+        lands, and the task fails.
     type: int
     default: 300
   experiment:
@@ -38,9 +45,21 @@ options:
         per fault, written before the fault is applied.
       - Set from the host variable C(pggit_chaos_state_dir) when omitted and
         the variable is defined.
+      - The reaper runs as this user from a copy of the engine in
+        C(<state_dir>/lib), so the state dir, C(faults/) and C(lib/) are
+        refused when they are symbolic links, belong to another user or are
+        writable by group or others, and when another user could replace a
+        parent directory.
     type: path
     default: /var/lib/pggit-chaos
 notes:
-  - The target must opt in with the host variable C(pggit_chaos_allowed=true);
-    the action plugin refuses every other host before anything runs there.
+  - The target must opt in with C(pggit_chaos_allowed=true) in its own
+    inventory (host or group variables, or host_vars/group_vars next to the
+    inventory). An extra var, play or task var can lower it to false, never
+    raise it. With C(delegate_to) the delegate's inventory decides. The action
+    plugin refuses every other host before anything runs there.
+  - While a host holds faults, a boot hook (a systemd unit, or an C(@reboot)
+    line in C(/etc/cron.d)) reverts expired faults and re-arms the reapers of
+    the others after a reboot; it is removed with the last fault. Where there is
+    neither systemd nor cron the module warns, and the record says so in C(boot_hook).
 '''

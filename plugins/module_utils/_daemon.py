@@ -15,23 +15,40 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import tempfile
 import time
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _steps
+from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _steps
 from ansible_collections.pggit.chaos.plugins.module_utils._errors import DaemonError
 
 # Process tag -> the module_utils file that holds the program's main().
 PROGRAMS = {
     'pggit-chaos-reaper': '_reaper',
     'pggit-chaos-nfqdelay': '_nfqdelay',
+    'pggit-chaos-killer': '_killer',
+    'pggit-chaos-workload': '_workload',
 }
 # Files copied into <state_dir>/lib: every program and everything they import.
-ENGINE = ('_errors', '_ledger', '_steps', '_undo', '_pgconn', '_daemon', '_reaper', '_nfqdelay')
+ENGINE = ('_errors', '_ledger', '_steps', '_undo', '_pgconn', '_daemon', '_boot', '_reaper', '_nfqdelay', '_results',
+          '_killer', '_checker', '_workload')
 _PKG = ('ansible_collections', 'pggit', 'chaos', 'plugins', 'module_utils')
 
 
 def _module(name):
     return importlib.import_module('.'.join(_PKG + (name,)))
+
+
+def _bundled():  # pragma: no cover - never called
+    """Name every ENGINE file in an import statement.
+
+    A module reaches its target as one AnsiballZ payload holding only the
+    module_utils that its code imports by statement; the engine files loaded
+    by name above would be missing there.  This function is never called: its
+    imports are only read when the payload is built.  test_daemon checks that
+    it names every ENGINE file."""
+    # pylint: disable=unused-import,import-outside-toplevel,cyclic-import
+    from ansible_collections.pggit.chaos.plugins.module_utils import (  # noqa: F401
+        _boot, _checker, _errors, _killer, _nfqdelay, _pgconn, _reaper, _results, _undo, _workload)
 
 
 def _source(module):
@@ -49,36 +66,63 @@ def _source(module):
 
 
 def _write_if_changed(path, text, mode=0o600):
+    """Write text to path unless it already holds it; never through a link (mkstemp, then rename)."""
     try:
-        with open(path) as handle:
+        with os.fdopen(_ledger.open_private(path, os.O_RDONLY)) as handle:
             if handle.read() == text:
                 return
     except (IOError, OSError):
         pass
-    tmp = '%s.%d.tmp' % (path, os.getpid())
-    with open(tmp, 'w') as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.%s.' % os.path.basename(path), suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# The entry script of a program.  It runs under `python -I` (no user site, no
+# PYTHON* variables, not its own folder on sys.path) and touches no search
+# path at all: it registers the engine copy's packages by their folders, so
+# nothing in lib/ can shadow the standard library, and no other copy of the
+# collection (site-packages) can stand in for this one.
+_ENTRY = """import os, sys, types
+lib = %(lib)r
+parts = %(pkg)r
+for depth in range(1, len(parts) + 1):
+    package = types.ModuleType('.'.join(parts[:depth]))
+    package.__path__ = [os.path.join(lib, *parts[:depth])]
+    sys.modules[package.__name__] = package
+from ansible_collections.pggit.chaos.plugins.module_utils import %(name)s
+sys.exit(%(name)s.main(sys.argv[1:]))
+"""
 
 
 def install_engine(state_dir):
-    """Copy the engine next to the ledger; return {process tag: entry script}."""
-    lib = os.path.join(state_dir, 'lib')
-    pkg = os.path.join(lib, *_PKG)
-    if not os.path.isdir(pkg):
-        os.makedirs(pkg, 0o700)
+    """Copy the engine into <state_dir>/lib (checked private); return {process tag: entry script}."""
+    lib = _ledger.Ledger(state_dir).lib_dir()
+    pkg = lib
+    for part in _PKG:
+        pkg = os.path.join(pkg, part)
+        if not os.path.isdir(pkg):
+            os.mkdir(pkg, 0o700)
+        _ledger.check_private_dir(pkg, 'state_dir folder')
     for name in ENGINE:
         _write_if_changed(os.path.join(pkg, name + '.py'), _source(_module(name)))
     scripts = {}
     for tag, name in PROGRAMS.items():
         scripts[tag] = os.path.join(lib, tag + '.py')
-        _write_if_changed(scripts[tag], (
-            'import sys\n'
-            'sys.path.insert(0, %r)\n'
-            'from ansible_collections.pggit.chaos.plugins.module_utils import %s\n'
-            'sys.exit(%s.main(sys.argv[1:]))\n') % (lib, name, name))
+        _write_if_changed(scripts[tag], _ENTRY % {'lib': lib, 'pkg': list(_PKG), 'name': name})
     return scripts
+
+
+def argv_for(script, args=(), python=None):
+    """How a program is run: isolated interpreter, the entry script, its arguments."""
+    return [python or sys.executable, '-I', script] + list(args)
 
 
 def log_path(state_dir, tag):
@@ -108,7 +152,7 @@ def spawn(state_dir, tag, args, python=None, ready=None, ready_timeout=5.0):
     place has failed.
     """
     script = install_engine(state_dir)[tag]
-    argv = [python or sys.executable, script] + list(args)
+    argv = argv_for(script, args, python)
     log = log_path(state_dir, tag)
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -122,7 +166,7 @@ def spawn(state_dir, tag, args, python=None, ready=None, ready_timeout=5.0):
             os.close(write_end)
             os.chdir('/')
             null = os.open(os.devnull, os.O_RDWR)
-            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            out = _ledger.open_private(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             os.dup2(null, 0)
             os.dup2(out, 1)
             os.dup2(out, 2)

@@ -7,6 +7,16 @@
 controller, and calls the one revert, :func:`_undo.revert_one`, at
 ``expires_at``.  It exits as soon as its record is gone (normal revert), so
 it never outlives its fault.
+
+- It sleeps on the monotonic clock: the wall-clock deadline is turned into a
+  monotonic one once (again only when the record's ``expires_at`` changes), so
+  a clock step, our own clock fault included, can neither delay a revert nor
+  bring it forward.
+- It never gives up while the fault is there: failed reverts are retried with
+  exponential backoff (capped), each failure logged to its log file, to
+  syslog and into the record (``last_error``, ``revert_attempts``).
+- ``--boot`` is the boot hook's mode (see ``_boot``): revert every expired
+  record of the state dir, re-arm a reaper for the others, then exit.
 """
 from __future__ import annotations
 
@@ -15,48 +25,110 @@ import os
 import sys
 import time
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _ledger, _undo
+from ansible_collections.pggit.chaos.plugins.module_utils import _boot, _daemon, _ledger, _steps, _undo
 
 PROC_TAG = 'pggit-chaos-reaper'
-RETRY_SECONDS = 5.0
-GIVE_UP_AFTER = 600.0
 POLL_SECONDS = 0.25
+RETRY_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+LOUD_EVERY = 10  # after this many failures in a row, every failure goes to syslog as an error
 
 
 def arm(ledger, fid, python=None):
-    """Start the detached reaper for one fault. Returns {pid, starttime}."""
+    """Start the detached reaper for one fault. Returns {pid, starttime, script}."""
     return _daemon.spawn(ledger.state_dir, PROC_TAG, ['--state-dir', ledger.state_dir, '--fault-id', fid], python)
 
 
-def _log(msg):
+def alive(record):
+    """True when the record's reaper is still the process that was started for it."""
+    reaper = (record or {}).get('reaper') or {}
+    return bool(reaper.get('pid')) and _steps.same_process(reaper['pid'], reaper.get('starttime'), PROC_TAG)
+
+
+def _log(msg, error=False):
     sys.stdout.write('%s %s[%d] %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'), PROC_TAG, os.getpid(), msg))
     sys.stdout.flush()
-def watch(ledger, fid, clock=time.time, sleep=time.sleep):
-    """Sleep until the fault expires, then revert it; exit when it is gone."""
-    first_try = None
+    if error:
+        try:
+            import syslog
+            syslog.openlog(PROC_TAG, syslog.LOG_PID, syslog.LOG_DAEMON)
+            syslog.syslog(syslog.LOG_ERR, msg)
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+
+def backoff(failures):
+    """Seconds to wait after ``failures`` failed reverts in a row: 1, 2, 4, ... capped at 60."""
+    return min(RETRY_MAX_SECONDS, RETRY_SECONDS * 2 ** max(0, failures - 1))
+
+
+def watch(ledger, fid, clock=time.time, monotonic=time.monotonic, sleep=time.sleep):
+    """Sleep until the fault expires (monotonic), then revert it, retrying until it is gone."""
+    seen_expiry = deadline = None
+    failures = 0
     while True:
-        record = ledger.read(fid)
+        try:
+            record = ledger.read(fid)
+        except (OSError, _ledger.LedgerError) as exc:
+            record = {'expires_at': seen_expiry or clock(), 'unreadable': str(exc)}
         if record is None:
             return 0
-        now = clock()
-        expires = float(record.get('expires_at') or now)
-        if now < expires:
-            sleep(min(POLL_SECONDS, expires - now))
+        expires = float(record.get('expires_at') or clock())
+        if expires != seen_expiry:
+            seen_expiry = expires
+            deadline = monotonic() + (expires - clock())
+        remaining = deadline - monotonic()
+        if remaining > 0:
+            sleep(min(POLL_SECONDS, remaining))
             continue
-        first_try = first_try or now
         result = _undo.revert_one(ledger, fid, reason='ttl-expired')
-        _log('%s: %s %s' % (fid, result['result'], result.get('error', '')))
         if result['result'] in ('reverted', 'absent'):
+            _log('%s: %s' % (fid, result['result']))
             return 0
-        if now - first_try > GIVE_UP_AFTER:
-            _log('%s: giving up after %ds; the record stays in the ledger' % (fid, GIVE_UP_AFTER))
-            return 2
-        sleep(RETRY_SECONDS)
+        failures += 1
+        wait = backoff(failures)
+        _log('%s: revert failed (attempt %d), the fault is still in place: %s; retrying in %gs'
+             % (fid, failures, result.get('error', ''), wait), error=failures == 1 or failures % LOUD_EVERY == 0)
+        sleep(wait)
+
+
+def boot(ledger, clock=time.time):
+    """After a reboot: revert what expired, re-arm a reaper for the rest. Returns a summary."""
+    summary = {'reverted': [], 'failed': [], 'rearmed': []}
+    for record in ledger.list():
+        fid = record.get('id')
+        if record.get('corrupt') or clock() >= float(record.get('expires_at') or 0):
+            outcome = _undo.revert_one(ledger, fid, reason='boot')
+            key = 'reverted' if outcome['result'] in ('reverted', 'absent') else 'failed'
+            summary[key].append(fid)
+            if key == 'reverted':
+                continue
+        if not alive(ledger.read(fid)):
+            started = arm(ledger, fid)
+            with ledger.lock():
+                current = ledger.read(fid)
+                if current is not None:
+                    current['reaper'] = started
+                    ledger.write(current)
+            summary['rearmed'].append(fid)
+    _boot.remove_if_idle(ledger)
+    return summary
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog=PROC_TAG)
     parser.add_argument('--state-dir', required=True)
-    parser.add_argument('--fault-id', required=True)
+    parser.add_argument('--fault-id')
+    parser.add_argument('--boot', action='store_true', help='revert expired faults and re-arm the others, then exit')
     args = parser.parse_args(argv)
-    return watch(_ledger.Ledger(args.state_dir), args.fault_id)
+    ledger = _ledger.Ledger(args.state_dir)
+    if args.boot:
+        if not ledger.exists():
+            return 0
+        ledger.ensure()
+        summary = boot(ledger)
+        _log('boot: %r' % (summary,), error=bool(summary['failed']))
+        return 1 if summary['failed'] else 0
+    if not args.fault_id:
+        parser.error('--fault-id is required (or --boot)')
+    return watch(ledger, args.fault_id)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 import time
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
+from ansible_collections.pggit.chaos.plugins.module_utils import _boot, _pgconn, _steps
 from ansible_collections.pggit.chaos.plugins.module_utils._errors import LedgerError, UndoError
-from ansible_collections.pggit.chaos.plugins.module_utils._steps import default_runner, run_steps, stop_process
-
+from ansible_collections.pggit.chaos.plugins.module_utils._steps import default_runner, run_steps, same_process, stop_process
 
 
 def _stop_reaper(record):
@@ -29,16 +28,43 @@ def _stop_reaper(record):
             pass
 
 
+def applier_alive(record):
+    """True while another process is still applying this (pending) fault."""
+    applier = record.get('applier') or {}
+    pid = applier.get('pid')
+    return (record.get('status') in ('pending', 'expired') and bool(pid) and int(pid) != os.getpid()
+            and same_process(pid, applier.get('starttime')))
+
+
+def _refusal(ledger, fid, record):
+    """Why a record must not be run (unreadable, or holding steps our faults never write), or None."""
+    path = os.path.join(ledger.faults_dir, fid + '.json')
+    if record.get('corrupt'):
+        return 'ledger record %s is unreadable (%s); inspect it by hand' % (path, record.get('error'))
+    try:
+        _steps.check_steps(record.get('undo'), ledger.state_dir)
+    except UndoError as exc:
+        return 'refusing ledger record %s: %s; nothing was run. Inspect the file and remove it by hand' % (path, exc)
+    return None
+
+
 def revert_one(ledger, fid, runner=None, reason='requested'):
-    """Revert one fault by id. Idempotent: a missing record is 'absent'."""
-    ctx = {'runner': runner or default_runner}
+    """Revert one fault by id. Idempotent: a missing record is 'absent'.
+
+    While another process is still applying the fault (its record is
+    ``pending`` and its applier alive), the undo runs at once but the record
+    stays, marked ``expired``: the apply may still land after this revert, so
+    the applier reverts again when it ends, and the reaper retries until the
+    applier is gone.  Such a result is ``failed`` with ``deferred: true``.
+    """
+    ctx = {'runner': runner or default_runner, 'state_dir': ledger.state_dir}
     with ledger.lock():
         record = ledger.read(fid)
         if record is None:
             return {'id': fid, 'result': 'absent', 'changed': False}
-        if record.get('corrupt'):
-            return {'id': fid, 'result': 'failed', 'changed': False,
-                    'error': 'ledger record is unreadable (%s); inspect %s by hand' % (record.get('error'), ledger.faults_dir)}
+        refusal = _refusal(ledger, fid, record)
+        if refusal:
+            return {'id': fid, 'result': 'failed', 'changed': False, 'error': refusal, 'kind': record.get('kind')}
         ctx['secret'] = ledger.read_secret(fid)
         started = time.time()
         try:
@@ -48,7 +74,15 @@ def revert_one(ledger, fid, runner=None, reason='requested'):
             record['revert_attempts'] = record.get('revert_attempts', 0) + 1
             ledger.write(record)
             return {'id': fid, 'result': 'failed', 'changed': False, 'error': record['last_error'], 'kind': record.get('kind')}
+        if applier_alive(record):
+            record['status'] = 'expired'
+            record['last_error'] = ('undone while pid %s was still applying it; the record stays until that apply ends'
+                                    % record['applier']['pid'])
+            ledger.write(record)
+            return {'id': fid, 'result': 'failed', 'deferred': True, 'changed': changed, 'error': record['last_error'],
+                    'kind': record.get('kind')}
         ledger.delete(fid)
+        _boot.remove_if_idle(ledger)
     _stop_reaper(record)
     return {'id': fid, 'result': 'reverted', 'changed': True, 'undo_changed': changed, 'kind': record.get('kind'),
             'name': record.get('name'), 'experiment': record.get('experiment'), 'reason': reason,

@@ -21,27 +21,36 @@ def mode(path):
 
 
 def record(ledger, name='tracking-off', kind='trigger', ttl=60, now=1000.0, **extra):
-    return ledger.new_record(kind, name, ttl, [{'type': 'run', 'argv': ['true']}], now=now, **extra)
+    return ledger.new_record(kind, name, ttl, [{'type': 'kill_process', 'pid': 4242, 'starttime': 1, 'match': 'pggit-chaos-nfqdelay'}], now=now, **extra)
 
 
-@pytest.mark.parametrize('kind, name, expected', [
-    ('trigger', 'tracking-off', 'trigger--tracking-off'),
-    ('trigger', 'a b/c', 'trigger--a_b_c'),
-    ('trigger', '../../etc/passwd', 'trigger--.._.._etc_passwd'),
-    ('trigger', 'café-au-lait', 'trigger--caf_-au-lait'),
-    ('trigger', 'x;rm -rf /', 'trigger--x_rm_-rf'),
-    ('.hidden', 'x', 'hidden--x'),
-    ('trigger', 'name.', 'trigger--name'),
-    ('trigger', 'n' * 300, ('trigger--' + 'n' * 300)[:200]),
-])
-def test_fault_id_is_filesystem_safe(ledger, kind, name, expected):
-    fid = fault_id(kind, name)
-    assert fid == expected
-    # Every id fault_id makes is accepted by the ledger and stays inside faults/.
+@pytest.mark.parametrize('name', ['tracking-off', 'a', 'A.b_c-9', 'n' * 128, 'trigger_failure-lab1-18c1f2a3b4c'])
+def test_fault_id_keeps_a_good_name_as_it_is(ledger, name):
+    fid = fault_id('trigger', name)
+    assert fid == 'trigger--' + name
     assert os.path.dirname(ledger._path(fid)) == ledger.faults_dir
 
 
-@pytest.mark.parametrize('fid', ['../escape', '.hidden', 'a/b', 'a b'])
+@pytest.mark.parametrize('name', [
+    'a/b', 'a_b/', 'a\nb', 'a b', '../../etc/passwd', 'café-au-lait', 'ü', 'x;rm -rf /', '.hidden', '-dash', '',
+    'n' * 129, 'a\n', None,
+])
+def test_fault_id_refuses_names_it_would_have_to_rewrite(name):
+    # a/b, a_b and a\nb used to map to one id; non-ASCII to an empty one; long names were cut.
+    with pytest.raises(LedgerError) as err:
+        fault_id('trigger', name)
+    assert 'name must be 1 to 128 characters' in str(err.value)
+    assert repr(name) in str(err.value)
+
+
+def test_names_that_used_to_collide_now_get_distinct_ids_or_are_refused():
+    assert fault_id('trigger', 'a_b') == 'trigger--a_b'
+    for other in ('a/b', 'a\nb'):
+        with pytest.raises(LedgerError):
+            fault_id('trigger', other)
+
+
+@pytest.mark.parametrize('fid', ['../escape', '.hidden', 'a/b', 'a b', 'a\nb', 'x\n', ''])
 def test_unsafe_ids_are_refused_by_the_ledger(ledger, fid):
     with pytest.raises(LedgerError, match='invalid fault id'):
         ledger._path(fid)
@@ -199,3 +208,96 @@ def test_summarize_returns_only_safe_keys(ledger, extra, expected_keys):
     summary = _ledger.summarize(rec)
     assert set(summary) == expected_keys
     assert 'host' not in summary and 'detail' not in summary
+
+
+# -- state dir security (a local user must not get root through it) ---------------------------------
+def test_a_state_dir_writable_by_others_is_refused(tmp_path):
+    path = tmp_path / 'state'
+    path.mkdir(mode=0o777)
+    os.chmod(str(path), 0o777)  # pre-created by a local user, say
+    with pytest.raises(LedgerError, match=r'writable by group or others \(mode 0777\)'):
+        Ledger(str(path)).ensure()
+    assert not (path / 'faults').exists(), 'nothing is created in a refused state dir'
+
+
+def test_a_state_dir_owned_by_another_user_is_refused(tmp_path):
+    path = tmp_path / 'state'
+    path.mkdir(mode=0o700)
+    os.chown(str(path), 65534, 65534)
+    with pytest.raises(LedgerError, match='owned by uid 65534, not by the user running pggit.chaos'):
+        Ledger(str(path)).ensure()
+
+
+def test_a_faults_folder_owned_by_another_user_is_refused(tmp_path):
+    ledger = Ledger(str(tmp_path / 'state')).ensure()
+    os.chown(ledger.faults_dir, 65534, 65534)
+    with pytest.raises(LedgerError, match='faults is owned by uid 65534'):
+        ledger.ensure()
+
+
+def test_a_lib_folder_writable_by_others_is_refused(tmp_path):
+    ledger = Ledger(str(tmp_path / 'state')).ensure()
+    lib = ledger.lib_dir()
+    assert mode(lib) == 0o700
+    os.chmod(lib, 0o757)
+    with pytest.raises(LedgerError, match='lib is writable by group or others'):
+        ledger.lib_dir()
+
+
+def test_a_symlinked_state_dir_is_refused(tmp_path):
+    real = tmp_path / 'real'
+    real.mkdir(mode=0o700)
+    link = tmp_path / 'state'
+    link.symlink_to(real)
+    with pytest.raises(LedgerError, match='is a symbolic link'):
+        Ledger(str(link)).ensure()
+
+
+def test_a_parent_another_user_can_write_is_refused(tmp_path):
+    parent = tmp_path / 'shared'
+    parent.mkdir()
+    os.chmod(str(parent), 0o777)  # no sticky bit: anyone may rename our state dir away
+    with pytest.raises(LedgerError, match='parent .*shared is writable by group or others without the sticky bit'):
+        Ledger(str(parent / 'state')).ensure()
+    os.chmod(str(parent), 0o1777)  # like /tmp: fine
+    Ledger(str(parent / 'state')).ensure()
+
+
+def test_a_parent_owned_by_another_user_is_refused(tmp_path):
+    parent = tmp_path / 'theirs'
+    parent.mkdir(mode=0o755)
+    os.chown(str(parent), 65534, 65534)
+    with pytest.raises(LedgerError, match='its parent .*theirs is owned by uid 65534'):
+        Ledger(str(parent / 'state')).ensure()
+
+
+def test_the_secret_never_follows_a_planted_symlink(ledger, tmp_path):
+    victim = tmp_path / 'victim'
+    victim.write_text('untouched')
+    fid = 'trigger--x'
+    # An attacker who could plant links (the old code wrote <secret>.tmp by name).
+    os.symlink(str(victim), os.path.join(ledger.faults_dir, fid + '.secret.tmp'))
+    ledger.write_secret(fid, {'login_password': 'pw'})
+    assert victim.read_text() == 'untouched'
+    assert ledger.read_secret(fid) == {'login_password': 'pw'}
+    assert mode(os.path.join(ledger.faults_dir, fid + '.secret')) == 0o600
+
+
+def test_a_record_that_is_a_symlink_is_read_as_corrupt_not_followed(ledger, tmp_path):
+    target = tmp_path / 'elsewhere.json'
+    target.write_text('{"id": "trigger--x", "undo": []}')
+    os.symlink(str(target), os.path.join(ledger.faults_dir, 'trigger--x.json'))
+    record = ledger.read('trigger--x')
+    assert record['corrupt'] is True
+    assert 'symbolic link' in record['error']
+
+
+def test_the_lock_file_is_never_followed(ledger, tmp_path):
+    victim = tmp_path / 'victim'
+    victim.write_text('x')
+    os.symlink(str(victim), os.path.join(ledger.state_dir, '.lock.planted'))
+    os.rename(os.path.join(ledger.state_dir, '.lock.planted'), os.path.join(ledger.state_dir, '.lock'))
+    with pytest.raises(LedgerError, match='a symbolic link; refusing to follow it'):
+        with ledger.lock():
+            pass
+    assert victim.read_text() == 'x'

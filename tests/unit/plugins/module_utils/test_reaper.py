@@ -13,21 +13,28 @@ from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _reape
 from ansible_collections.pggit.chaos.plugins.module_utils._ledger import Ledger
 
 START = 1000000.0
-ENGINE = ('_errors', '_ledger', '_steps', '_undo', '_pgconn', '_daemon', '_reaper', '_nfqdelay')
+ENGINE = _daemon.ENGINE
 
 
 class Clock(object):
+    """A wall clock (callable) and a monotonic clock; sleeping advances both, a step moves the wall only."""
+
     def __init__(self, now=START):
         self.now = now
+        self.mono = 500.0
         self.sleeps = []
 
     def __call__(self):
         return self.now
 
+    def monotonic(self):
+        return self.mono
+
     def sleep(self, seconds):
         assert seconds >= 0
         self.sleeps.append(seconds)
         self.now += seconds
+        self.mono += seconds
 
 
 @pytest.fixture
@@ -63,7 +70,7 @@ def fake_revert(monkeypatch, ledger, clock, results):
 
 def test_returns_at_once_when_the_record_is_gone(ledger, clock, monkeypatch):
     calls = fake_revert(monkeypatch, ledger, clock, ['reverted'])
-    assert _reaper.watch(ledger, 'trigger--off', clock=clock, sleep=clock.sleep) == 0
+    assert _reaper.watch(ledger, 'trigger--off', clock=clock, monotonic=clock.monotonic, sleep=clock.sleep) == 0
     assert calls == [] and clock.sleeps == []
 
 
@@ -71,7 +78,7 @@ def test_returns_at_once_when_the_record_is_gone(ledger, clock, monkeypatch):
 def test_waits_for_expiry_then_reverts_once(ledger, clock, monkeypatch, result):
     fid = add(ledger, expires_in=1.1)
     calls = fake_revert(monkeypatch, ledger, clock, [result])
-    assert _reaper.watch(ledger, fid, clock=clock, sleep=clock.sleep) == 0
+    assert _reaper.watch(ledger, fid, clock=clock, monotonic=clock.monotonic, sleep=clock.sleep) == 0
     assert calls == [(START + 1.1, 'ttl-expired')]
     assert max(clock.sleeps) <= _reaper.POLL_SECONDS  # notices a normal revert quickly
     assert sum(clock.sleeps) == pytest.approx(1.1)
@@ -80,7 +87,7 @@ def test_waits_for_expiry_then_reverts_once(ledger, clock, monkeypatch, result):
 def test_an_expired_record_is_reverted_without_waiting(ledger, clock, monkeypatch):
     fid = add(ledger, expires_in=-30)
     calls = fake_revert(monkeypatch, ledger, clock, ['reverted'])
-    assert _reaper.watch(ledger, fid, clock=clock, sleep=clock.sleep) == 0
+    assert _reaper.watch(ledger, fid, clock=clock, monotonic=clock.monotonic, sleep=clock.sleep) == 0
     assert calls == [(START, 'ttl-expired')] and clock.sleeps == []
 
 
@@ -92,38 +99,74 @@ def test_stops_waiting_when_the_fault_is_reverted_elsewhere(ledger, clock, monke
         clock.sleep(seconds)
         if len(clock.sleeps) == 3:
             ledger.delete(fid)  # e.g. state=absent ran
-    assert _reaper.watch(ledger, fid, clock=clock, sleep=sleep) == 0
+    assert _reaper.watch(ledger, fid, clock=clock, monotonic=clock.monotonic, sleep=sleep) == 0
     assert calls == [] and len(clock.sleeps) == 3
 
 
-def test_retries_every_retry_seconds_until_it_works(ledger, clock, monkeypatch):
+def test_retries_with_backoff_until_it_works(ledger, clock, monkeypatch):
     fid = add(ledger, expires_in=0)
-    calls = fake_revert(monkeypatch, ledger, clock, ['failed', 'failed', 'reverted'])
-    assert _reaper.watch(ledger, fid, clock=clock, sleep=clock.sleep) == 0
-    assert [t for t, _ignored in calls] == [START, START + _reaper.RETRY_SECONDS, START + 2 * _reaper.RETRY_SECONDS]
+    calls = fake_revert(monkeypatch, ledger, clock, ['failed', 'failed', 'failed', 'reverted'])
+    assert _reaper.watch(ledger, fid, clock=clock, monotonic=clock.monotonic, sleep=clock.sleep) == 0
+    assert [t - START for t, _ignored in calls] == [0, 1, 3, 7]  # waits of 1, 2 and 4 s
     assert ledger.read(fid) is None
 
 
-def test_gives_up_after_bounded_time_and_keeps_the_record(ledger, clock, monkeypatch, capsys):
+def test_never_gives_up_while_the_fault_is_there(ledger, clock, monkeypatch, capsys):
     fid = add(ledger, expires_in=0)
+    attempts = 300  # far past the old 600 s limit: about 4.6 hours of failures
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if len(calls) >= attempts:
+            ledger.delete(fid)  # someone fixed it by hand; the reaper then exits
     calls = fake_revert(monkeypatch, ledger, clock, ['failed'])
-    assert _reaper.watch(ledger, fid, clock=clock, sleep=clock.sleep) == 2
-    times = [t for t, _ignored in calls]
-    gaps = set(round(b - a, 6) for a, b in zip(times, times[1:]))
-    assert gaps == {_reaper.RETRY_SECONDS}
-    assert times[-1] - times[0] > _reaper.GIVE_UP_AFTER >= times[-2] - times[0]
-    assert ledger.read(fid) is not None
+    assert _reaper.watch(ledger, fid, clock=clock, monotonic=clock.monotonic, sleep=sleep) == 0
+    assert len(calls) == attempts
+    gaps = [round(b - a, 6) for (a, _x), (b, _y) in zip(calls, calls[1:])]
+    assert gaps[:7] == [1, 2, 4, 8, 16, 32, 60] and set(gaps[7:]) == {_reaper.RETRY_MAX_SECONDS}
     log = capsys.readouterr().out
-    assert 'trigger--off: failed boom' in log
-    assert 'giving up after %ds; the record stays in the ledger' % _reaper.GIVE_UP_AFTER in log
+    assert 'trigger--off: revert failed (attempt 1), the fault is still in place: boom; retrying in 1s' in log
+    assert 'attempt %d' % attempts in log
+
+
+@pytest.mark.parametrize('step', [3600.0, -3600.0])
+def test_a_clock_step_neither_delays_nor_hastens_the_revert(ledger, clock, monkeypatch, step):
+    fid = add(ledger, expires_in=10)
+    calls = fake_revert(monkeypatch, ledger, clock, ['reverted'])
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 4:
+            clock.now += step  # the wall clock jumps an hour (our own clock_skew fault, NTP, an admin)
+    assert _reaper.watch(ledger, fid, clock=clock, monotonic=clock.monotonic, sleep=sleep) == 0
+    assert len(calls) == 1
+    assert sum(clock.sleeps) == pytest.approx(10.0)  # exactly the TTL on the monotonic clock
+
+
+def test_a_later_expires_at_moves_the_deadline(ledger, clock, monkeypatch):
+    fid = add(ledger, expires_in=2)
+    calls = fake_revert(monkeypatch, ledger, clock, ['reverted'])
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 2:
+            record = ledger.read(fid)
+            record['expires_at'] += 5  # the record was extended
+            ledger.write(record)
+    assert _reaper.watch(ledger, fid, clock=clock, monotonic=clock.monotonic, sleep=sleep) == 0
+    assert sum(clock.sleeps) == pytest.approx(7.0) and len(calls) == 1
+
+
+def test_backoff_is_capped():
+    assert [_reaper.backoff(n) for n in (1, 2, 3, 6, 7, 50)] == [1, 2, 4, 32, 60, 60]
 
 
 def test_install_engine_writes_a_self_contained_copy(tmp_path):
     state_dir = str(tmp_path)
     scripts = _daemon.install_engine(state_dir)
     lib = os.path.join(state_dir, 'lib')
-    assert scripts == {'pggit-chaos-reaper': os.path.join(lib, 'pggit-chaos-reaper.py'),
-                       'pggit-chaos-nfqdelay': os.path.join(lib, 'pggit-chaos-nfqdelay.py')}
+    assert {'pggit-chaos-reaper', 'pggit-chaos-nfqdelay'} <= set(scripts)
+    assert scripts == dict((tag, os.path.join(lib, tag + '.py')) for tag in _daemon.PROGRAMS)
     script = scripts['pggit-chaos-reaper']
     pkg = os.path.join(lib, 'ansible_collections', 'pggit', 'chaos', 'plugins', 'module_utils')
     files = sorted(scripts.values()) + [os.path.join(pkg, name + '.py') for name in ENGINE]
@@ -165,10 +208,10 @@ def _wait(predicate, timeout):
 
 
 def test_arm_starts_a_detached_reaper_that_reverts_at_expiry(tmp_path):
-    victim = tmp_path / 'victim'
-    victim.write_text('fault in place')
     ledger = Ledger(str(tmp_path / 'state')).ensure()
-    record = ledger.new_record('file', 'victim', 1, [{'type': 'remove_path', 'path': str(victim), 'root': str(tmp_path)}])
+    victim = tmp_path / 'state' / 'victim'  # undo steps may only remove files of our own
+    victim.write_text('fault in place')
+    record = ledger.new_record('file', 'victim', 1, [{'type': 'remove_path', 'path': str(victim), 'root': ledger.state_dir}])
     ledger.write(record)
     reaper = _reaper.arm(ledger, record['id'])
     pid = reaper['pid']
@@ -224,4 +267,44 @@ def test_spawn_stops_a_program_that_never_gets_ready(tmp_path, monkeypatch):
     with pytest.raises(_daemon.DaemonError, match='was not ready after 0.5s'):
         _daemon.spawn(state_dir, 'pggit-chaos-testprog', [], ready=lambda: False, ready_timeout=0.5)
     pid = int(_daemon.log_tail(state_dir, 'pggit-chaos-testprog').split()[-1])
-    assert not _steps.same_process(pid), 'the program that never got ready must be stopped'
+    assert _wait(lambda: not _steps.same_process(pid), 3), 'the program that never got ready must be stopped'
+
+
+def test_programs_run_isolated_so_nothing_in_lib_shadows_the_standard_library(tmp_path):
+    state_dir = str(tmp_path / 'state')
+    scripts = _daemon.install_engine(state_dir)
+    lib = os.path.join(state_dir, 'lib')
+    marker = tmp_path / 'shadowed'
+    # Whoever could write here would get their json.py run by root; it must never be imported.
+    for name in ('json', 'argparse'):
+        with open(os.path.join(lib, name + '.py'), 'w') as handle:
+            handle.write('open(%r, "w").close()\nraise SystemExit(99)\n' % str(marker))
+    argv = _daemon.argv_for(scripts['pggit-chaos-reaper'], ['--help'])
+    assert argv[1] == '-I'
+    env = dict(os.environ, PYTHONPATH=lib, PYTHONSTARTUP=str(tmp_path / 'x'))  # ignored under -I
+    proc = subprocess.run(argv, cwd=lib, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert 'pggit-chaos-reaper' in proc.stdout
+    assert not marker.exists()
+
+
+def test_install_engine_refuses_a_lib_someone_else_can_write(tmp_path):
+    state_dir = str(tmp_path / 'state')
+    _daemon.install_engine(state_dir)
+    os.chmod(os.path.join(state_dir, 'lib'), 0o777)
+    with pytest.raises(_daemon._ledger.LedgerError, match='lib is writable by group or others'):
+        _daemon.install_engine(state_dir)
+
+
+def test_every_engine_file_is_named_by_an_import_statement_so_modules_bundle_it():
+    """AnsiballZ bundles only module_utils imported by statement; install_engine loads ENGINE files by name."""
+    import ast
+    tree = ast.parse(open(_daemon.__file__).read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or '').endswith('plugins.module_utils'):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('ansible_collections.pggit.chaos'):
+            imported.add(node.module.rsplit('.', 1)[-1])
+    missing = set(_daemon.ENGINE) - imported - {'_daemon'}
+    assert not missing, 'ENGINE files no import statement names (they would be missing on the target): %s' % sorted(missing)

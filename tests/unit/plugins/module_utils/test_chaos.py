@@ -1,0 +1,195 @@
+"""The fault lifecycle (ChaosModule) with real reaper processes and a small file fault."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from ansible_collections.pggit.chaos.plugins.module_utils import _boot, _ledger, _reaper, _steps, chaos
+from modrun import run_module
+
+
+class FileFault(chaos.Fault):
+    """Writes <state_dir>/fault-<name> (after ``slow`` seconds); the undo removes it."""
+
+    kind = 'file'
+
+    def path(self):
+        return os.path.join(self.params['state_dir'], 'fault-' + self.params['name'])
+
+    def observe(self):
+        return {'exists': os.path.isfile(self.path())}
+
+    def in_place(self, record, current):
+        return current['exists']
+
+    def plan(self, current):
+        undo = [{'type': 'remove_path', 'path': self.path(), 'root': self.params['state_dir']}]
+        return undo, {'path': self.path()}, {'exists': True}
+
+    def apply(self, detail):
+        time.sleep(float(os.environ.get('TEST_FILE_FAULT_SLOW', '0')))
+        with open(detail['path'], 'w') as handle:
+            handle.write('fault')
+        return {'budget_ms': self.remaining_ms()}
+
+
+def main():
+    chaos.ChaosModule().run(FileFault)
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    path = str(tmp_path / 'state')
+    yield path
+    ledger = _ledger.Ledger(path)
+    for record in ledger.list() if ledger.exists() else []:
+        reaper = record.get('reaper') or {}
+        if reaper.get('pid'):
+            _steps.stop_process(reaper['pid'], reaper.get('starttime'))
+        ledger.delete(record['id'])
+
+
+@pytest.fixture(autouse=True)
+def no_boot_hooks(monkeypatch, tmp_path):
+    # This machine has neither systemd nor cron; make that explicit so no test writes under /etc.
+    monkeypatch.setattr(_boot, 'SYSTEMD_RUN', str(tmp_path / 'no-systemd'))
+    monkeypatch.setattr(_boot, 'CRON_DIR', str(tmp_path / 'no-cron'))
+
+
+def inject(state_dir, name='f', ttl=30, **extra):
+    return run_module(main, dict(name=name, ttl=ttl, state_dir=state_dir, **extra))
+
+
+def wait_for(predicate, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_inject_arms_a_reaper_and_records_the_missing_boot_hook(state_dir):
+    result, failed = inject(state_dir)
+    assert not failed, result['msg']
+    record = _ledger.Ledger(state_dir).read('file--f')
+    assert record['status'] == 'active' and record['applier'] is None
+    assert _reaper.alive(record)
+    assert record['boot_hook']['kind'] == 'none'
+    assert 'a reboot while the fault is in place leaves it' in result['boot_hook']['why']
+    assert 0 < result['budget_ms'] <= 30000
+
+
+def test_an_apply_slower_than_the_ttl_is_reverted_after_it_lands(state_dir, monkeypatch):
+    monkeypatch.setattr(chaos, 'TTL_MIN', 1)
+    monkeypatch.setenv('TEST_FILE_FAULT_SLOW', '2.5')
+    result, failed = inject(state_dir, ttl=1)
+    assert failed
+    assert 'longer than its ttl of 1 s' in result['msg'] and 'reverted again' in result['msg']
+    assert result['revert']['result'] == 'reverted'
+    # Before the fix the record came back as 'active' with no reaper: a permanent fault.
+    assert not os.path.exists(os.path.join(state_dir, 'fault-f')), 'the late apply left its fault behind'
+    assert _ledger.Ledger(state_dir).list() == []
+    log = open(os.path.join(state_dir, 'reaper.log')).read()
+    assert 'still applying' in log  # the reaper did fire during the apply, and deferred
+
+
+def test_a_dead_reaper_is_rearmed_by_the_next_call(state_dir):
+    inject(state_dir)
+    ledger = _ledger.Ledger(state_dir)
+    old = ledger.read('file--f')['reaper']
+    os.kill(old['pid'], signal.SIGKILL)
+    assert wait_for(lambda: not _steps.same_process(old['pid'], old['starttime']), 5)
+    result, failed = inject(state_dir)
+    assert not failed and result['changed']
+    assert 'already in place' in result['msg']
+    new = ledger.read('file--f')['reaper']
+    assert new['pid'] != old['pid'] and result['rearmed']['pid'] == new['pid']
+    assert _reaper.alive(ledger.read('file--f'))
+
+
+def test_an_expired_record_whose_reaper_died_is_reverted_at_once(state_dir):
+    inject(state_dir)
+    ledger = _ledger.Ledger(state_dir)
+    record = ledger.read('file--f')
+    _steps.stop_process(record['reaper']['pid'], record['reaper']['starttime'])
+    record['expires_at'] = time.time() - 60  # e.g. the host was down past the TTL
+    ledger.write(record)
+    result, failed = run_module(main, dict(name='f', state='absent', state_dir=state_dir, ttl=30), check_mode=True)
+    assert not failed
+    result, failed = inject(state_dir)
+    assert not failed
+    assert result['expired_record']['result'] == 'reverted'
+    fresh = ledger.read('file--f')
+    assert fresh['expires_at'] > time.time() + 20 and _reaper.alive(fresh)
+
+
+def test_a_failed_cleanup_of_the_old_record_fails_and_arms_no_second_reaper(state_dir):
+    inject(state_dir)
+    ledger = _ledger.Ledger(state_dir)
+    record = ledger.read('file--f')
+    # The old fault is not in place any more and its undo cannot run (a folder where the file was).
+    os.unlink(os.path.join(state_dir, 'fault-f'))
+    os.mkdir(os.path.join(state_dir, 'fault-f'))
+    result, failed = inject(state_dir)
+    assert failed
+    assert 'could not be reverted, so it is not injected again' in result['msg']
+    after = ledger.read('file--f')
+    assert after['reaper'] == record['reaper'] and after['created_at'] == record['created_at']
+    reapers = [p for p in os.listdir('/proc') if p.isdigit() and state_dir in _steps.proc_cmdline(int(p))]
+    assert len(reapers) == 1
+    os.rmdir(os.path.join(state_dir, 'fault-f'))
+
+
+@pytest.mark.parametrize('name', ['a/b', 'a\nb', 'café', '', 'n' * 129, '.hidden'])
+def test_a_name_outside_the_id_alphabet_is_refused_and_nothing_is_written(state_dir, name):
+    result, failed = inject(state_dir, name=name)
+    assert failed and result['changed'] is False
+    assert result['msg'].startswith('name must be 1 to 128 characters') and repr(name) in result['msg']
+    assert not os.path.exists(os.path.join(state_dir, 'faults')) or not os.listdir(os.path.join(state_dir, 'faults'))
+
+
+def test_a_state_dir_writable_by_others_fails_unchanged_naming_the_option(tmp_path):
+    bad = tmp_path / 'state'
+    bad.mkdir()
+    os.chmod(str(bad), 0o777)
+    result, failed = inject(str(bad))
+    assert failed and result['changed'] is False
+    assert result['msg'].startswith('state_dir') and str(bad) in result['msg']
+    assert not (bad / 'faults').exists()
+
+
+def test_check_mode_on_a_missing_state_dir_creates_nothing(tmp_path):
+    path = tmp_path / 'never'
+    result, failed = run_module(main, dict(name='f', ttl=30, state_dir=str(path)), check_mode=True)
+    assert not failed and result['changed']
+    assert not path.exists()
+
+
+def test_bound_sql_sets_both_timeouts_from_what_is_left_of_the_ttl():
+    class Cursor(object):
+        def __init__(self):
+            self.sql = []
+
+        def execute(self, text, args):
+            self.sql.append((text, args))
+
+    fault = FileFault.__new__(FileFault)
+    fault.deadline = time.time() + 4
+    cursor = Cursor()
+    budget = fault.bound_sql(cursor)
+    assert 3000 < budget <= 4000
+    assert cursor.sql == [('SET LOCAL lock_timeout = %s', (budget,)), ('SET LOCAL statement_timeout = %s', (budget,))]
+    fault.deadline = time.time() - 10
+    assert fault.remaining_ms() == 1
+
+
+def test_records_written_by_the_module_are_valid_json_with_no_secret(state_dir):
+    inject(state_dir)
+    with open(os.path.join(state_dir, 'faults', 'file--f.json')) as handle:
+        record = json.load(handle)
+    assert set(record) >= {'id', 'undo', 'reaper', 'applier', 'boot_hook', 'expires_at'}
