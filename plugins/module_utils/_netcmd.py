@@ -3,22 +3,29 @@
 """Network fault helpers: selectors, owned iptables chains, tc argv.
 
 Pure functions that build argv lists; the modules run them with
-``run_command`` and record their inverse in the ledger.  Every chain we create
-is named ``pggit-chaos-<hash>-in|out`` and every qdisc handle we add is
-recorded, so a revert removes ours and never touches anyone else's.
+``run_command`` and record their inverse in the ledger as typed undo steps
+(``iptables_chain``, ``tc_qdisc``; see ``_steps``), never as command lines.
+Every chain we create is named ``pggit-chaos-<hash>-in|out`` and every root
+qdisc we add carries the handle ``7a3c:``, so a revert removes ours and never
+touches anyone else's.
 """
 from __future__ import annotations
 
 import hashlib
 import ipaddress
 
+from ansible_collections.pggit.chaos.plugins.module_utils import _steps
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import RangeError, range_error
 
-CHAIN_PREFIX = 'pggit-chaos-'
+CHAIN_PREFIX = _steps.CHAIN_PREFIX
+HOOKS = {'in': 'INPUT', 'out': 'OUTPUT'}
 SSH_PORT = 22
 # Root qdiscs the kernel installs by itself; anything else belongs to someone.
 DEFAULT_QDISCS = ('noqueue', 'pfifo_fast', 'mq', 'fq_codel', 'fq', 'pfifo', 'noop')
-OUR_HANDLE = '7a3c:'
+OUR_HANDLE = _steps.TC_HANDLE
+# Shared with the undo handlers, which run where this file is not installed.
+parse_root_qdisc = _steps.parse_root_qdisc
+parse_iptables = _steps.parse_iptables
 
 
 class SelectorError(RangeError):
@@ -86,30 +93,28 @@ def chain_plan(fault_id, selector, target, iptables='iptables'):
     ``selector``: {'directions': ['in', 'out'], 'peers': [...], 'port': int|None,
     'keep_ssh': bool, 'keep_loopback': bool, 'exclude_peers': [...]}.
     ``target``: the rule's target args, such as ['-j', 'DROP'].
-    Undo steps are listed in application order (the engine runs them reversed).
+    Undo steps (one ``iptables_chain`` per chain: unhook, flush, delete) are
+    listed in application order (the engine runs them reversed).
     """
     names = chains(fault_id)
     apply, undo = [], []
     for direction in selector['directions']:
         chain = names[direction]
         apply.append([iptables, '-w', '-N', chain])
-        undo.append(_run_step([iptables, '-w', '-X', chain]))
-        undo.append(_run_step([iptables, '-w', '-F', chain]))
+        undo.append({'type': 'iptables_chain', 'chain': chain, 'hook': HOOKS[direction]})
         for match in exclusions(direction, selector.get('keep_ssh', True), selector.get('keep_loopback', True),
                                 selector.get('exclude_peers') or ()):
             apply.append([iptables, '-w', '-A', chain] + match + ['-j', 'RETURN'])
         for match in rule_matches(direction, selector.get('peers'), selector.get('port')):
             apply.append([iptables, '-w', '-A', chain] + match + list(target))
     for direction in selector['directions']:
-        hook = 'INPUT' if direction == 'in' else 'OUTPUT'
-        apply.append([iptables, '-w', '-I', hook, '1', '-j', names[direction]])
-        undo.append(_run_step([iptables, '-w', '-D', hook, '-j', names[direction]]))
+        apply.append([iptables, '-w', '-I', HOOKS[direction], '1', '-j', names[direction]])
     return apply, undo
 
 
-def _run_step(argv):
-    # rc 1: "No chain/target/match by that name" / "Bad rule": already gone.
-    return {'type': 'run', 'argv': argv, 'ok_rc': [0], 'gone_rc': [1]}
+def qdisc_undo(interface):
+    """The undo of a root qdisc we add: delete it if its handle is still ours."""
+    return [{'type': 'tc_qdisc', 'interface': interface, 'handle': OUR_HANDLE}]
 
 
 def loss_target(percent):
@@ -141,9 +146,7 @@ def netem_plan(interface, peers, port, delay_ms, jitter_ms=0, loss_pct=0, tc='tc
     for match in _u32_matches(peers, port):
         apply.append([tc, 'filter', 'add', 'dev', interface, 'protocol', 'ip', 'parent', handle, 'prio', '1', 'u32']
                      + match + ['flowid', handle + '4'])
-    undo = [{'type': 'run', 'argv': [tc, 'qdisc', 'del', 'dev', interface, 'root', 'handle', handle],
-             'ok_rc': [0], 'gone_rc': [2]}]
-    return apply, undo
+    return apply, qdisc_undo(interface)
 
 
 def htb_plan(interface, peers, port, rate_kbit, tc='tc'):
@@ -157,9 +160,7 @@ def htb_plan(interface, peers, port, rate_kbit, tc='tc'):
     for match in _u32_matches(peers, port):
         apply.append([tc, 'filter', 'add', 'dev', interface, 'protocol', 'ip', 'parent', handle, 'prio', '1', 'u32']
                      + match + ['flowid', handle + '10'])
-    undo = [{'type': 'run', 'argv': [tc, 'qdisc', 'del', 'dev', interface, 'root', 'handle', handle],
-             'ok_rc': [0], 'gone_rc': [2]}]
-    return apply, undo
+    return apply, qdisc_undo(interface)
 
 
 def _u32_matches(peers, port):
@@ -169,10 +170,11 @@ def _u32_matches(peers, port):
     return [port_match or ['match', 'u32', '0', '0']]
 
 
-def parse_root_qdisc(text):
-    """(kind, handle) of the root qdisc from `tc qdisc show dev X` output."""
+def parse_nfqueue(text):
+    """{queue number: netlink port id} of the bound queues in /proc/net/netfilter/nfnetlink_queue."""
+    queues = {}
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) >= 3 and fields[0] == 'qdisc' and 'root' in fields:
-            return fields[1], fields[2]
-    return None, None
+        if len(fields) >= 2 and fields[0].isdigit() and fields[1].lstrip('-').isdigit():
+            queues[int(fields[0])] = int(fields[1])
+    return queues

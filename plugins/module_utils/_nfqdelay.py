@@ -9,7 +9,10 @@ probability.  It also delays flows that were already open.
 
 It stops by itself at ``--until`` (the fault's expires_at), on SIGTERM, or
 when its ledger record is gone; on the way out it releases every packet it
-still holds.  ``--queue-bypass`` lets traffic through once it is gone.
+still holds.  ``--queue-bypass`` lets traffic through once it is gone, which
+is why the module waits until the queue is listed as bound (readiness) before
+it reports the fault as injected.  Without the binding, or with a queue it
+cannot bind, the daemon says why and exits at once.
 """
 from __future__ import annotations
 
@@ -75,6 +78,11 @@ class Delayer(object):
         return max(0.0, min(cap, self.heap[0][0] - self.clock()))
 
 
+def _say(msg):
+    sys.stdout.write('%s %s[%d] %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'), PROC_TAG, os.getpid(), msg))
+    sys.stdout.flush()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog=PROC_TAG)
     parser.add_argument('--queue', type=int, required=True)
@@ -84,15 +92,25 @@ def main(argv=None):
     parser.add_argument('--until', type=float, required=True)
     parser.add_argument('--record', help='ledger record; the daemon stops when it is gone')
     args = parser.parse_args(argv)
-    from netfilterqueue import COPY_META, NetfilterQueue  # target-side dependency, imported only here
+    try:
+        from netfilterqueue import COPY_META, NetfilterQueue  # target-side dependency, imported only here
+    except ImportError as exc:
+        _say('cannot start: the Python package netfilterqueue is missing for %s (%s); install it (and libnetfilter-queue) '
+             'on the target' % (sys.executable, exc))
+        return 3
 
+    delayer = Delayer(args.delay_ms, args.jitter_ms, args.loss_pct)
+    queue = NetfilterQueue()
+    try:
+        # Only the verdict matters: copy packet metadata, never the payload.
+        queue.bind(args.queue, delayer.on_packet, max_len=8192, mode=COPY_META)
+    except OSError as exc:
+        _say('cannot bind NFQUEUE %d: %s (is another program bound to it? is this root?)' % (args.queue, exc))
+        return 4
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append('SIGTERM'))
     signal.signal(signal.SIGINT, lambda *a: stop.append('SIGINT'))
-    delayer = Delayer(args.delay_ms, args.jitter_ms, args.loss_pct)
-    queue = NetfilterQueue()
-    # Only the verdict matters: copy packet metadata, never the payload.
-    queue.bind(args.queue, delayer.on_packet, max_len=8192, mode=COPY_META)
+    _say('bound NFQUEUE %d; delay %gms jitter %gms loss %g%%' % (args.queue, args.delay_ms, args.jitter_ms, args.loss_pct))
     fd = queue.get_fd()
     checked = 0.0
     try:
@@ -108,5 +126,5 @@ def main(argv=None):
     finally:
         delayer.release_all()
         queue.unbind()
-    sys.stdout.write('%s queue %d stopped (%s): %r\n' % (PROC_TAG, args.queue, stop[0] if stop else 'expired', delayer.stats))
+    _say('queue %d stopped (%s): %r' % (args.queue, stop[0] if stop else 'expired', delayer.stats))
     return 0

@@ -2,15 +2,26 @@
 # MIT License
 """Undo steps: the data a ledger record holds, and the code that carries each out.
 
-A record's ``undo`` is a list of steps written before its fault is applied.
-Each step type has one handler here; every handler is idempotent (undoing
-what is already gone is a success) and reports whether it changed anything.
-``run_steps`` runs them in reverse order of application.  The lifecycle that
-calls them (lock, record, reaper) is in ``_undo``.
+A record's ``undo`` is a list of typed steps written before its fault is
+applied.  A record is data that the reaper and the red button act on as root,
+so it is never trusted as code: :func:`check_steps` refuses any step that is
+not something our faults write (known types, our own chains, qdisc handle,
+process tags, schemas and files), and :func:`run_steps` checks before it runs
+anything.  Handlers find their binaries themselves; a record names no program.
+
+Every handler is idempotent and decides "already gone" by *looking* (listing
+the chain, the qdisc, the schema), never from an exit code, and looks again
+afterwards: a thing still there is an :class:`UndoError` naming the command,
+its exit code and its output.  ``run_steps`` runs every step, in reverse order
+of application, even when one fails, then reports every failure at once; the
+record then stays for the reaper to retry.  The lifecycle that calls them
+(lock, record, reaper) is in ``_undo``.
 """
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -19,12 +30,30 @@ from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
 from ansible_collections.pggit.chaos.plugins.module_utils._errors import UndoError
 
 STEP_HANDLERS = {}
+STEP_CHECKS = {}
 _TRIGGER_MODES = {'O': 'ENABLE', 'R': 'ENABLE REPLICA', 'A': 'ENABLE ALWAYS', 'D': 'DISABLE'}
 
+# Where handlers look for iptables, tc and ip: never a path from the record.
+BIN_DIRS = ('/usr/sbin', '/sbin', '/usr/bin', '/bin')
+PROC_TAG_PREFIX = 'pggit-chaos-'
+CHAIN_PREFIX = 'pggit-chaos-'
+CHAIN_HOOKS = ('INPUT', 'OUTPUT', 'FORWARD')
+# The handle of every root qdisc pggit.chaos adds (_netcmd.OUR_HANDLE).
+TC_HANDLE = '7a3c:'
+PROTECTED_SCHEMAS = ('pggit', 'public', 'information_schema')
+TRIGGER_PREFIX = 'pggit'
+# Disk-fill files: the only files outside the state dir an undo may remove.
+FILL_FILE_RE = re.compile(r'^\.pggit-chaos-fill-[A-Za-z0-9_.-]+$')
+_CHAIN_RE = re.compile(r'^pggit-chaos-[A-Za-z0-9_-]+$')
+_INTERFACE_RE = re.compile(r'^[A-Za-z0-9_.:@-]{1,15}$')
+# A revert must not wait forever on a busy table (it holds the ledger lock).
+REVERT_SQL_SETTINGS = ("SET lock_timeout = '5s'", "SET statement_timeout = '60s'")
 
-def _handler(name):
+
+def _handler(name, check):
     def register(func):
         STEP_HANDLERS[name] = func
+        STEP_CHECKS[name] = check
         return func
     return register
 
@@ -33,6 +62,33 @@ def default_runner(argv):
     """Run argv without a shell (used by the reaper; modules pass run_command)."""
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=30, check=False)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def find_bin(name):
+    """The path of a system binary, searched in BIN_DIRS only."""
+    for folder in BIN_DIRS:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise UndoError('%s not found in %s' % (name, ':'.join(BIN_DIRS)))
+
+
+def _run(ctx, argv):
+    return (ctx.get('runner') or default_runner)(argv)
+
+
+def _said(argv, rc, out, err):
+    return '%s exited %s: %s' % (' '.join(argv), rc, ' '.join(((err or '') + ' ' + (out or '')).split()) or '(no output)')
+
+
+def protected_schema(name):
+    """True for schemas a fault may never drop: pggit, public, information_schema, pg_*, or a blank name.
+
+    Names are compared exactly, as PostgreSQL stores them: the revert drops
+    the schema whose nspname is exactly this (quoted), so a scratch schema
+    literally named "PGGIT" is not pggit and may be dropped."""
+    text = str(name)
+    return not text.strip() or text in PROTECTED_SCHEMAS or text.startswith('pg_')
 
 
 # -- processes ------------------------------------------------------------
@@ -89,80 +145,363 @@ def stop_process(pid, starttime=None, match=None, grace=3.0):
     return True
 
 
-@_handler('kill_process')
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_kill_process(step, state_dir):
+    match = step.get('match')
+    if not isinstance(match, str) or not match.startswith(PROC_TAG_PREFIX) or match == PROC_TAG_PREFIX:
+        return "match must be one of our process tags ('%s...'), got %r" % (PROC_TAG_PREFIX, match)
+    if not _is_int(step.get('pid')) or step['pid'] <= 1:
+        return 'pid must be an integer above 1, got %r' % (step.get('pid'),)
+    if not _is_int(step.get('starttime')):
+        return 'starttime must be the integer start time of the process, got %r' % (step.get('starttime'),)
+    return None
+
+
+@_handler('kill_process', _check_kill_process)
 def _undo_kill_process(step, ctx):
     return stop_process(step['pid'], step.get('starttime'), step.get('match'))
 
 
-@_handler('remove_path')
+# -- files ----------------------------------------------------------------
+def _resolved(path):
+    """The folder resolved, not the file: a link is removed, never its target."""
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def _check_remove_path(step, state_dir):
+    path = step.get('path')
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return 'path must be an absolute path, got %r' % (path,)
+    name = os.path.basename(path)
+    if name in ('', '.', '..'):
+        return 'path must name a file, got %r' % (path,)
+    if FILL_FILE_RE.match(name):
+        return None
+    if not state_dir:
+        return 'refusing to remove %s: no state dir to check it against, and it is not a .pggit-chaos-fill-<id> file' % path
+    top = os.path.realpath(state_dir).rstrip('/') + '/'
+    if not _resolved(path).startswith(top):
+        return 'refusing to remove %s: outside the state dir %s, and not a .pggit-chaos-fill-<id> file' % (path, state_dir)
+    return None
+
+
+@_handler('remove_path', _check_remove_path)
 def _undo_remove_path(step, ctx):
-    # Resolve the folder, not the file: a link is removed, never its target.
-    path = os.path.join(os.path.realpath(os.path.dirname(step['path'])), os.path.basename(step['path']))
-    root = os.path.realpath(step['root'])
-    if not path.startswith(root.rstrip('/') + '/'):
-        raise UndoError('refusing to remove %s: outside its recorded root %s' % (path, root))
+    path = _resolved(step['path'])
+    if step.get('root'):
+        root = os.path.realpath(step['root'])
+        if not path.startswith(root.rstrip('/') + '/'):
+            raise UndoError('refusing to remove %s: outside its recorded root %s' % (path, root))
     if not os.path.lexists(path):
         return False
     os.unlink(path)
     return True
 
 
-@_handler('run')
-def _undo_run(step, ctx):
-    """Run an argv; rc in ``gone_rc`` means the thing was already gone."""
-    rc, out, err = ctx['runner'](step['argv'])
-    if rc in step.get('ok_rc', [0]):
-        return True
-    if rc in step.get('gone_rc', []):
+# -- iptables -------------------------------------------------------------
+def parse_iptables(text):
+    """(user chains, {chain: [rule tokens after '-A chain']}) from ``iptables -S``."""
+    chains, rules = set(), {}
+    for line in text.splitlines():
+        try:
+            tokens = shlex.split(line)
+        except ValueError:
+            tokens = line.split()
+        if len(tokens) >= 2 and tokens[0] == '-N':
+            chains.add(tokens[1])
+        elif len(tokens) >= 2 and tokens[0] == '-A':
+            rules.setdefault(tokens[1], []).append(tokens[2:])
+    return chains, rules
+
+
+def _targets(rule, chain):
+    return any(rule[i] in ('-j', '-g') and rule[i + 1] == chain for i in range(len(rule) - 1))
+
+
+def _check_iptables_chain(step, state_dir):
+    chain = step.get('chain')
+    if not isinstance(chain, str) or not _CHAIN_RE.match(chain) or len(chain) > 28:
+        return "chain must be one of ours ('%s...'), got %r" % (CHAIN_PREFIX, chain)
+    if step.get('hook') not in CHAIN_HOOKS:
+        return 'hook must be one of %s, got %r' % (', '.join(CHAIN_HOOKS), step.get('hook'))
+    return None
+
+
+@_handler('iptables_chain', _check_iptables_chain)
+def _undo_iptables_chain(step, ctx):
+    """Remove our jump(s) from the hook, flush and delete the chain; confirm by listing again.
+
+    Looking is listing: ``iptables -S <hook>`` for the jumps, ``iptables -S
+    <chain>`` for the chain and, when that lists nothing, the whole table (a
+    rule iptables cannot parse elsewhere makes only the whole-table listing
+    fail).  A chain is gone only when a listing that worked does not show it.
+    """
+    iptables = find_bin('iptables')
+    chain, hook = step['chain'], step['hook']
+    jump = ['-j', chain]
+
+    def listing(*chain_args):
+        argv = [iptables, '-w', '-S'] + list(chain_args)
+        rc, out, err = _run(ctx, argv)
+        return argv, rc, out, err
+
+    def look():
+        argv, rc, out, err = listing(hook)
+        if rc != 0:
+            raise UndoError('cannot look for the jumps from %s to %s: %s' % (hook, chain, _said(argv, rc, out, err)))
+        jumps = sum(1 for rule in parse_iptables(out)[1].get(hook, []) if rule == jump)
+        argv, rc, out, err = listing(chain)
+        if rc == 0 and chain in parse_iptables(out)[0]:
+            return True, jumps
+        whole = listing()
+        if whole[1] != 0:
+            raise UndoError('cannot look for chain %s: %s; %s' % (chain, _said(argv, rc, out, err), _said(*whole)))
+        return chain in parse_iptables(whole[2])[0], jumps
+
+    def users():
+        """Rules we did not make that still jump to the chain (for the message), when they can be listed."""
+        _argv, rc, out, _err = listing()
+        rules = parse_iptables(out)[1] if rc == 0 else {}
+        return ['-A %s %s' % (name, ' '.join(rule)) for name, found in sorted(rules.items()) for rule in found
+                if _targets(rule, chain) and not (name == hook and rule == jump)]
+
+    present, jumps = look()
+    if not present and not jumps:
         return False
-    raise UndoError('%s exited %s: %s' % (' '.join(step['argv']), rc, (err or out).strip()))
+    failed = []
+    commands = [[iptables, '-w', '-D', hook] + jump for _n in range(jumps)]
+    if present:
+        commands += [[iptables, '-w', '-F', chain], [iptables, '-w', '-X', chain]]
+    for argv in commands:
+        rc, out, err = _run(ctx, argv)
+        if rc != 0:
+            failed.append(_said(argv, rc, out, err))
+    present, jumps = look()
+    if present or jumps:
+        what = ('chain %s' % chain) if present else ('%d jump(s) from %s to %s' % (jumps, hook, chain))
+        why = '; '.join(failed) or 'every command exited 0'
+        others = users()
+        if others:
+            why += '; rules we did not make still use it: %s' % ' | '.join(others)
+        raise UndoError('%s is still there after the revert: %s' % (what, why))
+    return True
 
 
-@_handler('pg_event_trigger_enable')
-def _undo_event_triggers(step, ctx):
-    """Put event triggers back in their recorded mode (O, R or A)."""
+# -- tc -------------------------------------------------------------------
+def parse_root_qdisc(text):
+    """(kind, handle) of the root qdisc from `tc qdisc show dev X` output."""
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] == 'qdisc' and 'root' in fields:
+            return fields[1], fields[2]
+    return None, None
+
+
+def parse_links(text):
+    """Interface names from ``ip -o link show`` (a veth's ``@ifN`` suffix dropped)."""
+    names = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].endswith(':'):
+            names.add(fields[1].rstrip(':').split('@')[0])
+    return names
+
+
+def _check_tc_qdisc(step, state_dir):
+    interface = step.get('interface')
+    if not isinstance(interface, str) or not _INTERFACE_RE.match(interface) or interface in ('.', '..'):
+        return 'interface must be an interface name, got %r' % (interface,)
+    if step.get('handle') != TC_HANDLE:
+        return 'handle must be ours (%s), got %r' % (TC_HANDLE, step.get('handle'))
+    return None
+
+
+@_handler('tc_qdisc', _check_tc_qdisc)
+def _undo_tc_qdisc(step, ctx):
+    """Delete the root qdisc if its handle is ours; a vanished interface is gone; confirm after."""
+    tc, ip = find_bin('tc'), find_bin('ip')
+    interface, handle = step['interface'], step['handle']
+
+    def exists():
+        argv = [ip, '-o', 'link', 'show']
+        rc, out, err = _run(ctx, argv)
+        if rc != 0:
+            raise UndoError('cannot list interfaces to find %s: %s' % (interface, _said(argv, rc, out, err)))
+        return interface in parse_links(out)
+
+    def ours():
+        if not exists():
+            return False
+        argv = [tc, 'qdisc', 'show', 'dev', interface]
+        rc, out, err = _run(ctx, argv)
+        if rc != 0:
+            if not exists():
+                return False
+            raise UndoError('cannot read the qdiscs of %s: %s' % (interface, _said(argv, rc, out, err)))
+        return parse_root_qdisc(out)[1] == handle
+
+    if not ours():
+        return False
+    argv = [tc, 'qdisc', 'del', 'dev', interface, 'root', 'handle', handle]
+    rc, out, err = _run(ctx, argv)
+    if ours():
+        raise UndoError('root qdisc %s on %s is still there after the revert: %s' % (handle, interface, _said(argv, rc, out, err)))
+    return True
+
+
+# -- PostgreSQL -----------------------------------------------------------
+def _pg_connect(step, ctx):
     params = dict(step.get('conn') or {})
     params.update(ctx.get('secret') or {})
     conn = _pgconn.connect(params, application_name='pggit-chaos-revert')
-    changed = False
+    cur = conn.cursor()
+    for setting in REVERT_SQL_SETTINGS:
+        cur.execute(setting)
+    return conn, cur
+
+
+def _check_conn(step):
+    if step.get('conn') is not None and not isinstance(step.get('conn'), dict):
+        return 'conn must be a dictionary of connection options, got %r' % (step.get('conn'),)
+    return None
+
+
+def _check_event_triggers(step, state_dir):
+    triggers = step.get('triggers')
+    if not isinstance(triggers, list) or not triggers:
+        return 'triggers must be a non-empty list, got %r' % (triggers,)
+    for trig in triggers:
+        if not isinstance(trig, dict) or not isinstance(trig.get('name'), str) or not trig['name'].startswith(TRIGGER_PREFIX):
+            return "every trigger must be a pgGit event trigger named '%s%%', got %r" % (TRIGGER_PREFIX, trig)
+        if trig.get('mode') not in _TRIGGER_MODES:
+            return 'trigger %s: mode must be one of %s, got %r' % (trig['name'], '/'.join(sorted(_TRIGGER_MODES)), trig.get('mode'))
+    return _check_conn(step)
+
+
+@_handler('pg_event_trigger_enable', _check_event_triggers)
+def _undo_event_triggers(step, ctx):
+    """Put event triggers back in their recorded mode (O, R, A or D); every trigger is tried."""
+    conn, cur = _pg_connect(step, ctx)
+    changed, failed = False, []
     try:
-        cur = conn.cursor()
         for trig in step['triggers']:
-            cur.execute('SELECT evtenabled FROM pg_event_trigger WHERE evtname = %s', (trig['name'],))
-            row = cur.fetchone()
-            if row is None or row[0] == trig['mode']:
-                continue
-            cur.execute(_pgconn.sql.SQL('ALTER EVENT TRIGGER {} ' + _TRIGGER_MODES[trig['mode']]).format(
-                _pgconn.sql.Identifier(trig['name'])))
-            changed = True
+            try:
+                cur.execute('SELECT evtenabled FROM pg_event_trigger WHERE evtname = %s', (trig['name'],))
+                row = cur.fetchone()
+                if row is None or row[0] == trig['mode']:
+                    continue
+                cur.execute(_pgconn.sql.SQL('ALTER EVENT TRIGGER {} ' + _TRIGGER_MODES[trig['mode']]).format(
+                    _pgconn.sql.Identifier(trig['name'])))
+                changed = True
+            except _pgconn.psycopg2.Error as exc:
+                failed.append('%s: %s' % (trig['name'], _pgconn.one_line(exc)))
     finally:
         conn.close()
+    if failed:
+        raise UndoError('event triggers not put back: %s' % '; '.join(failed))
     return changed
 
 
-@_handler('pg_drop_schema')
+def _check_drop_schema(step, state_dir):
+    schema = step.get('schema')
+    if not isinstance(schema, str) or protected_schema(schema):
+        return 'refusing to drop schema %r: not a scratch schema (pggit, public, information_schema and pg_* never are)' % (schema,)
+    marker = step.get('only_if_comment_starts')
+    if marker is not None and not (isinstance(marker, str) and marker.startswith('pggit.chaos ')):
+        return 'only_if_comment_starts must be a pggit.chaos mark, got %r' % (marker,)
+    return _check_conn(step)
+
+
+@_handler('pg_drop_schema', _check_drop_schema)
 def _undo_drop_schema(step, ctx):
-    """Drop a schema of objects created during the fault (before tracking returns)."""
-    params = dict(step.get('conn') or {})
-    params.update(ctx.get('secret') or {})
-    conn = _pgconn.connect(params, application_name='pggit-chaos-revert')
+    """Drop a schema of objects created during the fault, found by its exact name.
+
+    With ``only_if_comment_starts`` the schema is dropped only while its
+    comment carries that mark (a workload's schema): one that is not ours
+    (any more) counts as gone and is left alone."""
+    exists_sql = 'SELECT 1 FROM pg_namespace WHERE nspname = %s'
+    conn, cur = _pg_connect(step, ctx)
     try:
-        cur = conn.cursor()
-        cur.execute('SELECT to_regnamespace(%s) IS NOT NULL', (step['schema'],))
-        if not cur.fetchone()[0]:
+        cur.execute(exists_sql, (step['schema'],))
+        if cur.fetchone() is None:
             return False
-        cur.execute(_pgconn.sql.SQL('DROP SCHEMA {} CASCADE').format(_pgconn.sql.Identifier(step['schema'])))
+        marker = step.get('only_if_comment_starts')
+        if marker:
+            cur.execute("SELECT coalesce(obj_description(oid, 'pg_namespace'), '') FROM pg_namespace WHERE nspname = %s",
+                        (step['schema'],))
+            row = cur.fetchone()
+            if row is None or not row[0].startswith(marker):
+                return False
+        drop = _pgconn.sql.SQL('DROP SCHEMA {} CASCADE').format(_pgconn.sql.Identifier(step['schema']))
+        try:
+            cur.execute(drop)
+        except _pgconn.psycopg2.Error as exc:
+            raise UndoError('%s failed: %s' % (drop.as_string(cur), _pgconn.one_line(exc)))
+        cur.execute(exists_sql, (step['schema'],))
+        if cur.fetchone() is not None:
+            raise UndoError('schema %s is still there after %s' % (step['schema'], drop.as_string(cur)))
         return True
     finally:
         conn.close()
 
 
+# -- checking and running -------------------------------------------------
+def describe_step(step):
+    """A short name for a step in messages: its type and what it acts on."""
+    if not isinstance(step, dict):
+        return repr(step)
+    what = step.get('chain') or step.get('interface') or step.get('schema') or step.get('path') or step.get('match') or ''
+    return ('%s %s' % (step.get('type'), what)).strip()
+
+
+def check_steps(steps, state_dir):
+    """Raise UndoError unless every step is something our faults write.
+
+    A record is data run as root by the reaper and the red button: a forged
+    or damaged one must never run.  ``state_dir`` is the ledger's state dir
+    (files inside it may be removed).
+    """
+    if steps is None:
+        return
+    if not isinstance(steps, list):
+        raise UndoError('undo must be a list of steps, got %r' % (steps,))
+    for number, step in enumerate(steps, 1):
+        if not isinstance(step, dict):
+            raise UndoError('undo step %d is not a step: %r' % (number, step))
+        kind = step.get('type')
+        if not isinstance(kind, str) or kind not in STEP_HANDLERS:
+            raise UndoError('undo step %d: unknown type %r; known types: %s' % (number, kind, ', '.join(sorted(STEP_HANDLERS))))
+        check = STEP_CHECKS.get(kind)
+        problem = check(step, state_dir) if check else None
+        if problem:
+            raise UndoError('undo step %d (%s) refused: %s' % (number, kind, problem))
+
+
+def _reason(exc):
+    text = _pgconn.one_line(exc)
+    return text if isinstance(exc, UndoError) else '%s: %s' % (exc.__class__.__name__, text)
+
+
 def run_steps(steps, ctx):
-    """Run undo steps in reverse order of application. Returns changed."""
-    changed = False
-    for step in reversed(steps or []):
-        handler = STEP_HANDLERS.get(step.get('type'))
-        if handler is None:
-            raise UndoError('unknown undo step type %r' % step.get('type'))
-        changed = bool(handler(step, ctx)) or changed
+    """Check every step, then run them all in reverse order of application.
+
+    A failing step does not stop the others (triggers come back even when a
+    schema cannot be dropped); every failure is then raised as one
+    UndoError.  Returns changed.
+    """
+    ctx = ctx or {}
+    check_steps(steps, ctx.get('state_dir'))
+    steps = steps or []
+    changed, failures = False, []
+    for number in range(len(steps), 0, -1):
+        step = steps[number - 1]
+        try:
+            changed = bool(STEP_HANDLERS[step['type']](step, ctx)) or changed
+        except Exception as exc:  # pylint: disable=broad-except
+            failures.append('step %d (%s): %s' % (number, describe_step(step), _reason(exc)))
+    if failures:
+        raise UndoError('%d of %d undo steps failed (the others ran): %s' % (len(failures), len(steps), '; '.join(failures)))
     return changed

@@ -3,6 +3,7 @@
 """Shared part of the network faults: selector options, ownership checks, argv runs."""
 from __future__ import annotations
 
+import errno
 import os
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _netcmd
@@ -23,9 +24,12 @@ def selector_argument_spec():
 class NetworkFault(Fault):
     """A fault made of argv runs whose inverse is recorded before they run."""
 
+    NFQUEUE_PROC = '/proc/self/net/netfilter/nfnetlink_queue'
+
     def __init__(self, module):
         super(NetworkFault, self).__init__(module)
         self.fid = None
+        self.seen_chains = set()
 
     def fail(self, msg):
         self.module.fail_json(msg=msg)
@@ -36,7 +40,8 @@ class NetworkFault(Fault):
 
     def observe_chains(self):
         self.fid = _ledger.fault_id(self.kind, self.params['name'])
-        return {'chains': dict((c, self.chain_exists(c)) for c in _netcmd.chains(self.fid).values())}
+        self.seen_chains = self.listed_chains()
+        return {'chains': dict((c, c in self.seen_chains) for c in _netcmd.chains(self.fid).values())}
 
     def validate(self):
         self.selector()
@@ -65,20 +70,34 @@ class NetworkFault(Fault):
         return self.module.get_bin_path(name, required=True)
 
     # -- ownership ------------------------------------------------------
-    def chain_exists(self, chain):
+    def listed_chains(self):
+        """The user chains in the filter table, seen in ``iptables -S`` (never guessed from an exit code)."""
         iptables = self.module.get_bin_path('iptables')
         if not iptables:
-            return False  # no iptables, so no chain of ours (netem needs none)
-        rc, _out, _err = self.module.run_command([iptables, '-w', '-S', chain])
-        return rc == 0
+            return set()  # no iptables, so no chain of ours (netem needs none)
+        argv = [iptables, '-w', '-S']
+        rc, out, err = self.module.run_command(argv)
+        if rc != 0:
+            self.fail('cannot list iptables chains: %s exited %s: %s' % (' '.join(argv), rc, (err or out).strip()))
+        return _netcmd.parse_iptables(out)[0]
 
     def refuse_foreign_chains(self, fault_id, record):
         if record is not None:
             return
-        for chain in _netcmd.chains(fault_id).values():
-            if self.chain_exists(chain):
+        for chain in sorted(_netcmd.chains(fault_id).values()):
+            if chain in self.seen_chains:
                 self.fail('chain %s exists but no ledger record owns it; run playbooks/revert.yml or delete it by hand'
                           % chain)
+
+    def bound_queues(self):
+        """{queue: netlink port id} of the NFQUEUEs bound in this network namespace; {} when none can be seen."""
+        try:
+            with open(self.NFQUEUE_PROC) as handle:
+                return _netcmd.parse_nfqueue(handle.read())
+        except (IOError, OSError) as exc:
+            if exc.errno == errno.ENOENT:
+                return {}  # nfnetlink_queue not loaded: nothing is bound
+            raise
 
     def root_qdisc(self, interface):
         rc, out, err = self.module.run_command([self.bin('tc'), 'qdisc', 'show', 'dev', interface])

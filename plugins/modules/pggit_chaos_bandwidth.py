@@ -14,6 +14,10 @@ description:
   - The qdisc carries the handle C(7a3c:) that marks it as ours. A root qdisc
     that the kernel did not install by default and that we did not create is
     never replaced.
+  - A revert deletes the root qdisc only while its handle is ours, and looks
+    again to confirm. An interface that is gone, or a root qdisc someone else
+    has put in its place, counts as reverted; a qdisc of ours that stays keeps
+    the ledger record and is reported with the command and its output.
 author: pggit.chaos maintainers (@pggit)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -100,7 +104,7 @@ class BandwidthFault(NetworkFault):
     def plan(self, current):
         self.refuse_foreign_qdisc(self.interface, self.module_record())
         apply, undo = _netcmd.htb_plan(self.interface, self.peers, self.params['port'], self.params['rate_kbit'],
-                                         tc=self.bin('tc'))
+                                       tc=self.bin('tc'))
         detail = {'interface': self.interface, 'apply': apply}
         return undo, detail, dict(current, root_qdisc='htb', handle=_netcmd.OUR_HANDLE)
 

@@ -15,6 +15,12 @@ description:
     which holds each packet for the delay before accepting it. It works where
     the kernel has no netem and also delays connections that were already
     open. The daemon is in the ledger and stops by itself at the TTL.
+  - The inject succeeds only once the daemon has proven that it holds its
+    queue (the queue is listed as bound in C(/proc/net/netfilter/nfnetlink_queue)
+    of the target's network namespace). A daemon that exits, or has not bound
+    the queue within 10 seconds, fails the inject and it is rolled back, with
+    the tail of the daemon's log in the message. A queue number that another
+    program already holds is refused.
   - V(netem) uses C(tc) with a C(prio) root qdisc, a C(netem) child and C(u32)
     filters, so only matching egress traffic is delayed. It needs a kernel with
     C(sch_netem); it refuses a root qdisc it did not create. It cannot run on
@@ -107,8 +113,13 @@ applied:
 import os
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _netcmd, _steps
-from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosModule
+from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosModule, DaemonError
 from ansible_collections.pggit.chaos.plugins.module_utils.network import NetworkFault, selector_argument_spec
+
+
+DAEMON_TAG = 'pggit-chaos-nfqdelay'
+# How long the daemon has to bind its queue before the inject fails.
+READY_SECONDS = 10.0
 
 
 class LatencyFault(NetworkFault):
@@ -135,8 +146,27 @@ class LatencyFault(NetworkFault):
         if detail.get('method') == 'netem':
             return self.root_qdisc(detail['interface'])[1] == _netcmd.OUR_HANDLE
         daemons = [s for s in record['undo'] if s.get('type') == 'kill_process']
+        if detail.get('method') == 'nfqueue' and (not daemons or detail.get('queue') not in self.queues_seen()):
+            return False  # a daemon that lost its queue delays nothing (--queue-bypass)
         return (all(current['chains'].get(c) for c in detail.get('chains', []))
                 and all(_steps.same_process(s['pid'], s.get('starttime'), s.get('match')) for s in daemons))
+
+    def queues_seen(self):
+        """bound_queues(), or {} when the table cannot be read (then nothing is proven bound)."""
+        try:
+            return self.bound_queues()
+        except (IOError, OSError):
+            return {}
+
+    def refuse_held_queue(self, queue):
+        try:
+            holder = self.bound_queues().get(queue)
+        except (IOError, OSError) as exc:
+            raise DaemonError('cannot read %s to check NFQUEUE %d: %s' % (self.NFQUEUE_PROC, queue, exc))
+        if holder is not None:
+            raise DaemonError('NFQUEUE %d is already bound by another program (netlink port id %d); '
+                              'pggit.chaos never shares a queue: stop that program or revert the fault that owns it'
+                              % (queue, holder))
 
     def choose_method(self, selector):
         params = self.params
@@ -163,7 +193,7 @@ class LatencyFault(NetworkFault):
             interface = self.interface_for(selector['peers'])
             self.refuse_foreign_qdisc(interface, record)
             apply, undo = _netcmd.netem_plan(interface, selector['peers'], selector['port'], params['delay_ms'],
-                                               params['jitter_ms'], params['loss_pct'], tc=self.bin('tc'))
+                                             params['jitter_ms'], params['loss_pct'], tc=self.bin('tc'))
             detail['interface'] = interface
         else:
             self.refuse_foreign_chains(self.fid, record)
@@ -171,6 +201,11 @@ class LatencyFault(NetworkFault):
                 target = _netcmd.loss_target(params['loss_pct'])
             else:
                 detail['queue'] = _netcmd.queue_number(self.fid)
+                if record is None:
+                    try:
+                        self.refuse_held_queue(detail['queue'])
+                    except DaemonError as exc:
+                        self.fail(str(exc))
                 target = _netcmd.nfqueue_target(detail['queue'])
             apply, undo = _netcmd.chain_plan(self.fid, selector, target, iptables=self.bin('iptables'))
             detail['chains'] = [_netcmd.chains(self.fid)[d] for d in selector['directions']]
@@ -180,16 +215,26 @@ class LatencyFault(NetworkFault):
     def apply(self, detail):
         result = {'method': detail['method'], 'chains': detail['chains'], 'applied': detail['apply']}
         if detail['method'] == 'nfqueue':
-            params = self.params
-            record_path = os.path.join(self.ledger.faults_dir, self.record['id'] + '.json')
-            daemon = _daemon.spawn(self.ledger.state_dir, 'pggit-chaos-nfqdelay', [
-                '--queue', str(detail['queue']), '--delay-ms', str(params['delay_ms']), '--jitter-ms', str(params['jitter_ms']),
-                '--loss-pct', str(params['loss_pct']), '--until', str(self.record['expires_at']), '--record', record_path])
-            self.add_undo_first({'type': 'kill_process', 'pid': daemon['pid'], 'starttime': daemon['starttime'],
-                                 'match': 'pggit-chaos-nfqdelay'})
-            result.update(queue=detail['queue'], daemon={'pid': daemon['pid'], 'starttime': daemon['starttime']})
+            result.update(self.start_daemon(detail['queue']))
         self.run_all(detail['apply'])
         return result
+
+    def start_daemon(self, queue):
+        """Start the delay daemon, wait until its queue is bound, record it; all before any rule feeds the queue.
+
+        If the module dies after spawn() and before the record holds the
+        daemon, the daemon still goes: it exits when its record is gone (the
+        reaper's revert) and at --until.
+        """
+        params = self.params
+        self.refuse_held_queue(queue)
+        record_path = os.path.join(self.ledger.faults_dir, self.record['id'] + '.json')
+        daemon = _daemon.spawn(self.ledger.state_dir, DAEMON_TAG, [
+            '--queue', str(queue), '--delay-ms', str(params['delay_ms']), '--jitter-ms', str(params['jitter_ms']),
+            '--loss-pct', str(params['loss_pct']), '--until', str(self.record['expires_at']), '--record', record_path],
+            ready=lambda: queue in self.queues_seen(), ready_timeout=READY_SECONDS)
+        self.add_undo_first({'type': 'kill_process', 'pid': daemon['pid'], 'starttime': daemon['starttime'], 'match': DAEMON_TAG})
+        return {'queue': queue, 'daemon': {'pid': daemon['pid'], 'starttime': daemon['starttime']}}
 
 
 def main():

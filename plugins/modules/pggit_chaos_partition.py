@@ -14,6 +14,11 @@ description:
     C(pggit-chaos-<hash>-in) and C(-out), jumped to from C(INPUT) and C(OUTPUT),
     so a revert removes ours and never touches anyone else's. A chain of that
     name that no ledger record owns is refused.
+  - A revert lists the rules to decide what is left and lists them again to
+    confirm it is gone; it never takes an exit code for "already gone". A
+    chain that a rule we did not make still jumps to stays (flushed, so it
+    cuts nothing), and so does the ledger record, with a message that names
+    the command, its output and that rule; the reaper keeps retrying.
   - SSH (port 22) and loopback stay open by default so Ansible keeps control.
     With O(full_isolation=true) SSH is cut too and only the target-side TTL
     heals the partition.

@@ -43,7 +43,13 @@ options:
         Every revert path (O(state=absent), the revert module and the TTL)
         drops it with C(CASCADE) I(before) re-enabling the triggers, so the
         untracked objects leave no drift and no history behind.
-      - Must not be V(pggit), V(public) or a system schema.
+      - The name is taken exactly as written (case and quotes included), as
+        C(nspname) holds it; it is not parsed as an SQL identifier.
+      - Must not be V(pggit), V(public), V(information_schema) or a C(pg_)
+        schema, in any letter case.
+      - If the drop fails (a lock held past 5 seconds, for example), the
+        triggers are re-enabled all the same, the revert reports the drop
+        failure, and the record stays so that the reaper retries the drop.
     type: str
 '''
 
@@ -103,11 +109,10 @@ revert:
   type: dict
 '''
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
+from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn, _steps
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosModule, Fault
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import connect_or_fail, postgres_argument_spec
 
-PROTECTED_SCHEMAS = ('pggit', 'public', 'information_schema')
 TRIGGERS_SQL = ("SELECT evtname, evtevent, evtenabled FROM pg_event_trigger "
                 "WHERE evtname LIKE 'pggit%' ORDER BY evtname")
 
@@ -125,8 +130,7 @@ class TriggerFault(Fault):
         return self.conn
 
     def observe(self):
-        cur = self._conn().cursor()
-        cur.execute(TRIGGERS_SQL)
+        cur = _pgconn.execute(self._conn().cursor(), TRIGGERS_SQL, what='listing pgGit event triggers')
         return dict((name, {'event': event, 'mode': mode}) for name, event, mode in cur.fetchall())
 
     def _selected(self, current):
@@ -142,8 +146,9 @@ class TriggerFault(Fault):
 
     def validate(self):
         schema = self.params['drop_schema']
-        if schema is not None and (schema in PROTECTED_SCHEMAS or schema.startswith('pg_') or not schema.strip()):
-            self.module.fail_json(msg="drop_schema must name a scratch schema, not '%s'" % schema)
+        if schema is not None and _steps.protected_schema(schema):
+            self.module.fail_json(msg="drop_schema must name a scratch schema, not '%s' (pggit, public, information_schema "
+                                      "and pg_* are never dropped; names are exact, so \"PGGIT\" is a scratch schema)" % schema)
 
     def noop_reason(self, current):
         wanted = self._selected(current)
@@ -173,14 +178,15 @@ class TriggerFault(Fault):
         conn.autocommit = False
         with conn:
             cur = conn.cursor()
+            self.bound_sql(cur)  # an ALTER stuck behind a lock gives up before the TTL would expire
             for name in detail['disable']:
-                cur.execute(_pgconn.sql.SQL('ALTER EVENT TRIGGER {} DISABLE').format(_pgconn.sql.Identifier(name)))
+                _pgconn.execute(cur, _pgconn.sql.SQL('ALTER EVENT TRIGGER {} DISABLE').format(_pgconn.sql.Identifier(name)),
+                                what='disabling event trigger %s' % name, option='triggers')
         conn.autocommit = True
         return {'disabled': detail['disable'], 'left_enabled': detail['left_enabled'], 'tracking': detail['tracking']}
 
     def secret(self):
-        password = self.params.get('login_password')
-        return {'login_password': password} if password else {}
+        return _pgconn.secret_conn(self.params)
 
 
 def main():

@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import os
 
+import psycopg2
 import pytest
+from psycopg2 import sql
 
 from modrun import run_module
-from pgtools import query
+from pgtools import connection, query
 from waiting import wait_for
 from ansible_collections.pggit.chaos.plugins.module_utils import _steps
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_trigger, pggit_chaos_revert
@@ -143,7 +145,61 @@ def test_revert_drops_untracked_objects_before_tracking_returns(pgdb, state_dir)
     assert query(pgdb, 'SELECT count(*) FROM pggit.history')[0][0] == history, 'the drop happened while tracking was off'
 
 
-def test_drop_schema_refuses_real_schemas(pgdb, state_dir):
-    result, failed = inject(pgdb, state_dir, drop_schema='pggit')
-    assert failed and result['msg'] == "drop_schema must name a scratch schema, not 'pggit'"
+@pytest.mark.parametrize('schema', ['pggit', 'public', 'information_schema', 'pg_catalog', 'pg_toast', ' '])
+def test_drop_schema_refuses_real_schemas(pgdb, state_dir, schema):
+    result, failed = inject(pgdb, state_dir, drop_schema=schema)
+    assert failed and result['msg'] == ("drop_schema must name a scratch schema, not '%s' (pggit, public, information_schema "
+                                        "and pg_* are never dropped; names are exact, so \"PGGIT\" is a scratch schema)"
+                                        % schema)
     assert ledger_files(state_dir) == [] and set(modes(pgdb).values()) == {'O'}
+
+
+def schema_exists(params, name):
+    return bool(query(params, 'SELECT 1 FROM pg_namespace WHERE nspname = %s', (name,)))
+
+
+def create_scratch(params, name):
+    with connection(params) as conn:
+        cur = conn.cursor()
+        cur.execute(sql.SQL('CREATE SCHEMA {}').format(sql.Identifier(name)))
+        cur.execute(sql.SQL('CREATE TABLE {}.untracked (id int)').format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize('schema', ['PGGIT', 'Public', 'Scratch_Mixed', 'a"b', 'with space', 'pggit_Chaos.drift'])
+def test_drop_schema_is_found_by_its_exact_name(pgdb, state_dir, schema):
+    """to_regnamespace() folds 'Scratch_Mixed' to scratch_mixed (so the revert saw it "gone") and rejects 'a"b' (so it failed forever)."""
+    result, failed = inject(pgdb, state_dir, drop_schema=schema)
+    assert not failed, result
+    create_scratch(pgdb, schema)
+    reverted, failed = run_module(pggit_chaos_trigger.main, dict(pgdb, name='off', state_dir=state_dir, state='absent'))
+    assert not failed, reverted['msg']
+    assert reverted['revert']['result'] == 'reverted' and reverted['revert']['undo_changed'] is True
+    assert not schema_exists(pgdb, schema), 'the scratch schema %r must be dropped' % schema
+    assert schema_exists(pgdb, 'pggit') and schema_exists(pgdb, 'public')
+    assert set(modes(pgdb).values()) == {'O'} and ledger_files(state_dir) == []
+
+
+def test_a_drop_that_fails_still_brings_the_triggers_back_and_is_retried(pgdb, state_dir):
+    result, failed = inject(pgdb, state_dir, drop_schema='scratch')
+    assert not failed, result
+    create_scratch(pgdb, 'scratch')
+    blocker = psycopg2.connect(host=pgdb['login_host'], port=pgdb['login_port'], user=pgdb['login_user'], dbname=pgdb['db'])
+    try:
+        cur = blocker.cursor()
+        cur.execute("SET idle_in_transaction_session_timeout = '60s'")  # never outlives the test for long
+        cur.execute('SELECT count(*) FROM scratch.untracked')  # an open transaction: DROP SCHEMA must wait for it
+        reverted, failed = run_module(pggit_chaos_trigger.main, dict(pgdb, name='off', state_dir=state_dir, state='absent'))
+        assert failed, 'a drop that failed must be reported'
+        assert ('step 2 (pg_drop_schema scratch): DROP SCHEMA "scratch" CASCADE failed: canceling statement due to lock timeout'
+                in reverted['msg']), reverted['msg']
+        assert '1 of 2 undo steps failed' in reverted['msg']
+        assert set(modes(pgdb).values()) == {'O'}, 'the triggers come back even though the drop failed'
+        assert tracked(pgdb, 'after_failed_drop') == 1
+        assert ledger_files(state_dir) == ['trigger--off.json'], 'the record stays, so the drop is retried'
+        assert schema_exists(pgdb, 'scratch')
+    finally:
+        blocker.rollback()
+        blocker.close()
+    again, failed = run_module(pggit_chaos_trigger.main, dict(pgdb, name='off', state_dir=state_dir, state='absent'))
+    assert not failed and again['revert']['result'] == 'reverted', again
+    assert not schema_exists(pgdb, 'scratch') and ledger_files(state_dir) == []

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _netcmd
+from ansible_collections.pggit.chaos.plugins.module_utils import _netcmd, _steps
 from ansible_collections.pggit.chaos.plugins.module_utils._netcmd import SelectorError
 
 FID = 'partition--split'
@@ -75,27 +75,21 @@ def test_chain_plan_apply(sel, target, expected):
     assert apply == expected
 
 
-@pytest.mark.parametrize('directions, reverted', [
-    (['in'], [ipt('-D', 'INPUT', '-j', IN), ipt('-F', IN), ipt('-X', IN)]),
-    (['out'], [ipt('-D', 'OUTPUT', '-j', OUT), ipt('-F', OUT), ipt('-X', OUT)]),
-    (['in', 'out'], [ipt('-D', 'OUTPUT', '-j', OUT), ipt('-D', 'INPUT', '-j', IN),
-                     ipt('-F', OUT), ipt('-X', OUT), ipt('-F', IN), ipt('-X', IN)]),
+@pytest.mark.parametrize('directions, undo', [
+    (['in'], [{'type': 'iptables_chain', 'chain': IN, 'hook': 'INPUT'}]),
+    (['out'], [{'type': 'iptables_chain', 'chain': OUT, 'hook': 'OUTPUT'}]),
+    (['in', 'out'], [{'type': 'iptables_chain', 'chain': IN, 'hook': 'INPUT'},
+                     {'type': 'iptables_chain', 'chain': OUT, 'hook': 'OUTPUT'}]),
 ])
-def test_chain_plan_undo_reversed_unhooks_then_flushes_then_deletes(directions, reverted):
-    _apply, undo = _netcmd.chain_plan(FID, selector(directions, port=5432), DROP)
-    assert all(step['type'] == 'run' and step['ok_rc'] == [0] and step['gone_rc'] == [1] for step in undo)
-    argvs = [step['argv'] for step in reversed(undo)]
-    assert argvs == reverted
-    ops = [argv[2] for argv in argvs]
-    assert ops == sorted(ops, key=lambda op: 0 if op == '-D' else 1)  # every jump goes before any chain
-    for chain in (IN, OUT):
-        if ipt('-X', chain) in argvs:
-            assert argvs.index(ipt('-F', chain)) < argvs.index(ipt('-X', chain))
+def test_chain_plan_undo_is_one_typed_step_per_chain(directions, undo):
+    _apply, steps = _netcmd.chain_plan(FID, selector(directions, port=5432), DROP, iptables='/usr/sbin/iptables')
+    assert steps == undo  # no command line in the record: the handler finds iptables itself
+    _steps.check_steps(steps, '/var/lib/pggit-chaos')
 
 
 def test_chain_plan_uses_the_given_binary_everywhere():
-    apply, undo = _netcmd.chain_plan(FID, selector(['in', 'out'], port=1), DROP, iptables='/usr/sbin/iptables')
-    assert {argv[0] for argv in apply + [step['argv'] for step in undo]} == {'/usr/sbin/iptables'}
+    apply, _undo = _netcmd.chain_plan(FID, selector(['in', 'out'], port=1), DROP, iptables='/usr/sbin/iptables')
+    assert {argv[0] for argv in apply} == {'/usr/sbin/iptables'}
 
 
 @pytest.mark.parametrize('direction, keep_ssh, keep_loopback, excluded, rules', [
@@ -113,7 +107,7 @@ PRIO = ['prio', 'bands', '4', 'priomap', '1', '2', '2', '2', '1', '2', '0', '0',
 TC_ROOT = ['tc', 'qdisc', 'add', 'dev', 'eth0', 'root', 'handle', '7a3c:']
 TC_NETEM = ['tc', 'qdisc', 'add', 'dev', 'eth0', 'parent', '7a3c:4', 'handle', '7a3d:', 'netem']
 TC_FILTER = ['tc', 'filter', 'add', 'dev', 'eth0', 'protocol', 'ip', 'parent', '7a3c:', 'prio', '1', 'u32']
-TC_UNDO = [{'type': 'run', 'argv': ['tc', 'qdisc', 'del', 'dev', 'eth0', 'root', 'handle', '7a3c:'], 'ok_rc': [0], 'gone_rc': [2]}]
+TC_UNDO = [{'type': 'tc_qdisc', 'interface': 'eth0', 'handle': '7a3c:'}]
 SPORT = ['match', 'ip', 'sport', '5432', '0xffff']
 
 
@@ -149,7 +143,9 @@ def test_htb_plan(peers, port, matches):
 def test_tc_plans_use_the_given_binary():
     for plan in (_netcmd.netem_plan('eth0', [], 1, 10, tc='/sbin/tc'), _netcmd.htb_plan('eth0', [], 1, 8, tc='/sbin/tc')):
         apply, undo = plan
-        assert {argv[0] for argv in apply + [step['argv'] for step in undo]} == {'/sbin/tc'}
+        assert {argv[0] for argv in apply} == {'/sbin/tc'}
+        assert undo == TC_UNDO
+        _steps.check_steps(undo, '/var/lib/pggit-chaos')
 
 
 @pytest.mark.parametrize('values, nets', [
@@ -245,3 +241,22 @@ def test_chains_fit_iptables_and_differ_per_fault():
 ])
 def test_parse_root_qdisc(text, root):
     assert _netcmd.parse_root_qdisc(text) == root
+
+
+NFQ = ('  4242   7795     0 2  4016     0     0        0  1\n'
+       ' 1234  -4113     0 2  8192     0     0       12  1\n')
+
+
+@pytest.mark.parametrize('text, queues', [
+    (NFQ, {4242: 7795, 1234: -4113}),
+    ('', {}),
+    ('garbage line\n', {}),
+])
+def test_parse_nfqueue(text, queues):
+    assert _netcmd.parse_nfqueue(text) == queues
+
+
+def test_chains_pass_the_undo_check():
+    for fid in IDS:
+        for direction, chain in _netcmd.chains(fid).items():
+            _steps.check_steps([{'type': 'iptables_chain', 'chain': chain, 'hook': _netcmd.HOOKS[direction]}], None)

@@ -199,3 +199,22 @@ def test_bad_arguments_exit_before_netfilterqueue(monkeypatch, capsys, argv):
         _nfqdelay.main(argv)
     assert done.value.code == 2
     assert 'pggit-chaos-nfqdelay: error:' in capsys.readouterr().err
+
+
+def test_missing_binding_says_why_and_exits_at_once(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'netfilterqueue', None)
+    assert _nfqdelay.main(['--queue', '1000', '--until', '1']) == 3
+    out = capsys.readouterr().out
+    assert 'cannot start: the Python package netfilterqueue is missing for %s' % sys.executable in out
+
+
+def test_a_queue_that_cannot_be_bound_says_why_and_exits_at_once(monkeypatch, capsys):
+    class Queue(object):
+        def bind(self, *args, **kwargs):
+            raise OSError('Failed to create queue 1000.')
+
+    fake = type(sys)('netfilterqueue')
+    fake.COPY_META, fake.NetfilterQueue = 1, Queue
+    monkeypatch.setitem(sys.modules, 'netfilterqueue', fake)
+    assert _nfqdelay.main(['--queue', '1000', '--until', '1']) == 4
+    assert 'cannot bind NFQUEUE 1000: Failed to create queue 1000.' in capsys.readouterr().out
