@@ -6,6 +6,4 @@ from ansible_collections.pggit.chaos.plugins.plugin_utils._fault_action import F
 
 
 class ActionModule(FaultActionModule):
-    """Opt-in guard; this fault keeps no ledger, so no state_dir to fill."""
-
-    INJECT_STATE_DIR = False
+    """Opt-in guard, state_dir from the host, then the module (its kill rounds are a ledger-recorded program)."""

@@ -38,9 +38,11 @@ options:
     type: str
   kinds:
     description:
-      - Only revert faults of these kinds, for example V(trigger).
+      - Only revert faults of these kinds, for example V(trigger). Empty means
+        every kind.
     type: list
     elements: str
+    choices: [trigger, latency, partition, bandwidth, connections, workload]
     default: []
   state_dir:
     description:
@@ -98,6 +100,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _undo
+from ansible_collections.pggit.chaos.plugins.module_utils._kinds import FAULT_KINDS
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import state_dir_argument_spec
 
 
@@ -106,7 +109,7 @@ def main():
     argument_spec.update(
         faults=dict(type='list', elements='str', default=[]),
         experiment=dict(type='str'),
-        kinds=dict(type='list', elements='str', default=[]),
+        kinds=dict(type='list', elements='str', default=[], choices=list(FAULT_KINDS)),
         fail_on_error=dict(type='bool', default=True),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

@@ -16,8 +16,20 @@ description:
     DDL committed, and reports tokens that were lost (committed, not tracked),
     duplicated (tracked more than once) or unexpected (tracked but never
     committed or never issued). Unknown outcomes are resolved with the catalog.
-  - Meant to run with C(async) while a fault is in place; it always stops by
-    O(duration) or O(max_ops), whichever comes first.
+  - The statements run in a detached program, C(pggit-chaos-workload),
+    recorded in the fault ledger of the host that runs it (kind V(workload))
+    with its O(experiment) id, so that the experiment's revert
+    (C(pggit_chaos_revert experiment=<id>)), O(state=absent) and the TTL stop
+    it. The module waits for it and removes the record when it ends. Run the
+    module with C(async) while a fault is in place; the workload always stops
+    by O(duration) or O(max_ops), whichever comes first.
+  - It works only in a schema of its own. It creates O(schema) and marks it
+    with the comment C(pggit.chaos workload run <run_id>); an existing schema
+    without that mark is refused, and so are C(public), C(pggit) and system
+    schemas (C(pg_*), C(information_schema)), in any letter case. The mark is
+    checked again before any drop.
+  - The host whose database it loads must opt in (C(pggit_chaos_allowed)),
+    also when the task is delegated to a client host.
 author: pggit.chaos maintainers (@pggit)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -31,6 +43,40 @@ attributes:
   platform:
     platforms: posix
 options:
+  name:
+    description:
+      - Name of the workload's ledger record on the host that runs it (its id
+        is C(workload--<name>)). Defaults to O(run_id).
+    type: str
+  experiment:
+    description:
+      - Experiment id recorded with the workload, so that the experiment's
+        revert (C(pggit_chaos_revert experiment=<id>)) stops it with the
+        experiment's faults.
+    type: str
+  state_dir:
+    description:
+      - Directory that holds the fault ledger on the host that runs the
+        workload.
+      - Set from that host's variable C(pggit_chaos_state_dir) when omitted and
+        the variable is defined (with C(delegate_to), the delegate's).
+    type: path
+    default: /var/lib/pggit-chaos
+  ttl:
+    description:
+      - Seconds after which the host stops the workload by itself, even when
+        the controller is gone, from 5 to 86400; it must exceed O(duration).
+      - Defaults to O(duration) + 2 x O(settle_timeout) + 60.
+    type: int
+  state:
+    description:
+      - V(present) runs the workload and checks it.
+      - V(absent) stops a running workload of this O(name) (the shared revert)
+        and drops O(schema) when it carries the workload's mark, for example
+        tables a run with O(cleanup=false) left for a drift check.
+    type: str
+    default: present
+    choices: [present, absent]
   run_id:
     description:
       - Token prefix of this run, 1 to 24 characters of C([a-z0-9_]). Tokens are
@@ -56,7 +102,10 @@ options:
     default: 5000
   schema:
     description:
-      - Schema that holds the workload's tables; created when missing.
+      - Schema that holds the workload's tables. Created, and marked as the
+        workload's, when missing; an existing schema must carry the mark.
+      - Never C(public), C(pggit), C(information_schema) or C(pg_*), in any
+        letter case.
     type: str
     default: pggit_chaos_workload
   statement_timeout_ms:
@@ -66,13 +115,15 @@ options:
     default: 10000
   settle_timeout:
     description:
-      - Seconds to keep trying to reconnect for the final check, from 1 to 600.
+      - Seconds to keep trying to connect, to prepare and for the final check,
+        from 1 to 600.
     type: float
     default: 60
   cleanup:
     description:
-      - Drop the workload schema after the check (the drop is tracked too,
-        unless tracking is off).
+      - Drop the workload schema after the check, or when the workload is
+        stopped (the drop is tracked too, unless tracking is off). Only a
+        schema with the workload's mark is dropped.
     type: bool
     default: true
   expect_tracking:
@@ -82,25 +133,25 @@ options:
         committed DDL must have none, and one that has a row is unexpected.
     type: bool
     default: true
-  state:
-    description:
-      - V(present) runs the workload and checks it.
-      - V(absent) only drops the workload schema, for example tables a run
-        with O(cleanup=false) left for a drift check.
-    type: str
-    default: present
-    choices: [present, absent]
 '''
 
 EXAMPLES = r'''
-- name: DDL workload during the fault window
+- name: DDL workload during the fault window, stopped by the experiment's revert if it aborts
   pggit.chaos.pggit_workload:
     db: app
     run_id: exp42
+    experiment: exp42
     duration: 30
   async: 120
   poll: 0
   register: workload_job
+
+- name: Drop the tables a run with cleanup=false left behind
+  pggit.chaos.pggit_workload:
+    db: app
+    run_id: exp42
+    schema: pggit_chaos_drift
+    state: absent
 '''
 
 RETURN = r'''
@@ -113,10 +164,16 @@ check:
   returned: always
   type: dict
 tables:
-  description: Up to 50 tables the run created and committed, as C(schema.table).
+  description: >-
+    Every table the run committed (acknowledged, or unknown and found in the
+    catalog), as C(schema.table); at most O(max_ops).
   returned: when state=present
   type: list
   elements: str
+table_count:
+  description: Number of entries in RV(tables).
+  returned: when state=present
+  type: int
 reconnects:
   description: Connections the workload had to open again.
   returned: always
@@ -129,186 +186,112 @@ latency_ms:
   description: DDL latency (statement plus commit) of acknowledged statements, V(p50), V(p95) and V(max).
   returned: always
   type: dict
+cleanup:
+  description: What happened to the schema at the end (dropped, kept, not there).
+  returned: when the schema was cleaned up
+  type: str
+fault_id:
+  description: Ledger id of the workload, C(workload--<name>).
+  returned: always
+  type: str
 '''
 
-import re
 import time
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
-from ansible_collections.pggit.chaos.plugins.module_utils._checker import check, percentile
+from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn, _workload
+from ansible_collections.pggit.chaos.plugins.module_utils._background import BackgroundFault
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
+from ansible_collections.pggit.chaos.plugins.module_utils.chaos import TTL_MAX, ChaosError, ChaosModule
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import check_postgres_params, ensure_psycopg2, postgres_argument_spec
-
-RUN_ID_RE = re.compile(r'^[a-z0-9_]{1,24}$')
-APP = 'pggit-chaos-workload'
-
-
-class RunIdUsed(RuntimeError):
-    pass
-
-
-class Workload(object):
-    def __init__(self, params, connect=None, clock=time.time, sleep=time.sleep):
-        self.params = params
-        self._connect = connect or (lambda: _pgconn.connect(params, application_name=APP, autocommit=False))
-        self.clock = clock
-        self.sleep = sleep
-        self.conn = None
-        self.reconnects = -1
-        self.errors = {}
-        self.ops = []
-        self.latencies = []
-
-    def _error(self, exc):
-        name = exc.__class__.__name__
-        self.errors[name] = self.errors.get(name, 0) + 1
-
-    def _ensure_conn(self):
-        if self.conn is not None and not self.conn.closed:
-            return True
-        try:
-            self.conn = self._connect()
-            self.conn.autocommit = False
-            self.reconnects += 1
-            return True
-        except _pgconn.psycopg2.Error as exc:
-            self._error(exc)
-            self.conn = None
-            return False
-
-    def _drop_conn(self):
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except _pgconn.psycopg2.Error:
-                pass
-        self.conn = None
-
-    def one(self, token):
-        """Issue one tracked DDL; return its outcome."""
-        ident = _pgconn.sql.Identifier(self.params['schema'], 't_' + token)
-        started = self.clock()
-        try:
-            cur = self.conn.cursor()
-            cur.execute('SET LOCAL statement_timeout = %s', (int(self.params['statement_timeout_ms']),))
-            cur.execute(_pgconn.sql.SQL('CREATE TABLE {} (id int)').format(ident))
-        except _pgconn.psycopg2.Error as exc:
-            self._error(exc)
-            self._rollback_or_drop()
-            return 'fail'
-        try:
-            self.conn.commit()
-        except _pgconn.psycopg2.OperationalError as exc:
-            self._error(exc)
-            self._drop_conn()
-            return 'unknown'
-        except _pgconn.psycopg2.Error as exc:
-            self._error(exc)
-            self._rollback_or_drop()
-            return 'fail'
-        self.latencies.append((self.clock() - started) * 1000.0)
-        return 'ok'
-
-    def _rollback_or_drop(self):
-        try:
-            self.conn.rollback()
-        except _pgconn.psycopg2.Error:
-            self._drop_conn()
-
-    def _prepare(self):
-        deadline = self.clock() + self.params['settle_timeout']
-        while self.clock() < deadline:
-            if self._ensure_conn():
-                try:
-                    cur = self.conn.cursor()
-                    cur.execute('SELECT count(*) FROM pggit.objects WHERE starts_with(object_name, %s)',
-                                ('t_%s_' % self.params['run_id'],))
-                    used = cur.fetchone()[0]
-                    if used:
-                        raise RunIdUsed("run_id '%s' was already used in this database (%d pggit.objects rows); "
-                                        "every run needs a new one" % (self.params['run_id'], used))
-                    cur.execute(_pgconn.sql.SQL('CREATE SCHEMA IF NOT EXISTS {}').format(_pgconn.sql.Identifier(self.params['schema'])))
-                    self.conn.commit()
-                    return
-                except _pgconn.psycopg2.Error as exc:
-                    self._error(exc)
-                    self._rollback_or_drop()
-            self.sleep(0.5)
-        raise RuntimeError('could not prepare schema %s within %ss' % (self.params['schema'], self.params['settle_timeout']))
-
-    def run(self):
-        self._prepare()
-        deadline = self.clock() + self.params['duration']
-        seq = 0
-        while self.clock() < deadline and seq < self.params['max_ops']:
-            if not self._ensure_conn():
-                self.sleep(0.2)
-                continue
-            seq += 1
-            token = '%s_%06d' % (self.params['run_id'], seq)
-            self.ops.append({'token': token, 'outcome': self.one(token)})
-            if self.params['interval']:
-                self.sleep(self.params['interval'])
-        self._drop_conn()
-
-    def observe(self):
-        """History CREATE rows per token, and tokens present in the catalog."""
-        deadline = self.clock() + self.params['settle_timeout']
-        last = None
-        while self.clock() < deadline:
-            try:
-                conn = _pgconn.connect(self.params, application_name=APP + '-check')
-            except _pgconn.psycopg2.Error as exc:
-                last = exc
-                self.sleep(0.5)
-                continue
-            try:
-                return self._observe(conn)
-            except _pgconn.psycopg2.Error as exc:
-                last = exc
-                self.sleep(0.5)
-            finally:
-                conn.close()
-        raise RuntimeError('final check could not read history: %s' % _pgconn.one_line(last))
-
-    def _observe(self, conn):
-        prefix = 't_%s_' % self.params['run_id']
-        cur = conn.cursor()
-        cur.execute("SELECT o.object_name, count(h.id) FROM pggit.objects o "
-                    "LEFT JOIN pggit.history h ON h.object_id = o.id AND h.change_type::text = 'CREATE' "
-                    "WHERE o.schema_name = %s AND starts_with(o.object_name, %s) GROUP BY o.object_name",
-                    (self.params['schema'], prefix))
-        history = dict((name[2:], int(n)) for name, n in cur.fetchall())
-        cur.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = %s AND starts_with(c.relname, %s)", (self.params['schema'], prefix))
-        catalog = set(row[0][2:] for row in cur.fetchall())
-        return history, catalog
-
-    def cleanup(self, only_if_exists=False):
-        try:
-            conn = _pgconn.connect(self.params, application_name=APP + '-cleanup')
-        except _pgconn.psycopg2.Error as exc:
-            return 'cleanup skipped: %s' % _pgconn.one_line(exc)
-        try:
-            cur = conn.cursor()
-            cur.execute('SELECT to_regnamespace(%s) IS NOT NULL', (self.params['schema'],))
-            if only_if_exists and not cur.fetchone()[0]:
-                return 'schema %s is not there' % self.params['schema']
-            cur.execute(_pgconn.sql.SQL('DROP SCHEMA IF EXISTS {} CASCADE').format(_pgconn.sql.Identifier(self.params['schema'])))
-            return 'dropped schema %s' % self.params['schema']
-        finally:
-            conn.close()
-
 
 RANGES = (('duration', 1, 3600), ('interval', 0, 60), ('max_ops', 1, 100000),
           ('statement_timeout_ms', 100, 600000), ('settle_timeout', 1, 600))
+# How long past its TTL the module keeps waiting for the program's last word.
+WAIT_MARGIN = 30.0
+EMPTY = dict(check={}, reconnects=0, errors={}, latency_ms={})
+
+
+def default_ttl(params):
+    return int(min(TTL_MAX, params['duration'] + 2 * params['settle_timeout'] + 60))
+
+
+class WorkloadFault(BackgroundFault):
+    kind = 'workload'
+    program = _workload.PROC_TAG
+
+    def validate(self):
+        check_postgres_params(self.module)
+        ensure_psycopg2(self.module)
+
+    def observe(self):
+        return {'workload': 'not running'}
+
+    def in_place(self, record, current):
+        return self.program_in_place(record)
+
+    def plan(self, current):
+        detail = {'conn': _pgconn.stored_conn(self.params),
+                  'options': dict((k, self.params[k]) for k in _workload.OPTIONS)}
+        # Should the program be killed before it cleans up, the revert drops its schema, if still marked as ours.
+        drop = {'type': 'pg_drop_schema', 'conn': detail['conn'], 'schema': self.params['schema'],
+                'only_if_comment_starts': _workload.MARK + ' run '}
+        return [self.results_undo(), drop], detail, {'workload': 'running'}
+
+    def secret(self):
+        return _pgconn.secret_conn(self.params)
+
+    def apply(self, detail):
+        return {'program': self.start_program(ready_timeout=self.params['settle_timeout'] + 15)}
+
+    def finish(self, result):
+        params = self.params
+        for key, value in EMPTY.items():
+            result.setdefault(key, value)
+        if params['state'] == 'absent':
+            self.drop_schema(result)
+            return
+        if 'planned' not in result:  # already running under this name
+            return
+        if self.module.check_mode:
+            result.update(changed=False, msg='would run DDL for %ss (at most %d statements) in schema %s'
+                          % (params['duration'], params['max_ops'], params['schema']))
+            return
+        events, running = self.wait(max(0.0, self.record['expires_at'] - time.time()) + WAIT_MARGIN)
+        if running:
+            raise ChaosError('the workload is still running past its ttl of %ss; it stops with the revert or the TTL'
+                             % params['ttl'])
+        last = next((e for e in reversed(events) if e.get('event') in ('done', 'error', 'stopped')), None)
+        if last is not None and last['event'] == 'done':
+            # It ended by itself and cleaned up as asked (cleanup=false keeps the tables for a drift check):
+            # the drop in the record was only for a workload killed before it could.
+            self.forget_undo('pg_drop_schema')
+        result['closed'] = self.close_record()
+        if last is None:
+            raise ChaosError('the workload program ended without a result; see %s/workload.log' % params['state_dir'])
+        if last['event'] == 'error':
+            result['errors'] = last.get('errors') or {}
+            raise ChaosError(last.get('msg'))
+        if last['event'] == 'stopped':
+            raise ChaosError('the workload was stopped before it finished (%s) after %s DDL; schema %s: %s'
+                             % (last.get('reason'), last.get('ops'), params['schema'], last.get('cleanup')))
+        result.update(last['result'])
+
+    def drop_schema(self, result):
+        if self.module.check_mode:
+            result['msg'] = "%s; would drop schema %s if it carries the workload's mark" % (
+                result.get('msg', ''), self.params['schema'])
+            return
+        dropped = _workload.Workload(self.params).cleanup()
+        result['cleanup'] = dropped
+        result['changed'] = result['changed'] or dropped.startswith('dropped')
+        result['msg'] = '%s; %s' % (result.get('msg') or 'no workload running', dropped)
 
 
 def main():
     argument_spec = postgres_argument_spec()
     argument_spec.update(
+        name=dict(type='str'),
+        ttl=dict(type='int'),
         run_id=dict(type='str', required=True),
         duration=dict(type='float', default=30),
         interval=dict(type='float', default=0.1),
@@ -318,45 +301,23 @@ def main():
         settle_timeout=dict(type='float', default=60),
         cleanup=dict(type='bool', default=True),
         expect_tracking=dict(type='bool', default=True),
-        state=dict(type='str', default='present', choices=['present', 'absent']),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    params = module.params
-    if not RUN_ID_RE.match(params['run_id']):
-        module.fail_json(msg="run_id must be 1 to 24 characters of [a-z0-9_], got '%s'" % params['run_id'])
+    chaos = ChaosModule(argument_spec)
+    module, params = chaos.module, chaos.params
+    if not _workload.RUN_ID_RE.match(params['run_id']):
+        chaos.fail("run_id must be 1 to 24 characters of [a-z0-9_], got '%s'" % params['run_id'])
     fail_on_ranges(module, RANGES)
-    check_postgres_params(module)
-    ensure_psycopg2(module)
-    if params['state'] == 'absent':
-        if module.check_mode:
-            module.exit_json(changed=True, msg='would drop schema %s' % params['schema'])
-        dropped = Workload(params).cleanup(only_if_exists=True)
-        module.exit_json(changed=dropped.startswith('dropped'), msg=dropped)
-    if module.check_mode:
-        module.exit_json(changed=False, msg='would run DDL for %ss (at most %d statements) in schema %s'
-                         % (params['duration'], params['max_ops'], params['schema']),
-                         check={}, reconnects=0, errors={}, latency_ms={})
-    workload = Workload(params)
-    started = time.time()
-    try:
-        workload.run()
-        history, catalog = workload.observe()
-    except RuntimeError as exc:
-        module.fail_json(msg=str(exc), errors=workload.errors)
-    verdict = check(workload.ops, history, catalog, expect_tracked=params['expect_tracking'])
-    result = dict(
-        changed=bool(workload.ops), check=verdict, reconnects=max(0, workload.reconnects), errors=workload.errors,
-        latency_ms=dict(p50=percentile(workload.latencies, 50), p95=percentile(workload.latencies, 95),
-                        max=max(workload.latencies) if workload.latencies else None),
-        seconds=round(time.time() - started, 3),
-    )
-    if params['cleanup']:
-        result['cleanup'] = workload.cleanup()
-    result['tables'] = ['%s.t_%s' % (params['schema'], op['token']) for op in workload.ops if op['outcome'] == 'ok'][:50]
-    result['msg'] = '%d DDL: %d ok, %d failed, %d unknown, %d tracked; lost %d, duplicated %d, unexpected %d' % (
-        verdict['ops'], verdict['ok'], verdict['failed'], verdict['unknown'], verdict['tracked'],
-        len(verdict['lost']), len(verdict['duplicated']), len(verdict['unexpected']))
-    module.exit_json(**result)
+    problem = _workload.schema_problem(params['schema'])
+    if problem:
+        chaos.fail(problem)
+    if params['name'] is None:
+        params['name'] = params['run_id']
+    if params['ttl'] is None:
+        params['ttl'] = default_ttl(params)
+    elif params['state'] == 'present' and params['ttl'] <= params['duration']:
+        chaos.fail('ttl must be longer than duration, or the TTL stops the workload before it ends: got ttl=%s and '
+                   'duration=%s' % (params['ttl'], params['duration']))
+    chaos.run(WorkloadFault)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,373 @@
+# Copyright: pggit.chaos contributors
+# MIT License
+"""``pggit-chaos-workload``: the tracked-DDL workload of ``pggit_workload``, as a ledger-recorded program.
+
+The workload issues ``CREATE TABLE <schema>.t_<run_id>_<seq>`` through
+failures, reconnecting as needed, then checks pgGit's invariant with
+:mod:`_checker`.  It only ever works in a schema it created itself: a schema
+it creates carries the comment ``pggit.chaos workload run <run_id>``, an
+existing schema without that mark is refused, and ``public``, ``pggit`` and
+system schemas are refused by name (case-insensitively) before anything
+connects.  The mark is checked again, by exact ``nspname``, before any drop.
+
+As a program it prepares (run id unused, schema ours), reports ``ready``,
+waits until its ledger record names it in a ``kill_process`` undo, runs, and
+reports ``done`` with the whole result.  It stops early when its record is
+gone, past ``expires_at`` plus a grace, or on SIGTERM (the revert, the TTL
+reaper): SIGTERM is taken by a thread with ``sigwait`` that cancels the
+statement in flight, so the workload reports ``stopped`` and cleans up
+within the revert's grace period.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _pgconn, _results
+from ansible_collections.pggit.chaos.plugins.module_utils._checker import check, percentile
+
+PROC_TAG = 'pggit-chaos-workload'
+APP = 'pggit-chaos-workload'
+MARK = 'pggit.chaos workload'
+RUN_ID_RE = re.compile(r'^[a-z0-9_]{1,24}$')
+PROTECTED = ('public', 'pggit', 'information_schema')
+RECORD_WAIT = 30.0
+GRACE = 30.0
+OPTIONS = ('run_id', 'duration', 'interval', 'max_ops', 'schema', 'statement_timeout_ms', 'settle_timeout', 'cleanup',
+           'expect_tracking')
+
+
+class WorkloadError(RuntimeError):
+    """The workload cannot run as asked (run id used, schema not ours)."""
+
+
+class Stopped(Exception):
+    """The workload was told to stop (revert, TTL, record gone)."""
+
+
+def schema_problem(schema):
+    """Why ``schema`` can never be the workload's, or None. Pure: checked before anything connects."""
+    if schema is None or not schema.strip():
+        return "schema must name a schema of the workload's own, got '%s'" % (schema,)
+    low = schema.lower()
+    if low in PROTECTED or low.startswith('pg_'):
+        return ("schema '%s' is refused: the workload never works in public, pggit or a system schema (pg_*, "
+                "information_schema); name a schema of its own, such as pggit_chaos_workload" % schema)
+    return None
+
+
+def mark(run_id):
+    return '%s run %s' % (MARK, run_id)
+
+
+def is_ours(comment):
+    return bool(comment) and comment.startswith(MARK + ' run ')
+
+
+class Workload(object):
+    def __init__(self, params, connect=None, clock=time.time, sleep=time.sleep, should_stop=None):
+        self.params = params
+        self._connect = connect or (lambda: _pgconn.connect(params, application_name=APP, autocommit=False))
+        self.clock = clock
+        self._sleep = sleep
+        self.should_stop = should_stop or (lambda: None)
+        self.conn = None
+        self.reconnects = -1
+        self.errors = {}
+        self.ops = []
+        self.latencies = []
+
+    def sleep(self, seconds):
+        self.check_stop()
+        self._sleep(seconds)
+        self.check_stop()
+
+    def check_stop(self):
+        reason = self.should_stop()
+        if reason:
+            raise Stopped(reason)
+
+    def _error(self, exc):
+        name = exc.__class__.__name__
+        self.errors[name] = self.errors.get(name, 0) + 1
+
+    def _ensure_conn(self):
+        if self.conn is not None and not self.conn.closed:
+            return True
+        try:
+            self.conn = self._connect()
+            self.conn.autocommit = False
+            self.reconnects += 1
+            return True
+        except _pgconn.psycopg2.Error as exc:
+            self._error(exc)
+            self.conn = None
+            return False
+
+    def _drop_conn(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except _pgconn.psycopg2.Error:
+                pass
+        self.conn = None
+
+    def cancel(self):
+        """Cancel the statement in flight (called from another thread)."""
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.cancel()
+            except Exception:  # pylint: disable=broad-except
+                pass
+
+    def one(self, token):
+        """Issue one tracked DDL; return its outcome."""
+        ident = _pgconn.sql.Identifier(self.params['schema'], 't_' + token)
+        started = self.clock()
+        try:
+            cur = self.conn.cursor()
+            cur.execute('SET LOCAL statement_timeout = %s', (int(self.params['statement_timeout_ms']),))
+            cur.execute(_pgconn.sql.SQL('CREATE TABLE {} (id int)').format(ident))
+        except _pgconn.psycopg2.Error as exc:
+            self._error(exc)
+            self._rollback_or_drop()
+            return 'fail'
+        try:
+            self.conn.commit()
+        except _pgconn.psycopg2.OperationalError as exc:
+            self._error(exc)
+            self._drop_conn()
+            return 'unknown'
+        except _pgconn.psycopg2.Error as exc:
+            self._error(exc)
+            self._rollback_or_drop()
+            return 'fail'
+        self.latencies.append((self.clock() - started) * 1000.0)
+        return 'ok'
+
+    def _rollback_or_drop(self):
+        try:
+            self.conn.rollback()
+        except _pgconn.psycopg2.Error:
+            self._drop_conn()
+
+    def _claim_schema(self, cur):
+        """Create the schema with our mark, or accept it only when it carries the mark."""
+        schema = self.params['schema']
+        cur.execute("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (schema,))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(_pgconn.sql.SQL('CREATE SCHEMA {}').format(_pgconn.sql.Identifier(schema)))
+            cur.execute(_pgconn.sql.SQL('COMMENT ON SCHEMA {} IS {}').format(
+                _pgconn.sql.Identifier(schema), _pgconn.sql.Literal(mark(self.params['run_id']))))
+        elif not is_ours(row[0]):
+            raise WorkloadError("schema '%s' exists and is not the workload's own (its comment is %r, not '%s ...'); "
+                                "the workload works only in schemas it created: choose another schema, or drop "
+                                "this one yourself if it is a leftover" % (schema, row[0], MARK + ' run'))
+
+    def prepare(self):
+        deadline = self.clock() + self.params['settle_timeout']
+        while self.clock() < deadline:
+            if self._ensure_conn():
+                try:
+                    cur = self.conn.cursor()
+                    cur.execute('SELECT count(*) FROM pggit.objects WHERE starts_with(object_name, %s)',
+                                ('t_%s_' % self.params['run_id'],))
+                    used = cur.fetchone()[0]
+                    if used:
+                        raise WorkloadError("run_id '%s' was already used in this database (%d pggit.objects rows); "
+                                            "every run needs a new one" % (self.params['run_id'], used))
+                    self._claim_schema(cur)
+                    self.conn.commit()
+                    return
+                except WorkloadError:
+                    self._rollback_or_drop()
+                    raise
+                except _pgconn.psycopg2.Error as exc:
+                    self._error(exc)
+                    self._rollback_or_drop()
+            self.sleep(0.5)
+        raise RuntimeError('could not prepare schema %s within %ss' % (self.params['schema'], self.params['settle_timeout']))
+
+    def run(self):
+        deadline = self.clock() + self.params['duration']
+        seq = 0
+        try:
+            while self.clock() < deadline and seq < self.params['max_ops']:
+                self.check_stop()
+                if not self._ensure_conn():
+                    self.sleep(0.2)
+                    continue
+                seq += 1
+                token = '%s_%06d' % (self.params['run_id'], seq)
+                self.ops.append({'token': token, 'outcome': self.one(token)})
+                if self.params['interval']:
+                    self.sleep(self.params['interval'])
+        finally:
+            self._drop_conn()
+
+    def observe(self):
+        """History CREATE rows per token, and tokens present in the catalog."""
+        deadline = self.clock() + self.params['settle_timeout']
+        last = None
+        while self.clock() < deadline:
+            try:
+                conn = _pgconn.connect(self.params, application_name=APP + '-check')
+            except _pgconn.psycopg2.Error as exc:
+                last = exc
+                self.sleep(0.5)
+                continue
+            try:
+                return self._observe(conn)
+            except _pgconn.psycopg2.Error as exc:
+                last = exc
+                self.sleep(0.5)
+            finally:
+                conn.close()
+        raise RuntimeError('final check could not read history: %s' % _pgconn.one_line(last))
+
+    def _observe(self, conn):
+        prefix = 't_%s_' % self.params['run_id']
+        cur = conn.cursor()
+        cur.execute("SELECT o.object_name, count(h.id) FROM pggit.objects o "
+                    "LEFT JOIN pggit.history h ON h.object_id = o.id AND h.change_type::text = 'CREATE' "
+                    "WHERE o.schema_name = %s AND starts_with(o.object_name, %s) GROUP BY o.object_name",
+                    (self.params['schema'], prefix))
+        history = dict((name[2:], int(n)) for name, n in cur.fetchall())
+        cur.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND starts_with(c.relname, %s)", (self.params['schema'], prefix))
+        catalog = set(row[0][2:] for row in cur.fetchall())
+        return history, catalog
+
+    def committed(self, catalog):
+        """Every table this run committed: acknowledged, or unknown and found in the catalog."""
+        return ['%s.t_%s' % (self.params['schema'], op['token']) for op in self.ops
+                if op['outcome'] == 'ok' or (op['outcome'] == 'unknown' and op['token'] in catalog)]
+
+    def cleanup(self, only_if_exists=False):
+        """Drop the schema, only when it carries the workload's mark (looked up by exact nspname)."""
+        schema = self.params['schema']
+        try:
+            conn = _pgconn.connect(self.params, application_name=APP + '-cleanup')
+        except _pgconn.psycopg2.Error as exc:
+            return 'cleanup skipped: %s' % _pgconn.one_line(exc)
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (schema,))
+            row = cur.fetchone()
+            if row is None:
+                return 'schema %s is not there' % schema
+            if not is_ours(row[0]):
+                return "schema %s kept: it is not the workload's own (comment %r)" % (schema, row[0])
+            cur.execute(_pgconn.sql.SQL('DROP SCHEMA {} CASCADE').format(_pgconn.sql.Identifier(schema)))
+            return 'dropped schema %s' % schema
+        except _pgconn.psycopg2.Error as exc:
+            return 'cleanup failed: %s' % _pgconn.one_line(exc)
+        finally:
+            conn.close()
+
+    def result(self, verdict, catalog, started):
+        tables = self.committed(catalog)
+        return dict(
+            changed=bool(self.ops), check=verdict, reconnects=max(0, self.reconnects), errors=self.errors,
+            latency_ms=dict(p50=percentile(self.latencies, 50), p95=percentile(self.latencies, 95),
+                            max=max(self.latencies) if self.latencies else None),
+            seconds=round(self.clock() - started, 3), tables=tables, table_count=len(tables),
+        )
+
+
+def summary(verdict):
+    return '%d DDL: %d ok, %d failed, %d unknown, %d tracked; lost %d, duplicated %d, unexpected %d' % (
+        verdict['ops'], verdict['ok'], verdict['failed'], verdict['unknown'], verdict['tracked'],
+        len(verdict['lost']), len(verdict['duplicated']), len(verdict['unexpected']))
+
+
+class SignalStop(object):
+    """Why to stop: SIGTERM/SIGINT, taken by a thread (sigwait) that cancels the statement in flight, or the record."""
+
+    def __init__(self, record_check, clock=time.time):
+        self.record_check = record_check
+        self.clock = clock
+        self.reason = None
+        self.workload = None
+        self.checked = 0.0
+
+    def start(self):
+        signals = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        thread = threading.Thread(target=self._wait, args=(signals,), name='sigwait')
+        thread.daemon = True
+        thread.start()
+
+    def _wait(self, signals):
+        got = signal.sigwait(signals)
+        self.reason = 'signal %d' % got
+        if self.workload is not None:
+            self.workload.cancel()
+
+    def __call__(self):
+        if self.reason:
+            return self.reason
+        now = self.clock()
+        if now - self.checked >= 0.5:
+            self.checked = now
+            return self.record_check()
+        return None
+
+
+def _log(msg):
+    sys.stdout.write('%s %s[%d] %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'), PROC_TAG, os.getpid(), msg))
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog=PROC_TAG)
+    parser.add_argument('--state-dir', required=True)
+    parser.add_argument('--fault-id', required=True)
+    args = parser.parse_args(argv)
+    ledger = _ledger.Ledger(args.state_dir)
+    fid = args.fault_id
+    record = ledger.read(fid)
+    if record is None or record.get('corrupt'):
+        _log('%s: no usable ledger record; nothing to do' % fid)
+        return 2
+    out = _results.Writer(_results.path_for(ledger, fid))
+    detail = record['detail']
+    params = dict(detail['conn'])
+    params.update(ledger.read_secret(fid))
+    params.update(detail['options'])
+    stop = SignalStop(_results.stop_condition(ledger, fid, float(record['expires_at']) + GRACE))
+    stop.start()
+    workload = Workload(params, should_stop=stop)
+    stop.workload = workload
+    started = time.time()
+    try:
+        workload.prepare()
+        out.write('ready', pid=os.getpid())
+        if not _results.await_recorded(ledger, fid, os.getpid(), RECORD_WAIT):
+            raise Stopped('never recorded in the ledger')
+        workload.run()
+        history, catalog = workload.observe()
+    except Stopped as exc:
+        cleaned = workload.cleanup() if params['cleanup'] else 'kept (cleanup=false)'
+        out.write('stopped', reason=str(exc), ops=len(workload.ops), cleanup=cleaned)
+        _log('%s: stopped (%s) after %d DDL; schema %s' % (fid, exc, len(workload.ops), cleaned))
+        return 0
+    except (WorkloadError, RuntimeError) as exc:
+        out.write('error', msg=str(exc), errors=workload.errors)
+        _log('%s: %s' % (fid, exc))
+        return 1
+    verdict = check(workload.ops, history, catalog, expect_tracked=params['expect_tracking'])
+    result = workload.result(verdict, catalog, started)
+    if params['cleanup']:
+        result['cleanup'] = workload.cleanup()
+    result['msg'] = summary(verdict)
+    out.write('done', result=result)
+    _log('%s: %s' % (fid, result['msg']))
+    return 0
