@@ -8,19 +8,22 @@ module: pggit_chaos_verdict
 short_description: The verdict of one chaos experiment, for the report
 version_added: 0.1.0
 description:
-  - Takes the raw record of one experiment on one host (steady-state results,
-    fault and revert results, workload check, timings) and judges it on the
-    controller as V(passed), V(failed), V(aborted) or V(skipped), with the
-    reasons.
+  - Takes the raw facts of one experiment on one host (steady-state results,
+    fault, revert and replica results, workload results, timings) and judges
+    it on the controller as V(passed), V(failed), V(aborted) or V(skipped),
+    with the reasons. This is the one place where an experiment is judged;
+    the experiment roles only gather the facts.
   - Returns the judged entry as RV(pggit_chaos_entry); the
     P(pggit.chaos.chaos_report#callback) callback collects these entries and
     writes JSON, JUnit XML and Markdown reports at the end of the play.
   - Status precedence is skipped, aborted, failed, passed. An experiment is
     V(failed) when O(error) is set, the steady state before or after the fault
     is not healthy or was not checked, the steady state during the fault is
-    not met, the fault was not confirmed reverted, or the workload check found
-    lost, duplicated or unexpected operations. An experiment that was not
-    reverted is never V(passed).
+    not met, the fault was not confirmed reverted, a replica did not converge
+    to the target's C(pggit.history) after the revert, the workload failed or
+    its check found lost, duplicated or unexpected operations, or the fault
+    cannot be shown to have happened (see O(fault_check)). An experiment that
+    was not reverted is never V(passed).
   - The task never fails because an experiment failed; check RV(status) to
     decide.
   - This module runs on the controller through its action plugin and contacts
@@ -78,29 +81,111 @@ options:
           - Steady state after the revert. Must be C(healthy); missing means
             not checked, which fails the experiment.
         type: dict
+  fault_check:
+    description:
+      - How to prove that the fault really happened, checked unless O(error)
+        is set. An experiment that cannot prove it has failed.
+      - V(connections) needs at least one terminated backend (O(kills), else
+        O(fault), with C(terminated)) and at least one reconnect of O(workload).
+      - V(trigger) applies when C(tracking) of O(fault) is V(off) (or
+        missing). Every table in C(tables) of O(workload) must be in O(drift);
+        fewer tables than the workload committed (C(check.ok) plus the
+        C(check.unknown_resolved.committed), or C(table_count) when larger),
+        or none at all, fails the check.
+      - V(latency) compares C(latency_ms) of O(workload) with that of
+        O(workload_baseline). With C(delay_ms) in O(parameters) above 0 the
+        p50 must have grown by at least C(delay_ms). With no delay (packet
+        loss only) the slowest DDL must have taken at least 200 ms, the Linux
+        minimum TCP retransmission timeout, or the workload must report an
+        error.
+      - V(partition) needs each replica in O(history_at_window_end) to hold
+        fewer C(pggit.history) rows than the primary; not checked when
+        C(full_isolation) in O(parameters) is true.
+      - V(auto) picks the check from O(experiment) (V(kill_connections),
+        V(trigger_failure), V(network_latency), V(packet_loss),
+        V(region_partition)); V(none) for any other experiment.
+    type: str
+    default: auto
+    choices: [auto, none, connections, trigger, latency, partition]
   fault:
-    description: Result of the module that injected the fault.
+    description: Result of the module that injected the fault, reported as given.
     type: dict
     default: {}
+  kills:
+    description:
+      - Result of the kill rounds of a connections experiment, with
+        C(terminated), a list of backends or a count.
+      - Defaults to O(fault).
+    type: dict
   revert:
     description:
       - Result of P(pggit.chaos.pggit_chaos_revert#module) or of the fault
-        module with C(state=absent). A non-empty C(failed) list means the
-        revert failed.
+        module with C(state=absent), judged by the caller together with
+        O(reverted). A non-empty C(failures) list means the revert failed.
+      - Prefer O(revert_results); mutually exclusive with it.
     type: dict
     default: {}
   reverted:
-    description: Whether the fault was confirmed reverted.
+    description:
+      - Whether the caller confirmed the fault reverted.
+      - Prefer O(revert_results); mutually exclusive with it.
     type: bool
     default: false
+  revert_results:
+    description:
+      - Registered results of P(pggit.chaos.pggit_chaos_revert#module), one
+        per host that may hold a fault (the C(results) of a loop, with
+        C(item) naming the host), as they are.
+      - The fault counts as reverted only when there is at least one result
+        and no result is unreachable, failed or skipped, or lists a fault in
+        C(failures).
+    type: list
+    elements: dict
+  converge_results:
+    description:
+      - Registered results of P(pggit.chaos.pggit_verify#module) with
+        C(history_digest) on each replica after the revert (the C(results) of
+        a loop, with C(item) naming the replica), as they are.
+      - Each must carry the C(history.digest) of O(steady_state.after); a
+        replica that differs, gave no digest or was skipped fails the
+        experiment.
+    type: list
+    elements: dict
   workload:
     description:
-      - Result of the workload check, with C(ops), C(ok), C(failed),
-        C(unknown), C(lost), C(duplicated), C(unexpected) and C(valid).
+      - Result of P(pggit.chaos.pggit_workload#module) during the fault
+        window, directly or through C(async_status), as it is. Its C(check)
+        is the checker verdict, with C(ops), C(ok), C(failed), C(unknown),
+        C(lost), C(duplicated), C(unexpected) and C(valid); a bare checker
+        verdict is accepted too.
+      - A failed, unreachable or unfinished workload fails the experiment; a
+        skipped one counts as no workload.
       - Omit when the experiment ran no workload.
     type: dict
+  workload_baseline:
+    description:
+      - Result of P(pggit.chaos.pggit_workload#module) run without the fault,
+        for O(fault_check=latency).
+    type: dict
+  history_at_window_end:
+    description: C(pggit.history) at the end of the fault window, for O(fault_check=partition).
+    type: dict
+    default: {}
+    suboptions:
+      primary:
+        description: The target's C(history) from P(pggit.chaos.pggit_verify#module), with C(rows).
+        type: dict
+      replicas:
+        description:
+          - Registered results of P(pggit.chaos.pggit_verify#module) with
+            C(history_digest) on each isolated replica (the C(results) of a
+            loop, with C(item) naming the replica), as they are.
+        type: list
+        elements: dict
   drift:
-    description: Names of objects whose tracked state drifted; reported, not judged.
+    description:
+      - Objects reported as drift during the window, as C(schema.name).
+      - Judged by O(fault_check=trigger) only.
     type: list
     elements: str
     default: []
@@ -150,9 +235,18 @@ seealso:
 '''
 
 EXAMPLES = r'''
-- name: Record the tracking-off experiment
+- name: Revert the experiment on every host that may hold one of its faults
+  pggit.chaos.pggit_chaos_revert:
+    experiment: "{{ pggit_experiment_id }}"
+    fail_on_error: false
+  delegate_to: "{{ item }}"
+  loop: "{{ [inventory_hostname] + groups['region_b'] }}"
+  ignore_unreachable: true
+  register: revert
+
+- name: Record the trigger_failure experiment
   pggit.chaos.pggit_chaos_verdict:
-    experiment: tracking-off
+    experiment: trigger_failure
     experiment_id: "{{ pggit_experiment_id }}"
     target_role: primary
     steady_state:
@@ -160,9 +254,9 @@ EXAMPLES = r'''
       during: "{{ verify_during }}"
       after: "{{ verify_after }}"
     fault: "{{ inject }}"
-    revert: "{{ revert }}"
-    reverted: "{{ revert.failed | length == 0 }}"
-    workload: "{{ workload_check | default(omit) }}"
+    revert_results: "{{ revert.results }}"
+    workload: "{{ untracked_ddl }}"
+    drift: "{{ verify_during.drift | default([]) }}"
     parameters:
       duration: 30
       ttl: 300
@@ -192,8 +286,8 @@ pggit_chaos_entry:
   description:
     - The judged report entry. Carries the input record (C(experiment),
       C(experiment_id), C(host), C(target_role), C(steady_state), C(fault),
-      C(revert), C(workload), C(drift), C(error), C(aborted),
-      C(skipped_reason), C(parameters)) plus the keys below.
+      C(drift), C(error), C(aborted), C(skipped_reason), C(parameters)) plus
+      the keys below.
   returned: always
   type: dict
   contains:
@@ -210,6 +304,33 @@ pggit_chaos_entry:
       description: Whether the fault was confirmed reverted with no revert failures.
       type: bool
       returned: always
+    revert:
+      description:
+        - With O(revert_results), C(hosts), the C(reverted) fault ids and the
+          C(failures) (unreachable hosts and failed items included); else
+          O(revert) as given.
+      type: dict
+      returned: always
+    convergence:
+      description:
+        - With O(converge_results), the target's C(primary) history, each
+          replica's history by host, and the C(diverged) and C(unchecked)
+          replicas; else null.
+      type: dict
+      returned: always
+    evidence:
+      description:
+        - What O(fault_check) looked at, with C(fault_check) naming it, for
+          example C(terminated) and C(workload_reconnects), the C(missing)
+          drift, the requested and measured latency (C(added_p50_ms)), or
+          the history rows of the primary and the replicas. Null when no
+          check ran.
+      type: dict
+      returned: always
+    workload:
+      description: The workload's checker verdict (C(check) of O(workload)); null without a workload.
+      type: dict
+      returned: always
     timings:
       description: C(inject_s), C(window_s), C(revert_s) and C(total_s) in seconds, rounded to ms; null when unknown.
       type: dict
@@ -222,11 +343,12 @@ pggit_chaos_entry:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pggit.chaos.plugins.module_utils._verdict_spec import verdict_argument_spec
+from ansible_collections.pggit.chaos.plugins.module_utils._verdict_spec import verdict_argument_spec, verdict_mutually_exclusive
 
 
 def main():
-    module = AnsibleModule(argument_spec=verdict_argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=verdict_argument_spec(), mutually_exclusive=verdict_mutually_exclusive(),
+                           supports_check_mode=True)
     module.fail_json(msg='pggit_chaos_verdict must run via its action plugin; call it as pggit.chaos.pggit_chaos_verdict from a playbook')
 
 

@@ -8,7 +8,11 @@ experiment on one host into a report entry with a ``status`` and the
 JSON, JUnit XML and Markdown; ``write_reports`` writes all three atomically.
 
 Status precedence: skipped, then aborted, then failed, else passed. An
-experiment whose fault was not confirmed reverted is never passed.
+experiment whose fault was not confirmed reverted is never passed, and
+neither is one that cannot prove its fault happened (``FAULT_CHECKS``).
+
+The Markdown report escapes every text it did not write itself (HTML, code
+spans, links, table pipes), since error texts come from hosts and databases.
 """
 from __future__ import annotations
 
@@ -43,11 +47,54 @@ FILENAMES = {'json': 'chaos-report.json', 'junit': 'chaos-junit.xml', 'markdown'
 
 # --- judging -----------------------------------------------------------------
 
+# The probe's own check vocabulary (plugins/module_utils/_probe.py).
+CHECK_STATUSES = ('ok', 'warning', 'failed', 'error', 'skipped')
+BAD_CHECK_STATUSES = ('failed', 'error')
+# A dropped TCP segment is sent again after the retransmission timeout, which
+# Linux never sets below TCP_RTO_MIN, 200 ms: a statement that met packet loss
+# takes at least that long (or fails). Loss-only experiments (no delay) count
+# as having left their mark when the slowest DDL took this long or any failed.
+LOSS_MARK_MS = 200.0
+# Names shown in one reason before "and N more"; the evidence holds them all.
+NAMES_SHOWN = 20
+
+
 def _epoch(value):
     try:
         return float(value) if value is not None and value != '' else None
     except (TypeError, ValueError):
         return None
+
+
+def _number(value):
+    if isinstance(value, bool) or value is None or value == '':
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _flag(value):
+    return value is True or str(value).strip().lower() in ('true', 'yes', 'on', '1')
+
+
+def _mapping(value):
+    return value if isinstance(value, dict) else {}
+
+
+def _ms(value):
+    return '?' if value is None else '%.1f' % value
+
+
+def _count(value):
+    return '?' if value is None else '%d' % value
+
+
+def _names(names):
+    names = [str(n) for n in names]
+    more = len(names) - NAMES_SHOWN
+    return ', '.join(names[:NAMES_SHOWN]) + (' and %d more' % more if more > 0 else '')
 
 
 def _span(timeline, start, end):
@@ -57,9 +104,15 @@ def _span(timeline, start, end):
 
 
 def _bad_checks(result):
-    bad = [c for c in result.get('checks') or [] if isinstance(c, dict) and c.get('status') not in ('healthy', 'warning')]
-    return ', '.join('%s=%s%s' % (c.get('name', '?'), c.get('status', '?'), ' (%s)' % c['message'] if c.get('message') else '')
+    """The checks that made a probe result unhealthy: critical ones that failed or errored.
+
+    A status outside the probe's vocabulary is shown too, never hidden.
+    """
+    bad = [c for c in result.get('checks') or [] if isinstance(c, dict) and c.get('critical', True) is not False
+           and c.get('status') not in ('ok', 'warning', 'skipped')]
+    text = ', '.join('%s=%s%s' % (c.get('name', '?'), c.get('status', '?'), ' (%s)' % c['message'] if c.get('message') else '')
                      for c in bad)
+    return text or ', '.join(str(name) for name in result.get('failed_checks') or [])
 
 
 def _steady_state_reasons(steady_state):
@@ -76,29 +129,259 @@ def _steady_state_reasons(steady_state):
     return reasons
 
 
-def _revert_reason(raw):
-    failures = (raw.get('revert') or {}).get('failures') or []
-    if raw.get('reverted') is True and not failures:
+def _host(result):
+    return str(result.get('item') or result.get('_ansible_item_label') or '?')
+
+
+def _result_msg(result, default):
+    return ' '.join(str(result.get('msg') or default).split())
+
+
+def _revert_outcome(raw):
+    """Return (revert summary for the report, failures, confirmed) from the raw revert facts.
+
+    ``revert_results`` are the registered results of ``pggit_chaos_revert``,
+    one per host (a loop's ``results``): an unreachable, failed or skipped
+    item, or any fault whose revert failed, means not reverted, and so does
+    no result at all. Without them, ``revert`` and ``reverted`` are taken as
+    the caller gave them.
+    """
+    results = raw.get('revert_results')
+    if results is None:
+        revert = _mapping(raw.get('revert'))
+        failures = list(revert.get('failures') or [])
+        return revert, failures, raw.get('reverted') is True and not failures
+    hosts, reverted, failures = [], [], []
+    for result in results:
+        if not isinstance(result, dict):
+            failures.append('revert result %r is not a mapping' % (result,))
+            continue
+        host = _host(result)
+        hosts.append(host)
+        reverted += [r.get('id') for r in result.get('reverted') or [] if isinstance(r, dict)]
+        if result.get('unreachable'):
+            failures.append(dict(host=host, error='unreachable: %s' % _result_msg(result, 'no detail')))
+        elif result.get('failed'):
+            failures.append(dict(host=host, error=_result_msg(result, 'revert failed')))
+        elif result.get('skipped'):
+            failures.append(dict(host=host, error='revert skipped'))
+        failures += [dict(f, host=host) if isinstance(f, dict) else '%s: %s' % (host, f) for f in result.get('failures') or []]
+    return dict(hosts=hosts, reverted=reverted, failures=failures), failures, bool(results) and not failures
+
+
+def _failure_text(failure):
+    if not isinstance(failure, dict):
+        return str(failure)
+    what = failure.get('id', failure.get('name'))
+    where = ' on %s' % failure['host'] if failure.get('host') and what else failure.get('host', '')
+    return '%s%s: %s' % (what or '', where, failure.get('error', failure.get('msg', '?')))
+
+
+def _revert_reason(failures, confirmed):
+    if confirmed:
         return None
-    detail = '; '.join('%s: %s' % (f.get('id', f.get('name', '?')), f.get('error', f.get('msg', '?'))) if isinstance(f, dict) else str(f)
-                       for f in failures)
+    detail = '; '.join(_failure_text(f) for f in failures)
     return 'revert failed or was not confirmed%s; check the host ledger (pggit_chaos_revert)' % (': ' + detail if detail else '')
 
 
-def _workload_reasons(workload):
-    if not isinstance(workload, dict):
-        return []
-    reasons = ['workload %s %d operation(s): %s' % (key, len(workload[key]), ', '.join(str(x) for x in workload[key][:5]))
-               for key in WORKLOAD_ANOMALIES if workload.get(key)]
-    if not reasons and workload.get('valid') is False:
+def _convergence(raw):
+    """Compare each replica's pggit.history after the revert with the target's.
+
+    ``converge_results`` are the registered results of ``pggit_verify`` with
+    ``history_digest`` on each replica (a loop's ``results``). A replica whose
+    digest differs, or that gave none, did not converge; a skipped item was
+    not checked, which fails too.
+    """
+    results = raw.get('converge_results')
+    if not results:
+        return None, []
+    primary = _mapping(_mapping(_mapping(raw.get('steady_state')).get('after')).get('history'))
+    digest = primary.get('digest')
+    replicas, diverged, unchecked = {}, [], []
+    for result in results:
+        result = _mapping(result)
+        host = _host(result)
+        if result.get('skipped') or not digest:
+            unchecked.append(host)
+            continue
+        history = _mapping(result.get('history'))
+        replicas[host] = history or None
+        if history.get('digest') != digest:
+            diverged.append('%s (%s)' % (host, '%s rows' % history.get('rows') if history.get('digest') else
+                                         _result_msg(result, 'no pggit.history read')))
+    reasons = []
+    if diverged:
+        reasons.append("after the revert %s did not converge to the primary's pggit.history (%s rows)" % (
+            ', '.join(diverged), primary.get('rows', '?')))
+    if unchecked:
+        reasons.append("after the revert the convergence of %s to the primary's pggit.history was not checked%s" % (
+            ', '.join(unchecked), '' if digest else " (the primary's history digest is unknown)"))
+    return dict(primary=primary or None, replicas=replicas, diverged=diverged, unchecked=unchecked), reasons
+
+
+def _workload(raw):
+    """Return (checker verdict, reasons) from the raw workload result.
+
+    ``workload`` is what ``pggit_workload`` returned (directly or through
+    ``async_status``); its ``check`` is the checker verdict. A bare checker
+    verdict is accepted too. A skipped result means no workload ran.
+    """
+    workload = raw.get('workload')
+    if not isinstance(workload, dict) or workload.get('skipped'):
+        return None, []
+    # A bare checker verdict counts its failed statements in 'failed'; a failed task says True.
+    if workload.get('failed') is True or workload.get('unreachable') is True:
+        return None, ['workload failed: %s' % _result_msg(workload, 'no detail')]
+    if 'ansible_job_id' in workload and not workload.get('finished'):
+        return None, ['workload did not finish (job %s)' % workload['ansible_job_id']]
+    check = workload.get('check') if 'check' in workload else workload
+    if not isinstance(check, dict):
+        return None, ['workload returned no checker verdict']
+    reasons = ['workload %s %d operation(s): %s' % (key, len(check[key]), ', '.join(str(x) for x in check[key][:5]))
+               for key in WORKLOAD_ANOMALIES if check.get(key)]
+    if not reasons and check.get('valid') is False:
         reasons.append('workload check reported invalid history')
-    return reasons
+    return check, reasons
+
+
+# --- did the fault really happen? -------------------------------------------------
+# One pure function per fault family: raw record in, (reasons, evidence) out.
+# An experiment that cannot prove its fault happened has failed.
+
+def _kills_hit(raw):
+    """kill_connections: backends were terminated and the workload had to reconnect."""
+    kills = _mapping(raw.get('kills') if raw.get('kills') is not None else raw.get('fault'))
+    terminated = kills.get('terminated')
+    terminated = len(terminated) if isinstance(terminated, (list, tuple)) else _number(terminated)
+    reconnects = _number(_mapping(raw.get('workload')).get('reconnects'))
+    evidence = dict(terminated=terminated, workload_reconnects=reconnects)
+    if terminated and terminated > 0 and reconnects and reconnects > 0:
+        return [], evidence
+    return ['the fault did not happen: %s backend(s) terminated, %s workload reconnect(s)' % (_count(terminated), _count(reconnects))], evidence
+
+
+def _drift_complete(raw):
+    """trigger_failure: every table committed with tracking off shows up as drift."""
+    tracking = _mapping(raw.get('fault')).get('tracking', 'off')
+    if tracking != 'off':
+        return [], dict(tracking=tracking, drift_checked=False)
+    workload = _mapping(raw.get('workload'))
+    tables = workload.get('tables')
+    check = _mapping(workload.get('check'))
+    # Committed = acknowledged plus unknown outcomes the checker found in the catalog.
+    committed = int(_number(check.get('ok')) or 0) + int(_number(_mapping(check.get('unknown_resolved')).get('committed')) or 0)
+    committed = max(committed, int(_number(workload.get('table_count')) or 0))
+    if not isinstance(tables, list):
+        return ['the drift check cannot be made: the workload returned no list of the tables it committed with tracking off'], \
+            dict(tracking=tracking, drift_checked=False, committed=committed)
+    missing = sorted(set(str(t) for t in tables) - set(str(d) for d in raw.get('drift') or []))
+    evidence = dict(tracking=tracking, drift_checked=True, committed=committed, tables=len(tables), missing=missing)
+    reasons = []
+    if not tables and not committed:
+        reasons.append('the fault did not happen: no DDL committed while tracking was off, so there was no drift to find')
+    if len(tables) < committed:
+        reasons.append('the drift check is incomplete: the workload returned %d of the %d tables it committed with tracking off'
+                       % (len(tables), committed))
+    if missing:
+        reasons.append('DDL run with tracking off is missing from the drift report (%d of %d): %s'
+                       % (len(missing), len(tables), _names(missing)))
+    return reasons, evidence
+
+
+def _latency_mark(raw):
+    """network_latency, packet_loss: the client's DDL got slower by the delay, or met the loss."""
+    parameters = _mapping(raw.get('parameters'))
+    delay, loss = _number(parameters.get('delay_ms')), _number(parameters.get('loss_pct'))
+    before = _mapping(_mapping(raw.get('workload_baseline')).get('latency_ms'))
+    workload = _mapping(raw.get('workload'))
+    during, errors = _mapping(workload.get('latency_ms')), workload.get('errors') or {}
+    p50_before, p50_during, slowest = _number(before.get('p50')), _number(during.get('p50')), _number(during.get('max'))
+    added = round(p50_during - p50_before, 1) if p50_before is not None and p50_during is not None else None
+    evidence = dict(requested_delay_ms=delay, requested_loss_pct=loss, ddl_latency_ms_before=before or None,
+                    ddl_latency_ms_during=during or None, added_p50_ms=added, workload_errors=errors,
+                    loss_mark_ms=LOSS_MARK_MS)
+    if delay is None:
+        return ['cannot tell whether the fault happened: parameters.delay_ms is %r' % (parameters.get('delay_ms'),)], evidence
+    if delay > 0:
+        happened = added is not None and added >= delay
+    else:
+        happened = (slowest is not None and slowest >= LOSS_MARK_MS) or bool(errors)
+    if happened:
+        return [], evidence
+    return ['the fault did not happen: DDL latency p50 %s ms before; p50 %s, p95 %s, max %s ms during (added p50 %s ms); '
+            '%d workload error(s); for %g ms delay and %s%% loss%s' % (
+                _ms(p50_before), _ms(p50_during), _ms(_number(during.get('p95'))), _ms(slowest), _ms(added),
+                sum(errors.values()) if isinstance(errors, dict) else len(errors), delay, '?' if loss is None else '%g' % loss,
+                '' if delay > 0 else ' (needs a DDL of at least %g ms or a workload error)' % LOSS_MARK_MS)], evidence
+
+
+def _replicas_behind(raw):
+    """region_partition: every isolated replica held fewer history rows than the primary at the window's end."""
+    if _flag(_mapping(raw.get('parameters')).get('full_isolation')):
+        return [], dict(full_isolation=True, compared=False)
+    window_end = _mapping(raw.get('history_at_window_end'))
+    primary_rows = _number(_mapping(window_end.get('primary')).get('rows'))
+    replicas = {}
+    for result in window_end.get('replicas') or []:
+        result = _mapping(result)
+        replicas[_host(result)] = None if result.get('skipped') else _number(_mapping(result.get('history')).get('rows'))
+    evidence = dict(full_isolation=False, primary_rows=primary_rows, replica_rows=replicas)
+    if primary_rows is None:
+        return ["the partition cannot be proven: the primary's pggit.history was not read at the window's end"], evidence
+    if not replicas:
+        return ['the partition cannot be proven: no isolated replica was looked at'], evidence
+    unread = [host for host, rows in replicas.items() if rows is None]
+    caught_up = ['%s holds %d history rows' % (host, rows) for host, rows in replicas.items() if rows is not None and rows >= primary_rows]
+    reasons = []
+    if unread:
+        reasons.append("the partition cannot be proven: %s's pggit.history was not read at the window's end" % ', '.join(unread))
+    if caught_up:
+        reasons.append('the partition did not happen: %s, the primary %d' % ('; '.join(caught_up), primary_rows))
+    return reasons, evidence
+
+
+# Fault check -> rule; 'auto' picks the rule by experiment name.
+FAULT_CHECKS = {
+    'connections': _kills_hit,
+    'trigger': _drift_complete,
+    'latency': _latency_mark,
+    'partition': _replicas_behind,
+}
+EXPERIMENT_FAULT_CHECKS = {
+    'kill_connections': 'connections',
+    'trigger_failure': 'trigger',
+    'network_latency': 'latency',
+    'packet_loss': 'latency',
+    'region_partition': 'partition',
+}
+
+
+def _fault_check(raw):
+    name = raw.get('fault_check') or 'auto'
+    if name == 'auto':
+        name = EXPERIMENT_FAULT_CHECKS.get(raw.get('experiment'), 'none')
+    if name == 'none':
+        return [], None
+    rule = FAULT_CHECKS.get(name)
+    if rule is None:
+        return ['unknown fault_check %r; expected one of auto, none, %s' % (name, ', '.join(sorted(FAULT_CHECKS)))], None
+    reasons, evidence = rule(raw)
+    return reasons, dict(evidence, fault_check=name)
 
 
 def judge(raw):
-    """Return the report entry for one raw experiment record."""
+    """Return the report entry for one raw experiment record.
+
+    The one place where an experiment is judged: steady state, revert (from
+    the raw revert results), replica convergence, workload, and whether the
+    fault really happened (``FAULT_CHECKS``). Roles only gather the facts.
+    """
+    raw = raw or {}
     timeline = {name: _epoch((raw.get('timings') or {}).get(name)) for name in TIMESTAMPS}
-    revert_reason = _revert_reason(raw)
+    revert, failures, confirmed = _revert_outcome(raw)
+    revert_reason = _revert_reason(failures, confirmed)
+    convergence, convergence_reasons = _convergence(raw)
+    workload, workload_reasons = _workload(raw)
     entry = dict(
         experiment=raw.get('experiment'),
         experiment_id=raw.get('experiment_id'),
@@ -112,8 +395,10 @@ def judge(raw):
         skipped_reason=raw.get('skipped_reason') or None,
         steady_state={phase: (raw.get('steady_state') or {}).get(phase) for phase in ('before', 'during', 'after')},
         fault=raw.get('fault') or {},
-        revert=raw.get('revert') or {},
-        workload=raw.get('workload') or None,
+        revert=revert,
+        convergence=convergence,
+        evidence=None,
+        workload=workload,
         drift=list(raw.get('drift') or []),
         parameters=raw.get('parameters') or {},
         timings={name: _span(timeline, start, end) for name, (start, end) in DURATIONS.items()},
@@ -123,12 +408,17 @@ def judge(raw):
         entry.update(status='skipped', reasons=['skipped: %s' % entry['skipped_reason']])
     elif entry['aborted']:
         reasons = ['aborted%s' % (': ' + entry['error'] if entry['error'] else '')]
-        entry.update(status='aborted', reasons=reasons + ([revert_reason] if revert_reason else []))
+        entry.update(status='aborted', reasons=reasons + ([revert_reason] if revert_reason else []) + convergence_reasons)
     else:
         reasons = ['error: %s' % entry['error']] if entry['error'] else []
+        if not entry['error']:
+            # An error explains itself; the facts the fault check needs may be missing then.
+            fault_reasons, entry['evidence'] = _fault_check(raw)
+            reasons += fault_reasons
         reasons += _steady_state_reasons(entry['steady_state'])
         reasons += [revert_reason] if revert_reason else []
-        reasons += _workload_reasons(entry['workload'])
+        reasons += convergence_reasons
+        reasons += workload_reasons
         entry.update(status='failed' if reasons else 'passed', reasons=reasons)
     return entry
 
@@ -199,8 +489,32 @@ def render_junit(entries, meta, generated_at=None):
     return ET.tostring(root, encoding='unicode', xml_declaration=True) + '\n'
 
 
+# Markdown that text from hosts must not produce: HTML (entities), code
+# spans, links and images, table cell breaks (backslash escapes).
+_MD_ENTITIES = (('&', '&amp;'), ('<', '&lt;'), ('>', '&gt;'))
+_MD_PUNCTUATION = re.compile(r'([\\`\[\]|])')
+
+
+def _md(value, newline=' '):
+    """Escape text for a Markdown paragraph, list item, heading or (newline='<br>') table cell."""
+    text = str('-' if value is None else value).replace('\r', '')
+    for char, entity in _MD_ENTITIES:
+        text = text.replace(char, entity)
+    text = _MD_PUNCTUATION.sub(r'\\\1', text).replace('\n', newline)
+    # A leading '#', '+', '-' or '*' would start a heading or a list.
+    return re.sub(r'^(\s*)([#+*-])', r'\1\\\2', text)
+
+
 def _cell(value):
-    return str('-' if value is None else value).replace('\\', '\\\\').replace('|', '\\|').replace('\r', '').replace('\n', '<br>')
+    return _md(value, newline='<br>')
+
+
+def _code(value):
+    """A code span that holds any text: its fence is longer than any backtick run inside."""
+    text = ' '.join(str(value).split())
+    fence = '`' * (max([len(run) for run in re.findall('`+', text)] or [0]) + 1)
+    pad = ' ' if text.startswith('`') or text.endswith('`') else ''
+    return '%s%s%s%s%s' % (fence, pad, text, pad, fence)
 
 
 def _workload_cell(workload):
@@ -209,12 +523,13 @@ def _workload_cell(workload):
     return '%s / %d / %d / %d' % (workload.get('ok', '?'), *(len(workload.get(key) or []) for key in WORKLOAD_ANOMALIES))
 
 
-_GANTT_ESCAPES = {'#': '#35;', ':': '#58;', ';': '#59;'}
+_GANTT_ESCAPES = {'#': '#35;', ':': '#58;', ';': '#59;', '<': '#60;', '>': '#62;', '&': '#38;', '`': '#96;'}
 
 
 def _gantt_text(text):
-    # Mermaid reads ':' as the name/data separator and '#...;' as an entity.
-    return re.sub('[#:;]', lambda match: _GANTT_ESCAPES[match.group()], ' '.join(str(text).split()))
+    # Mermaid reads ':' as the name/data separator and '#...;' as an entity;
+    # labels may be rendered as HTML, so markup goes as entities too.
+    return re.sub('[#:;<>&`]', lambda match: _GANTT_ESCAPES[match.group()], ' '.join(str(text).split()))
 
 
 def _gantt(entries):
@@ -234,7 +549,7 @@ def _gantt(entries):
 def render_markdown(entries, meta, generated_at=None):
     meta = meta or {}
     lines = ['# Chaos report', '',
-             'Playbook `%s`, generated %s.' % (meta.get('playbook', '?'), generated_at or _utc_now()), '',
+             'Playbook %s, generated %s.' % (_code(meta.get('playbook', '?')), _md(generated_at or _utc_now())), '',
              '**%s**.' % summary_line(summarize(entries)), '',
              '| Experiment | Host | Status | Reverted | Inject s | Window s | Revert s | Workload ok / lost / dup / unexpected |',
              '|---|---|---|---|---:|---:|---:|---|']
@@ -247,8 +562,8 @@ def render_markdown(entries, meta, generated_at=None):
     if not_passed:
         lines += ['', '## Reasons']
         for entry in not_passed:
-            lines += ['', '### %s (%s)' % (_label(entry).replace('\n', ' '), entry['status']), '']
-            lines += ['- %s' % reason.replace('\n', ' ') for reason in entry['reasons']]
+            lines += ['', '### %s (%s)' % (_md(_label(entry)), _md(entry['status'])), '']
+            lines += ['- %s' % _md(reason) for reason in entry['reasons']]
     lines += ['', '## Timeline', ''] + _gantt(entries)
     return '\n'.join(lines) + '\n'
 

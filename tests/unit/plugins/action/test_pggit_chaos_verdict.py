@@ -48,7 +48,34 @@ def test_failed_experiment_does_not_fail_the_task(check_mode):
     (dict(experiment='x', timings=dict(started_at='yesterday')), 'started_at'),
     (dict(experiment='x', timings=dict(begun=1.0)), 'begun'),
     (dict(experiment='x', reverted='maybe'), 'reverted'),
+    (dict(experiment='x', fault_check='vibes'), 'fault_check'),
+    (dict(experiment='x', revert_results='all good'), 'revert_results'),
+    (dict(experiment='x', revert_results=[], reverted=True), 'mutually exclusive: revert_results|reverted'),
+    (dict(experiment='x', revert_results=[], revert={}), 'mutually exclusive: revert_results|revert'),
+    (dict(experiment='x', history_at_window_end=dict(standby={})), 'standby'),
 ])
 def test_bad_arguments_are_rejected(args, message):
     with pytest.raises(AnsibleActionFail, match=message):
         run(args)
+
+
+def test_raw_facts_are_judged_by_the_action():
+    """The finish role hands over registered results as they are; the action judges them."""
+    after = dict(healthy=True, checks=[dict(name='connect', status='ok', critical=True)], history=dict(rows=5, digest='abc'))
+    args = dict(
+        experiment='region_partition', steady_state=dict(before=HEALTHY, during=HEALTHY, after=after),
+        revert_results=[dict(item='pg1', reverted=[], failures=[]), dict(item='pg3', reverted=[dict(id='partition--p')], failures=[])],
+        converge_results=[dict(item='pg3', history=dict(rows=5, digest='abc'))],
+        history_at_window_end=dict(primary=dict(rows=5, digest='abc'), replicas=[dict(item='pg3', history=dict(rows=5, digest='old'))]),
+        parameters=dict(full_isolation=False),
+    )
+    result = run(args)
+    assert result['status'] == 'failed'
+    assert result['pggit_chaos_entry']['reasons'] == ['the partition did not happen: pg3 holds 5 history rows, the primary 5']
+    assert result['pggit_chaos_entry']['reverted'] is True
+    args['history_at_window_end']['replicas'][0]['history']['rows'] = 2
+    assert run(args)['status'] == 'passed'
+    args['revert_results'][1] = dict(item='pg3', unreachable=True, msg='Failed to connect to the host via ssh')
+    entry = run(args)['pggit_chaos_entry']
+    assert entry['reverted'] is False and entry['status'] == 'failed'
+    assert 'pg3: unreachable: Failed to connect to the host via ssh' in entry['reasons'][0]

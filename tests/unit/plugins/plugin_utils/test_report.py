@@ -13,9 +13,15 @@ from ansible_collections.pggit.chaos.plugins.plugin_utils import _report
 T0 = 1700000000.0
 
 
+def check(name, status, critical=True, message=''):
+    return dict(name=name, status=status, critical=critical, elapsed_ms=3, message=message, data={})
+
+
 def healthy(ok=True, checks=None):
-    return dict(healthy=ok, checks=checks or [dict(name='event_triggers', status='healthy' if ok else 'critical',
-                                                   elapsed_ms=3, message='' if ok else '0 of 2 triggers enabled', critical=True)])
+    """A pggit_verify result, in the probe's own check vocabulary (ok, warning, failed, error, skipped)."""
+    return dict(healthy=ok, checks=checks or [check('connect', 'ok'),
+                                              check('event_triggers', 'ok' if ok else 'failed',
+                                                    message='' if ok else '0 of 2 triggers enabled')])
 
 
 def raw_record(**overrides):
@@ -64,7 +70,7 @@ def test_missing_timestamps_give_none():
 
 @pytest.mark.parametrize('overrides, reason', [
     (dict(error='psql: connection refused'), 'error: psql: connection refused'),
-    (dict(steady_state=with_steady(before=healthy(False))), 'steady state before the fault not met: event_triggers=critical'),
+    (dict(steady_state=with_steady(before=healthy(False))), 'steady state before the fault not met: event_triggers=failed'),
     (dict(steady_state=with_steady(before=None)), 'steady state before the fault was not checked'),
     (dict(steady_state=with_steady(during=healthy(False))), 'steady state during the fault not met'),
     (dict(steady_state=with_steady(after=healthy(False))), 'steady state after the fault not met'),
@@ -219,3 +225,51 @@ def test_write_reports_empty(tmp_path):
     paths = _report.write_reports(str(tmp_path), [], {})
     assert ET.parse(paths['junit']).getroot().get('tests') == '0'
     assert '_No timeline recorded._' in read(paths['markdown'])
+
+
+HOSTILE = [
+    '<script>alert(1)</script>',
+    '<img src=x onerror=alert(1)>',
+    '`code` ``` [click](javascript:alert(1)) ![pixel](http://198.18.0.1/x.png) & co | pipe',
+]
+
+
+def test_markdown_escapes_text_from_hosts():
+    entries = [_report.judge(raw_record(experiment='<b>exp</b>|x', host='<img src=x onerror=alert(2)>', error='\n'.join(HOSTILE))),
+               _report.judge(raw_record(experiment='ok', skipped_reason='# not a heading <i>'))]
+    text = _report.render_markdown(entries, dict(playbook='a`b<script>.yml'))
+    assert 'Playbook ``a`b<script>.yml``, generated' in text  # inside a code span, where nothing renders
+    body = text.split('\n', 3)[3]
+    for tag in ('<script', '<img', '<b>', '<i>'):
+        assert tag not in body, tag
+    assert not re.search(r'(?<!\\)\]\(', body)  # no link or image
+    assert '&lt;script&gt;alert(1)&lt;/script&gt;' in text
+    assert '&lt;img src=x onerror=alert(1)&gt;' in text
+    assert '\\`code\\` \\`\\`\\` \\[click\\](javascript:alert(1)) !\\[pixel\\](http://198.18.0.1/x.png) &amp; co \\| pipe' in text
+    assert '### &lt;b&gt;exp&lt;/b&gt;\\|x@&lt;img src=x onerror=alert(2)&gt; (failed)' in text
+    assert '- skipped: # not a heading &lt;i&gt;' in text
+    row = [line for line in text.splitlines() if line.startswith('| &lt;b&gt;')][0]
+    assert len(re.findall(r'(?<!\\)\|', row)) == 9
+
+
+def test_markdown_renders_no_html_from_hosts():
+    import markdown_it  # pylint: disable=import-outside-toplevel  # requirements-dev.txt
+    entry = _report.judge(raw_record(experiment='<svg onload=alert(1)>', host='pg`1', error='\n'.join(HOSTILE)))
+    html = markdown_it.MarkdownIt('commonmark').enable('table').render(
+        _report.render_markdown([entry], dict(playbook='``<script>alert(3)</script>`')))
+    for tag in ('<script', '<img', '<svg', '<a '):
+        assert tag not in html, tag
+    assert '&lt;script&gt;alert(1)&lt;/script&gt;' in html
+    assert html.count('<tr>') == 2  # header and one row: the table is whole
+
+
+def test_markdown_reason_cannot_start_a_heading_or_list():
+    assert _report._md('# big') == '\\# big'
+    assert _report._md('- item') == '\\- item'
+    assert _report._md('a\nb', newline='<br>') == 'a<br>b'
+
+
+def test_gantt_labels_carry_no_markup():
+    entry = _report.judge(raw_record(experiment='<img src=x onerror=alert(1)>`', host='pg1'))
+    section = [line for line in _report._gantt([entry]) if 'section' in line][0]
+    assert section == '    section #60;img src=x onerror=alert(1)#62;#96;@pg1'
