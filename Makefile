@@ -1,6 +1,13 @@
 # pggit.chaos: everything a fresh Debian 12 machine needs, in two commands:
 #   make demo   set up, build the lab, run every experiment, print the report
 #   make test   every test (unit, integration, sanity, lint, molecule, dead-man)
+# Labs have names (1-10 of a-z0-9), so several coexist on one machine:
+#   make lab LAB_NAME=h2 LAB_HOSTS=1   a private lab: inventories/h2/hosts.yml, /var/tmp/pggit-lab-h2,
+#                                      namespaces pggh2-N, bridge pggh20, a /24 of 198.18.0.0/15
+#                                      (LAB_SUBNET_INDEX=0..511 picks it by hand)
+#   make lab-down LAB_NAME=h2          removes that lab only
+# The demo lab is LAB_NAME=lab; make test builds and removes its own lab
+# (TEST_LAB_NAME=test), make bench too (BENCH_LAB_NAME=bench).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -9,20 +16,32 @@ VENV        ?= .venv
 BIN         := $(CURDIR)/$(VENV)/bin
 PYTHON      ?= python3
 LAB_HOSTS   ?= 3
+LAB_NAME    ?= lab
+LAB_SUBNET_INDEX ?=
+TEST_LAB_NAME ?= test
+BENCH_LAB_NAME ?= bench
+TORTURE_RUNS ?= 60
 REPORT_DIR  ?= $(CURDIR)/reports
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PGGIT_CHAOS_REPORT_DIR := $(REPORT_DIR)
 export PATH := $(BIN):$(PATH)
+# What the lab's users read: the playbooks (lab_up/lab_down default to it),
+# molecule (its inventory link) and tests/lab, bench (labtools).
+# Recursive (=), so that a target's own LAB_NAME (below) reaches its recipe.
+export PGGIT_LAB_NAME = $(LAB_NAME)
+export PGGIT_LAB_INVENTORY = $(CURDIR)/inventories/$(LAB_NAME)/hosts.yml
 
 APT_PACKAGES := iproute2 procps iptables nftables stress-ng faketime openssh-server openssh-client \
                 libnetfilter-queue-dev postgresql-15 postgresql-contrib python3-psycopg2 rsync shellcheck git
 PLAYBOOK     := $(BIN)/ansible-playbook
-LAB_ARGS     := -e pggit_lab_hosts=$(LAB_HOSTS) -e pggit_lab_python=$(BIN)/python
+LAB_VARS      = -i localhost, -e pggit_lab_name=$(LAB_NAME) -e pggit_lab_inventory=$(PGGIT_LAB_INVENTORY)
+LAB_ARGS      = $(LAB_VARS) -e pggit_lab_hosts=$(LAB_HOSTS) -e pggit_lab_python=$(BIN)/python \
+                $(if $(LAB_SUBNET_INDEX),-e pggit_lab_subnet_index=$(LAB_SUBNET_INDEX))
 
-.PHONY: help deps apt venv link lab lab-down demo test unit integration sanity lint molecule deadman bench build clean
+.PHONY: help deps apt venv link lab lab-down demo test unit integration sanity lint molecule deadman bench torture build clean
 
 help:
-	@echo "make demo | make test | make lab | make lab-down | make bench | make build"
+	@echo "make demo | make test | make lab [LAB_NAME=lab LAB_HOSTS=3] | make lab-down [LAB_NAME=lab] | make bench | make build"
 
 ## Set-up ------------------------------------------------------------------
 deps: apt venv link
@@ -52,20 +71,25 @@ lab: deps
 	$(PLAYBOOK) playbooks/lab_up.yml $(LAB_ARGS)
 
 lab-down:
-	@if [ -x $(PLAYBOOK) ]; then $(PLAYBOOK) playbooks/lab_down.yml; \
+	@if [ -x $(PLAYBOOK) ]; then $(PLAYBOOK) playbooks/lab_down.yml $(LAB_VARS); \
 	else echo "no venv: nothing of the lab can have been built by make"; fi
 
 demo: deps lab
 	rm -rf $(REPORT_DIR)
-	$(PLAYBOOK) playbooks/chaos.yml -e chaos_fail_on_failure=false
+	$(PLAYBOOK) playbooks/chaos.yml -i $(PGGIT_LAB_INVENTORY) -e chaos_fail_on_failure=false
 	@echo; cat $(REPORT_DIR)/chaos-report.md; echo
 	@echo "Reports: $(REPORT_DIR)/chaos-report.md, chaos-report.json, chaos-junit.xml"
-	@echo "The lab stays up for you to explore; 'make lab-down' removes it."
+	@echo "The lab stays up for you to explore ($(PGGIT_LAB_INVENTORY)); 'make lab-down LAB_NAME=$(LAB_NAME)' removes it."
 
 ## Tests -------------------------------------------------------------------
+# The targets that build and remove a lab use one of their own (unless
+# LAB_NAME is given), so the demo lab can stay up meanwhile.
+molecule deadman: LAB_NAME = $(TEST_LAB_NAME)
+bench: LAB_NAME = $(BENCH_LAB_NAME)
+
 test: deps
 	@rm -rf tests/output && mkdir -p tests/output
-	$(MAKE) unit integration sanity lint molecule deadman
+	$(MAKE) unit integration sanity lint molecule deadman LAB_NAME=$(TEST_LAB_NAME)
 	@$(BIN)/python tests/summary.py tests/output
 
 unit: deps
@@ -80,18 +104,30 @@ sanity: deps
 lint: deps
 	$(BIN)/ansible-lint --profile production
 
+# The scenarios build and remove the lab $(LAB_NAME) (create/destroy read
+# PGGIT_LAB_NAME) and link inventories/$(LAB_NAME), which must exist first.
+# Each lab gets its own molecule working directory, so runs on two labs from
+# one checkout do not share state.
+MOLECULE_DIR = $(CURDIR)/.cache/molecule/$(LAB_NAME)
 molecule: deps
-	$(BIN)/molecule test -s default
-	$(BIN)/molecule test -s network
+	mkdir -p inventories/$(LAB_NAME) && MOLECULE_EPHEMERAL_DIRECTORY=$(MOLECULE_DIR)/default $(BIN)/molecule test -s default
+	mkdir -p inventories/$(LAB_NAME) && MOLECULE_EPHEMERAL_DIRECTORY=$(MOLECULE_DIR)/network $(BIN)/molecule test -s network
 
 # Kill -9 ansible-playbook mid-fault; the target must heal itself by its TTL.
 deadman: deps
-	$(MAKE) lab
-	trap '$(MAKE) lab-down' EXIT; $(BIN)/pytest tests/lab -q --junitxml=tests/output/lab.xml
+	$(MAKE) lab LAB_NAME=$(LAB_NAME)
+	trap '$(MAKE) lab-down LAB_NAME=$(LAB_NAME)' EXIT; $(BIN)/pytest tests/lab -q --junitxml=tests/output/lab.xml
 
 bench: deps
-	$(MAKE) lab
-	trap '$(MAKE) lab-down' EXIT; $(BIN)/python bench/spine.py && $(BIN)/python bench/network.py
+	$(MAKE) lab LAB_NAME=$(LAB_NAME)
+	trap '$(MAKE) lab-down LAB_NAME=$(LAB_NAME)' EXIT; $(BIN)/python bench/spine.py && $(BIN)/python bench/network.py \
+	  && $(BIN)/python bench/torture.py --runs $(TORTURE_RUNS)
+
+# SIGKILL ansible-playbook at random moments of every experiment; nothing may be left (bench/results/torture.json).
+torture: LAB_NAME = $(BENCH_LAB_NAME)
+torture: deps
+	$(MAKE) lab LAB_NAME=$(LAB_NAME)
+	trap '$(MAKE) lab-down LAB_NAME=$(LAB_NAME)' EXIT; $(BIN)/python bench/torture.py --runs $(TORTURE_RUNS)
 
 build: deps
 	$(BIN)/ansible-galaxy collection build --force --output-path .cache/dist

@@ -1,9 +1,16 @@
-"""Helpers for lab tests: run playbooks, read ledgers, query hosts."""
+"""Helpers for lab tests: run playbooks, read ledgers, query hosts.
+
+The lab under test is the one whose inventory PGGIT_LAB_INVENTORY names (make
+exports it for LAB_NAME; make test uses its own lab), else the demo lab's
+inventories/lab/hosts.yml. Playbooks run against that inventory, and only
+that lab's processes count as ours.
+"""
 from __future__ import annotations
 
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,13 +21,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.path.dirname(sys.executable)
 
 
-INVENTORY = os.path.join(REPO, 'inventories', 'lab', 'hosts.yml')
+INVENTORY = os.path.abspath(os.environ.get('PGGIT_LAB_INVENTORY') or os.path.join(REPO, 'inventories', 'lab', 'hosts.yml'))
+
+
+def _inventory():
+    with open(INVENTORY) as handle:
+        return yaml.safe_load(handle)['all']
+
+
+def lab_dir():
+    """The directory of the lab under test (every process of its hosts runs from under it)."""
+    return _inventory()['vars']['pggit_lab']['dir']
 
 
 def lab_hosts():
     """Host name -> host vars, from the inventory make lab wrote."""
-    with open(INVENTORY) as handle:
-        stack = [yaml.safe_load(handle)['all']]
+    stack = [_inventory()]
     hosts = {}
     while stack:
         node = stack.pop() or {}
@@ -42,7 +58,7 @@ def playbook_env(report_dir):
 
 
 def playbook_argv(name, *extra):
-    argv = [os.path.join(BIN, 'ansible-playbook'), os.path.join(REPO, 'playbooks', name)]
+    argv = [os.path.join(BIN, 'ansible-playbook'), os.path.join(REPO, 'playbooks', name), '-i', INVENTORY]
     for item in extra:
         argv += [item] if item.startswith('--') else ['-e', item]
     return argv
@@ -87,8 +103,12 @@ def host_rules(host):
 
 
 def chaos_processes():
-    proc = subprocess.run(['pgrep', '-af', 'pggit-chaos-reaper'], capture_output=True, text=True, check=False)
-    return [line for line in proc.stdout.splitlines() if 'pgrep' not in line]
+    """The engine programs of this lab's hosts: reapers, killers, workloads, delay daemons.
+
+    They run from <lab dir>/hosts/<host>/state/lib, so their command line names the lab dir."""
+    proc = subprocess.run(['pgrep', '-af', 'pggit-chaos-'], capture_output=True, text=True, check=False)
+    under = re.compile(re.escape(lab_dir().rstrip('/')) + '/')
+    return [line for line in proc.stdout.splitlines() if 'pgrep' not in line and under.search(line)]
 
 
 def load_report(report_dir):
