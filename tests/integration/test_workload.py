@@ -182,6 +182,8 @@ def test_a_workload_killed_before_it_cleans_up_has_its_marked_schema_dropped_by_
                                                         schema='pggit_chaos_killed'))
     try:
         assert wait_for(lambda: tables_in(pgdb, 'pggit_chaos_killed') > 3, 20), 'the workload must be running'
+        proc.kill()  # the module that waits for it dies too (a dead controller): it cannot close the record
+        proc.wait()
         for pid in programs(private_state_dir, WORKLOAD):
             os.kill(pid, signal.SIGKILL)  # no SIGTERM: it cannot clean up after itself
         assert wait_for(lambda: programs(private_state_dir, WORKLOAD) == [], 5)
