@@ -41,6 +41,10 @@ class Inventory(object):
         variables.setdefault('inventory_hostname', host)
         return variables
 
+    def add_host(self, name, groups=(), **host_vars):
+        """What ``add_host`` does to the live inventory at run time (ansible-core's own code path)."""
+        self.inventory.add_dynamic_host({'host_name': name, 'groups': list(groups), 'host_vars': host_vars}, {})
+
 
 def hosts(**host_vars):
     """A YAML inventory with hosts in group ``db``: hosts(pg1={'pggit_chaos_allowed': True}, pg2={})."""

@@ -1,12 +1,16 @@
 # Copyright: pggit.chaos contributors
 # MIT License
-"""Choose a play's chaos targets on the controller: each host's opt-in from its own inventory, then the blast radius."""
+"""Choose a play's chaos targets on the controller: each host's opt-in from its own inventory, then the blast radius.
+
+A host is refused unless its inventory (as parsed from its sources) opts it in, nothing this run sees lowers it, and this
+run reaches it where the inventory says (``ansible_host``, port, connection plugin).
+"""
 from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.pggit.chaos.plugins.module_utils._select_spec import select_argument_spec
-from ansible_collections.pggit.chaos.plugins.plugin_utils._optin import OPT_IN_VAR, UNDEFINED, Unresolved, decide
+from ansible_collections.pggit.chaos.plugins.plugin_utils._optin import OPT_IN_VAR, UNDEFINED, Landing, Unresolved, decide
 from ansible_collections.pggit.chaos.plugins.plugin_utils._targets import select
 
 
@@ -25,6 +29,19 @@ class ActionModule(ActionBase):
         except Exception as exc:  # pylint: disable=broad-except
             return Unresolved('hostvars[%r]' % host, exc)
 
+    def _landing(self, task_vars, host):
+        """Where this run connects to ``host``: the task's own variables for this host, the raw hostvars for the others."""
+        connection = getattr(self._task, 'connection', None)
+        transport = connection if isinstance(connection, str) else None
+        if host == task_vars.get('inventory_hostname'):
+            return Landing(task_vars, self._templar, transport)
+        try:
+            variables = task_vars['hostvars'].raw_get(host)
+            templar = self._templar.copy_with_new_env(available_variables=variables) if self._templar is not None else None
+            return Landing(variables, templar, transport)
+        except Exception as exc:  # pylint: disable=broad-except
+            return Landing({'ansible_host': Unresolved('hostvars[%r]' % host, exc)})
+
     def run(self, tmp=None, task_vars=None):
         task_vars = task_vars or {}
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -32,7 +49,7 @@ class ActionModule(ActionBase):
         name = 'chaos_max_hosts' if 'chaos_max_hosts' in self._task.args else 'max_hosts'
         hosts = args['hosts'] if args['hosts'] is not None else list(task_vars.get('ansible_play_hosts_all') or [])
         me = task_vars.get('inventory_hostname')
-        decisions = dict((h, decide(task_vars, h, self._effective(task_vars, h), self._templar)) for h in hosts)
+        decisions = dict((h, decide(task_vars, h, self._effective(task_vars, h), self._templar, self._landing(task_vars, h))) for h in hosts)
         try:
             selection = select(hosts, dict((h, d.allowed) for h, d in decisions.items()), args['max_hosts'], name)
         except ValueError as exc:

@@ -4,16 +4,17 @@
 
 It runs before anything reaches the target:
 - refuses hosts that have not opted in with ``pggit_chaos_allowed: true`` in
-  their own inventory, or whose opt-in this run lowered to false (the rule is
-  in ``_optin``; with ``delegate_to`` the delegate's inventory decides);
-  reverting is always allowed;
+  their own inventory, or whose opt-in this run lowered to false, or that the
+  task would reach elsewhere than the inventory says (another ``ansible_host``,
+  port or connection plugin) (the rule is in ``_optin``; with ``delegate_to``
+  the delegate's inventory decides); reverting is always allowed;
 - fills ``state_dir`` from the host variable ``pggit_chaos_state_dir``.
 """
 from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.pggit.chaos.plugins.plugin_utils._optin import OPT_IN_VAR, UNDEFINED, decide
+from ansible_collections.pggit.chaos.plugins.plugin_utils._optin import OPT_IN_VAR, UNDEFINED, Landing, decide
 
 
 class FaultActionModule(ActionBase):
@@ -33,6 +34,13 @@ class FaultActionModule(ActionBase):
             return (task_vars.get('ansible_delegated_vars') or {}).get(delegate) or {}
         return task_vars
 
+    def _transport(self):
+        """The connection plugin this task uses, when the connection or the task names one."""
+        for name in (getattr(self._connection, '_load_name', None), getattr(self._task, 'connection', None)):
+            if isinstance(name, str) and name:
+                return name
+        return None
+
     def _var(self, task_vars, name):
         value = self._host_vars(task_vars).get(name)
         return self._templar.template(value) if value is not None else None
@@ -46,11 +54,17 @@ class FaultActionModule(ActionBase):
             args['state_dir'] = state_dir
         if self.REQUIRES_OPT_IN and args.get('state', 'present') != 'absent':
             delegate = getattr(self._task, 'delegate_to', None)
-            if self.OPT_IN_OF == 'delegate' and isinstance(delegate, str) and delegate:
-                host, effective = delegate, self._host_vars(task_vars).get(OPT_IN_VAR, UNDEFINED)
+            delegated = isinstance(delegate, str) and bool(delegate)
+            if self.OPT_IN_OF == 'delegate' and delegated:
+                landing_vars = self._host_vars(task_vars)
+                host, effective = delegate, landing_vars.get(OPT_IN_VAR, UNDEFINED)
+                landing = Landing(landing_vars, self._templar.copy_with_new_env(available_variables=landing_vars), self._transport())
             else:
                 host, effective = task_vars.get('inventory_hostname', '?'), task_vars.get(OPT_IN_VAR, UNDEFINED)
-            decision = decide(task_vars, host, effective, self._templar)
+                # Judging the target while the task connects to a client: the client is not where the opt-in is
+                # checked, and where the load goes is the database login, not the connection.
+                landing = None if delegated else Landing(task_vars, self._templar, self._transport())
+            decision = decide(task_vars, host, effective, self._templar, landing)
             if not decision.allowed:
                 result.update(failed=True, changed=False, refused=True, msg=decision.msg, opt_in=decision.details())
                 return result

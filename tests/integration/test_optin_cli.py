@@ -2,8 +2,10 @@
 
 A throwaway inventory of local hosts, the integration PostgreSQL as the target, and pggit_chaos_trigger
 (an opted-in host really gets the fault, so a refusal is not a broken harness). An extra var, task or play
-vars:, set_fact or host_vars next to the playbook cannot raise a host whose inventory says false; an extra
-var can lower a host whose inventory says true. chaos.yml's target selection obeys the same rule.
+vars:, set_fact, add_host or host_vars next to the playbook cannot raise a host whose inventory says false; an
+extra var can lower a host whose inventory says true. A host added at run time and Ansible's implicit localhost
+are not in the inventory. The opt-in belongs to the inventory's host: a run that would connect elsewhere
+(ansible_host, ansible_port, ansible_connection) is refused. chaos.yml's target selection obeys the same rule.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def world(tmp_path, pgdb):
         'allowed': dict(common, pggit_chaos_allowed=True),
         'unset': dict(common),
         'by_file': dict(common),
+        'addressed': dict(common, pggit_chaos_allowed=True, ansible_host='127.0.0.1'),
     }}}}})
     write_yaml(inventory_dir / 'host_vars' / 'by_file.yml', {'pggit_chaos_allowed': True})  # next to the inventory: counts
     state_dir = str(tmp_path / 'state')
@@ -168,3 +171,102 @@ def test_chaos_yml_bad_blast_radius_is_named(single):
     world = single(True)
     rc, out = chaos(world, '-e', 'chaos_max_hosts=0')
     assert_untouched(world, rc, out, "chaos_max_hosts must be at least 1, got '0'")
+
+
+def test_chaos_yml_refuses_a_redirected_connection(single):
+    world = single(True)
+    rc, out = chaos(world, '-e', 'ansible_host=prod')
+    assert_untouched(world, rc, out, "host db1: ansible_host is 'prod' here but not set in the inventory (Ansible connects to 'db1'): "
+                                     "the opt-in belongs to the inventory's host")
+    assert 'Run each experiment' not in out
+
+
+# -- the inventory as parsed from its sources: add_host cannot raise the opt-in ------------------------------
+COMMON = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}
+
+
+def select_task():
+    return {'name': 'Select the targets', 'pggit.chaos.pggit_chaos_select': {'chaos_max_hosts': 'all'}}
+
+
+@pytest.mark.parametrize('guard', ['fault', 'select'])
+def test_add_host_cannot_raise_a_host_whose_inventory_says_false(world, guard):
+    raise_it = {'name': 'Raise it at run time', 'ansible.builtin.add_host': {'name': 'refused', 'pggit_chaos_allowed': True}}
+    pre_tasks = [raise_it] + ([select_task()] if guard == 'select' else [])
+    rc, out = ansible_playbook(world, playbook(world, 'refused', pre_tasks=pre_tasks))
+    assert_untouched(world, rc, out, 'host refused ' + OVERRIDE_MSG)
+
+
+@pytest.mark.parametrize('guard', ['fault', 'select'])
+def test_a_host_added_at_run_time_is_not_in_the_inventory(world, guard):
+    path = playbook(world, 'allowed')
+    with open(path) as handle:
+        fault = yaml.safe_load(handle)[0]['tasks'][-1]
+    add = {'name': 'Add a host', 'ansible.builtin.add_host': dict(COMMON, name='newdb', groups='pggit_primary', pggit_chaos_allowed=True)}
+    write_yaml(path, [
+        {'name': 'Add a host at run time', 'hosts': 'allowed', 'gather_facts': False, 'tasks': [add]},
+        {'name': 'Fault on it', 'hosts': 'newdb', 'gather_facts': False, 'tasks': ([select_task()] if guard == 'select' else []) + [fault]},
+    ])
+    rc, out = ansible_playbook(world, path)
+    assert_untouched(world, rc, out, 'host newdb is not in the inventory, so it cannot have opted in to chaos')
+
+
+# -- the implicit localhost is not in the inventory ----------------------------------------------------------
+def all_group_opt_in(world, tmp_path, list_localhost):
+    """An inventory whose all group opts every host in; localhost listed in it or not."""
+    hosts = {'db1': dict(COMMON)}
+    if list_localhost:
+        hosts['localhost'] = dict(COMMON)
+    path = tmp_path / ('all-group-%s' % list_localhost) / 'hosts.yml'
+    write_yaml(path, {'all': {'vars': {'pggit_chaos_allowed': True}, 'hosts': hosts}})
+    return str(path)
+
+
+def delegated(world, host, delegate):
+    path = playbook(world, host)
+    with open(path) as handle:
+        plays = yaml.safe_load(handle)
+    plays[0]['tasks'][0]['delegate_to'] = delegate
+    write_yaml(path, plays)
+    return path
+
+
+@pytest.mark.parametrize('delegate', ['localhost', '127.0.0.1'])
+def test_the_implicit_localhost_does_not_take_the_all_groups_opt_in(world, tmp_path, delegate):
+    inventory = all_group_opt_in(world, tmp_path, list_localhost=False)
+    rc, out = ansible_playbook(world, delegated(world, 'db1', delegate), inventory=inventory)
+    assert_untouched(world, rc, out, 'host %s has not opted in to chaos: it is not in the inventory' % delegate)
+
+
+def test_localhost_listed_in_the_inventory_may_take_the_fault(world, tmp_path):
+    # The positive control: the same delegation passes once the inventory lists localhost (check mode: planned only).
+    inventory = all_group_opt_in(world, tmp_path, list_localhost=True)
+    rc, out = ansible_playbook(world, delegated(world, 'db1', 'localhost'), '--check', '-v', inventory=inventory)
+    assert rc == 0, out[-3000:]
+    assert 'changed: [db1 -> localhost]' in out and '"planned"' in out, out[-3000:]
+    assert faults(world) == [] and modes(world) == {'O'}
+
+
+# -- the opt-in belongs to the inventory's host: the connection must go where the inventory says -----------------
+@pytest.mark.parametrize('extra, needle', [
+    (['-e', 'ansible_host=prod'], "host addressed: ansible_host is 'prod' here but '127.0.0.1' in the inventory: "
+                                  "the opt-in belongs to the inventory's host"),
+    (['-e', 'ansible_port=2222'], "host addressed: ansible_port is '2222' here but not set in the inventory"),
+    (['-e', 'ansible_connection=ssh'], "host addressed: ansible_connection is 'ssh' here but 'local' in the inventory"),
+])
+def test_a_redirected_connection_is_refused(world, extra, needle):
+    rc, out = ansible_playbook(world, playbook(world, 'addressed'), *extra)
+    assert_untouched(world, rc, out, needle)
+
+
+def test_a_redirected_delegate_is_refused(world):
+    rc, out = ansible_playbook(world, delegated(world, 'allowed', 'addressed'), '-e', 'ansible_host=prod')
+    assert_untouched(world, rc, out, "host addressed: ansible_host is 'prod' here but '127.0.0.1' in the inventory")
+
+
+@pytest.mark.parametrize('extra', [[], ['-e', 'ansible_host=127.0.0.1']])  # agreeing with the inventory is fine
+def test_the_inventorys_own_connection_lets_the_fault_through(world, extra):
+    rc, out = ansible_playbook(world, playbook(world, 'addressed'), '--check', '-v', *extra)
+    assert rc == 0, out[-3000:]
+    assert 'changed: [addressed]' in out and '"planned"' in out, out[-3000:]
+    assert faults(world) == [] and modes(world) == {'O'}

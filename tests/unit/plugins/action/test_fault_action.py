@@ -44,11 +44,17 @@ def make_inventory(folder, allowed=MISSING, state_dir=MISSING, **pg1):
     return Inventory(folder, hosts(pg1=pg1))
 
 
-def run(action_cls, args, inventory, async_val=0, variables=None, overrides=None, delegate_to=None, delegated_overrides=None):
-    """Run the action for pg1; ``overrides`` are what extra vars or task/play vars add on top of the inventory."""
+def run(action_cls, args, inventory, async_val=0, variables=None, overrides=None, delegate_to=None, delegated_overrides=None,
+        transport=None):
+    """Run the action for pg1; ``overrides`` are what extra vars or task/play vars add on top of the inventory.
+
+    ``transport``: the connection plugin the task uses (a MagicMock connection names none)."""
     task = MagicMock(args=dict(args), async_val=async_val, check_mode=False, delegate_to=delegate_to,
                      action='pggit_chaos_x', resolved_action='pggit.chaos.pggit_chaos_x')
-    action = action_cls(task, MagicMock(), MagicMock(), loader=None, templar=Templar(variables or {}), shared_loader_obj=None)
+    connection = MagicMock()
+    if transport:
+        connection._load_name = transport
+    action = action_cls(task, connection, MagicMock(), loader=None, templar=Templar(variables or {}), shared_loader_obj=None)
     action._execute_module = MagicMock(return_value=dict(MODULE_RESULT))
     task_vars = inventory.task_vars('pg1', **(overrides or {}))
     if delegate_to:
@@ -170,3 +176,94 @@ def test_action_plugins_wire_the_right_guard():
     assert issubclass(TriggerAction, FaultActionModule) and TriggerAction.REQUIRES_OPT_IN and TriggerAction.INJECT_STATE_DIR
     assert issubclass(RevertAction, RevertActionModule) and not RevertAction.REQUIRES_OPT_IN and RevertAction.INJECT_STATE_DIR
     assert ConnectionsAction.REQUIRES_OPT_IN and ConnectionsAction.INJECT_STATE_DIR
+
+
+# -- the inventory as parsed, the implicit localhost, and where the fault lands ----------------------
+def test_add_host_cannot_raise_the_opt_in(folder):
+    inventory = make_inventory(folder, allowed=False)
+    inventory.add_host('pg1', pggit_chaos_allowed=True)  # add_host: {name: pg1, pggit_chaos_allowed: true}
+    result, execute = run(TriggerAction, {'name': 'off'}, inventory)
+    execute.assert_not_called()
+    assert 'host pg1 has not opted in to chaos in its inventory (pggit_chaos_allowed is false there)' in result['msg']
+
+
+def test_a_host_added_at_run_time_is_refused(folder):
+    inventory = make_inventory(folder, allowed=True)
+    inventory.add_host('pg9', groups=['db'], pggit_chaos_allowed=True, ansible_connection='local')
+    result, execute = run(TriggerAction, {'name': 'off'}, inventory, delegate_to='pg9')
+    execute.assert_not_called()
+    assert result['msg'].startswith('host pg9 is not in the inventory')
+
+
+@pytest.mark.parametrize('delegate', ['localhost', '127.0.0.1'])
+def test_delegating_to_the_implicit_localhost_is_refused_even_with_an_all_group_opt_in(folder, delegate):
+    inventory = Inventory(folder, {'all': {'vars': {'pggit_chaos_allowed': True},
+                                           'children': {'db': {'hosts': {'pg1': {'ansible_connection': 'local'}}}}}})
+    result, execute = run(TriggerAction, {'name': 'off'}, inventory, delegate_to=delegate)
+    execute.assert_not_called()
+    assert result['refused'] and result['msg'].startswith('host %s has not opted in to chaos: it is not in the inventory' % delegate)
+
+
+def test_localhost_listed_with_the_opt_in_may_take_a_delegated_fault(folder):
+    inventory = Inventory(folder, {'all': {'hosts': {'localhost': {'pggit_chaos_allowed': True, 'ansible_connection': 'local'}},
+                                           'children': {'db': {'hosts': {'pg1': {'ansible_connection': 'local'}}}}}})
+    result, execute = run(TriggerAction, {'name': 'off'}, inventory, delegate_to='localhost')
+    assert result == MODULE_RESULT
+
+
+def address_inventory(folder):
+    return Inventory(folder, hosts(pg1={'pggit_chaos_allowed': True, 'ansible_host': '198.18.0.11'},
+                                   pg2={'pggit_chaos_allowed': True, 'ansible_host': '198.18.0.12'}))
+
+
+def test_a_redirected_connection_is_refused(folder):
+    result, execute = run(TriggerAction, {'name': 'off'}, address_inventory(folder), overrides={'ansible_host': 'prod'})
+    execute.assert_not_called()
+    assert result['refused'] and result['msg'] == ("host pg1: ansible_host is 'prod' here but '198.18.0.11' in the inventory: "
+                                                   "the opt-in belongs to the inventory's host; refusing")
+    assert result['opt_in']['connection'] == {'variable': 'ansible_host', 'here': 'prod', 'inventory': '198.18.0.11'}
+
+
+def test_a_templated_redirect_is_resolved_before_it_is_compared(folder):
+    result, execute = run(TriggerAction, {'name': 'off'}, address_inventory(folder), variables={'target': 'prod'},
+                          overrides={'ansible_host': '{{ target }}'})
+    execute.assert_not_called()
+    assert "ansible_host is 'prod' here but '198.18.0.11' in the inventory" in result['msg']
+
+
+def test_a_redirected_delegate_is_refused(folder):
+    result, execute = run(TriggerAction, {'name': 'off'}, address_inventory(folder), delegate_to='pg2',
+                          delegated_overrides={'ansible_host': 'prod', 'ansible_port': 2222})
+    execute.assert_not_called()
+    assert result['msg'].startswith("host pg2: ansible_host is 'prod' here but '198.18.0.12' in the inventory")
+
+
+def test_the_inventorys_connection_passes(folder):
+    result, execute = run(TriggerAction, {'name': 'off'}, address_inventory(folder), delegate_to='pg2')
+    assert result == MODULE_RESULT
+
+
+@pytest.mark.parametrize('transport, allowed', [('ssh', True), ('local', False)])
+def test_a_delegates_connection_plugin_counts_when_no_variable_names_it(folder, transport, allowed):
+    # delegate_to: pg2 under -c local: nothing in pg2's variables says local, but the connection plugin does.
+    inventory = Inventory(folder, {'all': {'hosts': {'pg1': {'pggit_chaos_allowed': True, 'ansible_connection': 'local'},
+                                                     'pg2': {'pggit_chaos_allowed': True}}}})
+    result, execute = run(TriggerAction, {'name': 'off'}, inventory, delegate_to='pg2', transport=transport)
+    assert bool(execute.called) is allowed
+    if not allowed:
+        assert "ansible_connection is 'local' here but not set in the inventory (Ansible's default: 'ssh')" in result['msg']
+
+
+def test_an_action_that_judges_the_target_does_not_police_the_clients_connection(folder):
+    # pggit_workload: the target's opt-in decides and the client (here the implicit localhost) only runs the load; where
+    # that load goes is the database's login_host, which this guard does not police.
+    class TargetAction(FaultActionModule):
+        OPT_IN_OF = 'target'
+
+    inventory = Inventory(folder, {'all': {'vars': {'pggit_chaos_allowed': False},
+                                           'hosts': {'pg1': {'pggit_chaos_allowed': True, 'ansible_connection': 'local'}}}})
+    result, execute = run(TargetAction, {'name': 'off'}, inventory, delegate_to='localhost', transport='local')
+    assert result == MODULE_RESULT
+    result, execute = run(TargetAction, {'name': 'off'}, inventory, overrides={'ansible_host': 'prod'})
+    execute.assert_not_called()
+    assert "host pg1: ansible_host is 'prod' here but not set in the inventory" in result['msg']

@@ -76,7 +76,7 @@ def run(inventory, me, args=None, overrides=None, extra_vars=None):
     if extra_vars:
         inventory.variable_manager._extra_vars = dict(extra_vars)
     task_vars = inventory.task_vars(me, **dict(extra_vars or {}, **(overrides or {})))
-    task_vars['ansible_play_hosts_all'] = sorted(inventory.inventory.hosts)
+    task_vars['ansible_play_hosts_all'] = sorted(inventory.inventory.hosts)  # the live inventory: hosts added at run time too
     return action.run(task_vars=task_vars)
 
 
@@ -141,3 +141,28 @@ def test_bad_blast_radius_fails_every_host_naming_the_option(lab, args, message)
 def test_explicit_hosts_keep_their_order(lab):
     result = run(lab, 'pg3', {'hosts': ['pg3', 'pg2', 'pg1'], 'max_hosts': 1})
     assert (result['selected'], result['refused'], result['spared']) == (['pg3'], ['pg2'], ['pg1'])
+
+
+# -- the inventory as parsed, and where the fault lands ----------------------------------------------
+def test_add_host_cannot_raise_a_host_or_add_one(lab):
+    lab.add_host('pg2', pggit_chaos_allowed=True)  # add_host: {name: pg2, pggit_chaos_allowed: true}
+    lab.add_host('prod-db', groups=['db'], pggit_chaos_allowed=True, ansible_connection='local')
+    result = run(lab, 'pg1')
+    assert result['selected'] == ['pg1', 'pg3'] and result['refused'] == ['pg2', 'pg4', 'prod-db']
+    assert result['reasons']['prod-db'].startswith('host prod-db is not in the inventory')
+    assert 'pggit_chaos_allowed is false there' in run(lab, 'pg2')['msg']
+    refused = run(lab, 'prod-db')
+    assert refused['failed'] and refused['msg'].startswith('host prod-db is not in the inventory')
+
+
+def test_an_extra_var_redirecting_ansible_host_refuses_every_host(lab):
+    result = run(lab, 'pg1', extra_vars={'ansible_host': 'prod'})
+    assert result['failed'] and result['selected'] == [] and result['refused'] == ['pg1', 'pg2', 'pg3', 'pg4']
+    assert result['msg'] == ("host pg1: ansible_host is 'prod' here but not set in the inventory (Ansible connects to 'pg1'): "
+                             "the opt-in belongs to the inventory's host; refusing")
+    assert result['reasons']['pg3'].startswith("host pg3: ansible_host is 'prod' here")
+
+
+def test_a_play_var_redirecting_this_host_refuses_it(lab):
+    result = run(lab, 'pg3', overrides={'ansible_connection': 'ssh'})
+    assert result['failed'] and "host pg3: ansible_connection is 'ssh' here but 'local' in the inventory" in result['msg']
