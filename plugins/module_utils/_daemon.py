@@ -30,7 +30,7 @@ PROGRAMS = {
 }
 # Files copied into <state_dir>/lib: every program and everything they import.
 ENGINE = ('_errors', '_ledger', '_steps', '_undo', '_pgconn', '_daemon', '_boot', '_reaper', '_nfqdelay', '_results',
-          '_killer', '_checker', '_workload')
+          '_program', '_killer', '_checker', '_workload')
 _PKG = ('ansible_collections', 'pggit', 'chaos', 'plugins', 'module_utils')
 
 
@@ -48,7 +48,7 @@ def _bundled():  # pragma: no cover - never called
     it names every ENGINE file."""
     # pylint: disable=unused-import,import-outside-toplevel,cyclic-import
     from ansible_collections.pggit.chaos.plugins.module_utils import (  # noqa: F401
-        _boot, _checker, _errors, _killer, _nfqdelay, _pgconn, _reaper, _results, _undo, _workload)
+        _boot, _checker, _errors, _killer, _nfqdelay, _pgconn, _program, _reaper, _results, _undo, _workload)
 
 
 def _source(module):

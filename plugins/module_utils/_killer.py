@@ -17,21 +17,16 @@ default action, so no round starts after a revert.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import random
-import sys
 import time
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _pgconn, _results
+from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn, _program
 
 PROC_TAG = 'pggit-chaos-killer'
 APP = 'pggit-chaos-killer'
 BACKEND_TYPES = {'client backend'}
 KEYS = ('pid', 'usename', 'application_name', 'state', 'backend_type', 'query')
-RECORD_WAIT = 30.0
-GRACE = 30.0
 STEP = 0.1
 
 
@@ -160,26 +155,10 @@ class Killer(object):
         return started, reason
 
 
-def _log(msg):
-    sys.stdout.write('%s %s[%d] %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'), PROC_TAG, os.getpid(), msg))
-    sys.stdout.flush()
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog=PROC_TAG)
-    parser.add_argument('--state-dir', required=True)
-    parser.add_argument('--fault-id', required=True)
-    args = parser.parse_args(argv)
-    ledger = _ledger.Ledger(args.state_dir)
-    fid = args.fault_id
-    record = ledger.read(fid)
-    if record is None or record.get('corrupt'):
-        _log('%s: no usable ledger record; nothing to do' % fid)
-        return 2
-    out = _results.Writer(_results.path_for(ledger, fid))
-    spec = record['detail']
-    params = dict(spec['conn'])
-    params.update(ledger.read_secret(fid))
+def kill_rounds(program):
+    """The program's body: connect, pass the gate, run the rounds, report."""
+    spec = program.detail
+    params = program.conn_params()
 
     def connect():
         return _pgconn.connect(params, application_name=APP)
@@ -187,21 +166,24 @@ def main(argv=None):
     try:
         first = connect()
     except Exception as exc:  # pylint: disable=broad-except
-        out.write('error', msg='kill rounds could not connect to %s: %s' % (_pgconn.describe(params), _pgconn.one_line(exc)))
+        program.out.write('error', msg='kill rounds could not connect to %s: %s' % (_pgconn.describe(params), _pgconn.one_line(exc)))
         return 1
-    out.write('ready', pid=os.getpid())
-    if not _results.await_recorded(ledger, fid, os.getpid(), RECORD_WAIT):
+    if not program.recorded():
         first.close()
-        out.write('done', rounds=0, reason='never recorded in the ledger; terminated nothing')
-        _log('%s: never recorded in the ledger; exiting without killing' % fid)
+        program.out.write('done', rounds=0, reason='never recorded in the ledger; terminated nothing')
+        program.log('never recorded in the ledger; exiting without killing')
         return 1
-    killer = Killer(spec, connect, out, _results.stop_condition(ledger, fid, float(record['expires_at']) + GRACE))
+    killer = Killer(spec, connect, program.out, program.stop_condition())
     killer.conn = first
     try:
         rounds, reason = killer.run()
     except Exception as exc:  # pylint: disable=broad-except
-        out.write('error', msg='kill rounds failed: %s: %s' % (exc.__class__.__name__, exc))
+        program.out.write('error', msg='kill rounds failed: %s: %s' % (exc.__class__.__name__, exc))
         raise
-    out.write('done', rounds=rounds, reason=reason)
-    _log('%s: %d round(s), %s' % (fid, rounds, reason))
+    program.out.write('done', rounds=rounds, reason=reason)
+    program.log('%d round(s), %s' % (rounds, reason))
     return 0
+
+
+def main(argv=None):
+    return _program.main(PROC_TAG, kill_rounds, argv)

@@ -6,9 +6,13 @@ The workload issues ``CREATE TABLE <schema>.t_<run_id>_<seq>`` through
 failures, reconnecting as needed, then checks pgGit's invariant with
 :mod:`_checker`.  It only ever works in a schema it created itself: a schema
 it creates carries the comment ``pggit.chaos workload run <run_id>``, an
-existing schema without that mark is refused, and ``public``, ``pggit`` and
-system schemas are refused by name (case-insensitively) before anything
-connects.  The mark is checked again, by exact ``nspname``, before any drop.
+existing schema without a workload mark is refused, and ``public``, ``pggit``
+and system schemas are refused by name (case-insensitively) before anything
+connects.  A schema marked by another run is taken over: this run marks it as
+its own.  Every drop (the run's clean-up, ``state: absent``, the undo step in
+its record) goes through one ``pg_drop_schema`` step that drops the schema,
+found by exact ``nspname``, only while its comment is exactly this run's
+mark: a run whose schema another run has since taken over leaves it alone.
 
 As a program it prepares (run id unused, schema ours), reports ``ready``,
 waits until its ledger record names it in a ``kill_process`` undo, runs, and
@@ -20,15 +24,13 @@ within the revert's grace period.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import re
 import signal
-import sys
 import threading
 import time
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _pgconn, _results
+from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn, _program, _steps
+from ansible_collections.pggit.chaos.plugins.module_utils._errors import UndoError
 from ansible_collections.pggit.chaos.plugins.module_utils._checker import check, percentile
 
 PROC_TAG = 'pggit-chaos-workload'
@@ -36,8 +38,6 @@ APP = 'pggit-chaos-workload'
 MARK = 'pggit.chaos workload'
 RUN_ID_RE = re.compile(r'^[a-z0-9_]{1,24}$')
 PROTECTED = ('public', 'pggit', 'information_schema')
-RECORD_WAIT = 30.0
-GRACE = 30.0
 OPTIONS = ('run_id', 'duration', 'interval', 'max_ops', 'schema', 'statement_timeout_ms', 'settle_timeout', 'cleanup',
            'expect_tracking')
 
@@ -66,7 +66,54 @@ def mark(run_id):
 
 
 def is_ours(comment):
+    """A workload's mark, of any run: such a schema may be claimed (re-marked), never dropped by another run."""
     return bool(comment) and comment.startswith(MARK + ' run ')
+
+
+def drop_step(conn, schema, run_id):
+    """The undo step that drops a run's schema while its comment is still exactly that run's mark."""
+    return {'type': 'pg_drop_schema', 'conn': conn, 'schema': schema, 'only_if_comment': mark(run_id)}
+
+
+def _secret(params):
+    secret = _pgconn.secret_conn(params)
+    if params.get('connect_secrets'):  # in the program, the side file's secrets are already apart
+        secret['connect_secrets'] = params['connect_secrets']
+    return secret
+
+
+def schema_comment(params):
+    """(exists, comment) of ``params['schema']``, looked up by exact nspname."""
+    conn = _pgconn.connect(params, application_name=APP + '-cleanup')
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (params['schema'],))
+        row = cur.fetchone()
+        return (row is not None, row[0] if row else None)
+    finally:
+        conn.close()
+
+
+def drop_own_schema(params, run_id):
+    """Drop ``params['schema']`` only while its comment is exactly the mark of ``run_id``: (outcome, message).
+
+    The one drop of the workload: the run's own clean-up (at its end, and when
+    stopped), ``state: absent`` and the revert's undo step all run the same
+    ``pg_drop_schema`` step handler.  The outcome is ``dropped``, ``kept``
+    (not there, or not that run's schema) or ``failed``."""
+    schema = params['schema']
+    step = drop_step(_pgconn.stored_conn(params), schema, run_id)
+    try:
+        _steps.check_steps([step], None)
+        if _steps.STEP_HANDLERS['pg_drop_schema'](step, {'secret': _secret(params)}):
+            return 'dropped', 'dropped schema %s' % schema
+        exists, comment = schema_comment(params)
+    except (UndoError, ValueError, _pgconn.psycopg2.Error) as exc:
+        return 'failed', 'cleanup of schema %s failed: %s' % (schema, _pgconn.one_line(exc))
+    if not exists:
+        return 'kept', 'schema %s is not there' % schema
+    return 'kept', ("schema %s kept: its comment is %r, not the mark of run %s (%r); only that run's schema is dropped"
+                    % (schema, comment, run_id, mark(run_id)))
 
 
 class Workload(object):
@@ -158,18 +205,25 @@ class Workload(object):
             self._drop_conn()
 
     def _claim_schema(self, cur):
-        """Create the schema with our mark, or accept it only when it carries the mark."""
+        """Create the schema with this run's mark, or take over one that carries a workload mark by re-marking it.
+
+        From then on only this run's clean-up (and the undo in its record) may
+        drop it: an earlier run sharing the schema finds the mark changed and
+        leaves the schema, and this run's tables, alone."""
         schema = self.params['schema']
+        ident = _pgconn.sql.Identifier(schema)
+        own = mark(self.params['run_id'])
         cur.execute("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (schema,))
         row = cur.fetchone()
         if row is None:
-            cur.execute(_pgconn.sql.SQL('CREATE SCHEMA {}').format(_pgconn.sql.Identifier(schema)))
-            cur.execute(_pgconn.sql.SQL('COMMENT ON SCHEMA {} IS {}').format(
-                _pgconn.sql.Identifier(schema), _pgconn.sql.Literal(mark(self.params['run_id']))))
+            cur.execute(_pgconn.sql.SQL('CREATE SCHEMA {}').format(ident))
         elif not is_ours(row[0]):
             raise WorkloadError("schema '%s' exists and is not the workload's own (its comment is %r, not '%s ...'); "
                                 "the workload works only in schemas it created: choose another schema, or drop "
                                 "this one yourself if it is a leftover" % (schema, row[0], MARK + ' run'))
+        elif row[0] == own:
+            return
+        cur.execute(_pgconn.sql.SQL('COMMENT ON SCHEMA {} IS {}').format(ident, _pgconn.sql.Literal(own)))
 
     def prepare(self):
         deadline = self.clock() + self.params['settle_timeout']
@@ -250,27 +304,9 @@ class Workload(object):
         return ['%s.t_%s' % (self.params['schema'], op['token']) for op in self.ops
                 if op['outcome'] == 'ok' or (op['outcome'] == 'unknown' and op['token'] in catalog)]
 
-    def cleanup(self, only_if_exists=False):
-        """Drop the schema, only when it carries the workload's mark (looked up by exact nspname)."""
-        schema = self.params['schema']
-        try:
-            conn = _pgconn.connect(self.params, application_name=APP + '-cleanup')
-        except _pgconn.psycopg2.Error as exc:
-            return 'cleanup skipped: %s' % _pgconn.one_line(exc)
-        try:
-            cur = conn.cursor()
-            cur.execute("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (schema,))
-            row = cur.fetchone()
-            if row is None:
-                return 'schema %s is not there' % schema
-            if not is_ours(row[0]):
-                return "schema %s kept: it is not the workload's own (comment %r)" % (schema, row[0])
-            cur.execute(_pgconn.sql.SQL('DROP SCHEMA {} CASCADE').format(_pgconn.sql.Identifier(schema)))
-            return 'dropped schema %s' % schema
-        except _pgconn.psycopg2.Error as exc:
-            return 'cleanup failed: %s' % _pgconn.one_line(exc)
-        finally:
-            conn.close()
+    def cleanup(self):
+        """Drop the schema while it carries this run's mark (the rule of the undo step in its record): (outcome, message)."""
+        return drop_own_schema(self.params, self.params['run_id'])
 
     def result(self, verdict, catalog, started):
         tables = self.committed(catalog)
@@ -321,53 +357,41 @@ class SignalStop(object):
         return None
 
 
-def _log(msg):
-    sys.stdout.write('%s %s[%d] %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'), PROC_TAG, os.getpid(), msg))
-    sys.stdout.flush()
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog=PROC_TAG)
-    parser.add_argument('--state-dir', required=True)
-    parser.add_argument('--fault-id', required=True)
-    args = parser.parse_args(argv)
-    ledger = _ledger.Ledger(args.state_dir)
-    fid = args.fault_id
-    record = ledger.read(fid)
-    if record is None or record.get('corrupt'):
-        _log('%s: no usable ledger record; nothing to do' % fid)
-        return 2
-    out = _results.Writer(_results.path_for(ledger, fid))
-    detail = record['detail']
-    params = dict(detail['conn'])
-    params.update(ledger.read_secret(fid))
-    params.update(detail['options'])
-    stop = SignalStop(_results.stop_condition(ledger, fid, float(record['expires_at']) + GRACE))
+def run_workload(program):
+    """The program's body: prepare, pass the gate, run, check, clean up, report."""
+    out = program.out
+    params = program.conn_params()
+    params.update(program.detail['options'])
+    stop = SignalStop(program.stop_condition())
     stop.start()
     workload = Workload(params, should_stop=stop)
     stop.workload = workload
     started = time.time()
     try:
         workload.prepare()
-        out.write('ready', pid=os.getpid())
-        if not _results.await_recorded(ledger, fid, os.getpid(), RECORD_WAIT):
+        if not program.recorded():
             raise Stopped('never recorded in the ledger')
         workload.run()
         history, catalog = workload.observe()
     except Stopped as exc:
-        cleaned = workload.cleanup() if params['cleanup'] else 'kept (cleanup=false)'
+        cleaned = workload.cleanup()[1] if params['cleanup'] else 'schema %s kept (cleanup=false)' % params['schema']
         out.write('stopped', reason=str(exc), ops=len(workload.ops), cleanup=cleaned)
-        _log('%s: stopped (%s) after %d DDL; schema %s' % (fid, exc, len(workload.ops), cleaned))
+        program.log('stopped (%s) after %d DDL; %s' % (exc, len(workload.ops), cleaned))
         return 0
     except (WorkloadError, RuntimeError) as exc:
         out.write('error', msg=str(exc), errors=workload.errors)
-        _log('%s: %s' % (fid, exc))
+        program.log(str(exc))
         return 1
     verdict = check(workload.ops, history, catalog, expect_tracked=params['expect_tracking'])
     result = workload.result(verdict, catalog, started)
+    outcome = 'kept'
     if params['cleanup']:
-        result['cleanup'] = workload.cleanup()
+        outcome, result['cleanup'] = workload.cleanup()
     result['msg'] = summary(verdict)
-    out.write('done', result=result)
-    _log('%s: %s' % (fid, result['msg']))
+    out.write('done', result=result, cleanup_outcome=outcome)
+    program.log(result['msg'])
     return 0
+
+
+def main(argv=None):
+    return _program.main(PROC_TAG, run_workload, argv)

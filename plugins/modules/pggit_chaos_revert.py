@@ -100,8 +100,34 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _undo
+from ansible_collections.pggit.chaos.plugins.module_utils._errors import LedgerError
 from ansible_collections.pggit.chaos.plugins.module_utils._kinds import FAULT_KINDS
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import state_dir_argument_spec
+
+
+def revert(module, result):
+    """Revert what the options select, filling ``result``; a bad state dir raises LedgerError or OSError."""
+    params = module.params
+    ledger = _ledger.Ledger(params['state_dir'])
+    if not ledger.exists():
+        result['absent'] = list(params['faults'])
+        return
+    ledger.ensure()  # checks owner and modes before any record is read or any step run
+    if module.check_mode:
+        chosen = _undo.select(ledger.list(), params['faults'], params['experiment'], params['kinds'])
+        result['reverted'] = [{'id': r['id'], 'result': 'would revert'} for r in chosen]
+        result['changed'] = bool(chosen)
+    else:
+        outcomes = _undo.revert_many(ledger, params['faults'], params['experiment'], params['kinds'],
+                                     runner=module.run_command, reason='pggit_chaos_revert')
+        for outcome in outcomes:
+            key = {'reverted': 'reverted', 'failed': 'failures'}.get(outcome['result'])
+            if key:
+                result[key].append(outcome)
+            else:
+                result['absent'].append(outcome['id'])
+        result['changed'] = bool(result['reverted'])
+    result['remaining'] = [r['id'] for r in ledger.list()]
 
 
 def main():
@@ -114,30 +140,16 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
-    try:
-        ledger = _ledger.Ledger(params['state_dir'])
-    except _ledger.LedgerError as exc:
-        module.fail_json(msg='state_dir: %s' % exc)
     started = time.time()
     result = dict(changed=False, reverted=[], failures=[], absent=[], remaining=[])
-    if ledger.exists():
-        if module.check_mode:
-            chosen = _undo.select(ledger.list(), params['faults'], params['experiment'], params['kinds'])
-            result['reverted'] = [{'id': r['id'], 'result': 'would revert'} for r in chosen]
-            result['changed'] = bool(chosen)
-        else:
-            outcomes = _undo.revert_many(ledger, params['faults'], params['experiment'], params['kinds'],
-                                         runner=module.run_command, reason='pggit_chaos_revert')
-            for outcome in outcomes:
-                key = {'reverted': 'reverted', 'failed': 'failures'}.get(outcome['result'])
-                if key:
-                    result[key].append(outcome)
-                else:
-                    result['absent'].append(outcome['id'])
-            result['changed'] = bool(result['reverted'])
-        result['remaining'] = [r['id'] for r in ledger.list()]
-    else:
-        result['absent'] = list(params['faults'])
+    try:
+        revert(module, result)
+    except (LedgerError, OSError) as exc:
+        # A state dir we may not trust (or cannot read) fails before anything is run, naming the option.
+        text = str(exc)
+        result['changed'] = False
+        module.fail_json(msg=text if text.startswith('state_dir') else 'state_dir %s: %s' % (params['state_dir'], text),
+                         **result)
     result['revert_seconds'] = round(time.time() - started, 4)
     if result['failures'] and params['fail_on_error']:
         module.fail_json(msg='could not revert: %s' % '; '.join('%s (%s)' % (f['id'], f.get('error')) for f in result['failures']),

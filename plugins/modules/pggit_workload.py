@@ -25,9 +25,12 @@ description:
     by O(duration) or O(max_ops), whichever comes first.
   - It works only in a schema of its own. It creates O(schema) and marks it
     with the comment C(pggit.chaos workload run <run_id>); an existing schema
-    without that mark is refused, and so are C(public), C(pggit) and system
-    schemas (C(pg_*), C(information_schema)), in any letter case. The mark is
-    checked again before any drop.
+    without a workload mark is refused, and so are C(public), C(pggit) and
+    system schemas (C(pg_*), C(information_schema)), in any letter case. A
+    schema marked by another run is taken over, marked with this run.
+  - The schema is dropped (by the run's clean-up, O(state=absent) or the
+    revert) only while its comment is exactly this run's mark, so a run whose
+    schema another run has taken over never drops that run's tables.
   - The host whose database it loads must opt in (C(pggit_chaos_allowed)),
     also when the task is delegated to a client host.
 author: pggit.chaos maintainers (@pggit)
@@ -72,8 +75,10 @@ options:
     description:
       - V(present) runs the workload and checks it.
       - V(absent) stops a running workload of this O(name) (the shared revert)
-        and drops O(schema) when it carries the workload's mark, for example
-        tables a run with O(cleanup=false) left for a drift check.
+        and drops O(schema) when its comment is still the mark of this
+        O(run_id), for example tables a run with O(cleanup=false) left for a
+        drift check. A schema another run has taken over since is kept, and
+        the result says so.
     type: str
     default: present
     choices: [present, absent]
@@ -102,8 +107,9 @@ options:
     default: 5000
   schema:
     description:
-      - Schema that holds the workload's tables. Created, and marked as the
-        workload's, when missing; an existing schema must carry the mark.
+      - Schema that holds the workload's tables. Created, and marked with this
+        run, when missing; an existing schema must carry a workload mark, and
+        is marked with this run.
       - Never C(public), C(pggit), C(information_schema) or C(pg_*), in any
         letter case.
     type: str
@@ -123,7 +129,7 @@ options:
     description:
       - Drop the workload schema after the check, or when the workload is
         stopped (the drop is tracked too, unless tracking is off). Only a
-        schema with the workload's mark is dropped.
+        schema whose comment is still this run's mark is dropped.
     type: bool
     default: true
   expect_tracking:
@@ -232,9 +238,9 @@ class WorkloadFault(BackgroundFault):
     def plan(self, current):
         detail = {'conn': _pgconn.stored_conn(self.params),
                   'options': dict((k, self.params[k]) for k in _workload.OPTIONS)}
-        # Should the program be killed before it cleans up, the revert drops its schema, if still marked as ours.
-        drop = {'type': 'pg_drop_schema', 'conn': detail['conn'], 'schema': self.params['schema'],
-                'only_if_comment_starts': _workload.MARK + ' run '}
+        # Should the program be killed before it cleans up, the revert drops its schema while it still carries this
+        # run's mark (another run may have taken it over since).
+        drop = _workload.drop_step(detail['conn'], self.params['schema'], self.params['run_id'])
         return [self.results_undo(), drop], detail, {'workload': 'running'}
 
     def secret(self):
@@ -261,30 +267,40 @@ class WorkloadFault(BackgroundFault):
             raise ChaosError('the workload is still running past its ttl of %ss; it stops with the revert or the TTL'
                              % params['ttl'])
         last = next((e for e in reversed(events) if e.get('event') in ('done', 'error', 'stopped')), None)
-        if last is not None and last['event'] == 'done':
+        if last is not None and last['event'] == 'done' and last.get('cleanup_outcome') != 'failed':
             # It ended by itself and cleaned up as asked (cleanup=false keeps the tables for a drift check):
-            # the drop in the record was only for a workload killed before it could.
+            # the drop in the record was only for a workload killed before it could. After a failed clean-up the
+            # drop stays, for the record's revert (and its reaper, should that fail too) to retry.
             self.forget_undo('pg_drop_schema')
         result['closed'] = self.close_record()
+        if result['closed']['result'] == 'failed':
+            self.module.warn('the record of the ended workload could not be closed: %s; it stays in the ledger and its '
+                             'reaper retries' % result['closed'].get('error'))
         if last is None:
             raise ChaosError('the workload program ended without a result; see %s/workload.log' % params['state_dir'])
         if last['event'] == 'error':
             result['errors'] = last.get('errors') or {}
             raise ChaosError(last.get('msg'))
         if last['event'] == 'stopped':
-            raise ChaosError('the workload was stopped before it finished (%s) after %s DDL; schema %s: %s'
-                             % (last.get('reason'), last.get('ops'), params['schema'], last.get('cleanup')))
+            raise ChaosError('the workload was stopped before it finished (%s) after %s DDL; %s'
+                             % (last.get('reason'), last.get('ops'), last.get('cleanup')))
         result.update(last['result'])
 
     def drop_schema(self, result):
+        """After the revert of the record (if any): the run's schema goes by the rule of the record's undo step."""
+        params = self.params
         if self.module.check_mode:
-            result['msg'] = "%s; would drop schema %s if it carries the workload's mark" % (
-                result.get('msg', ''), self.params['schema'])
+            result['msg'] = "%s; would drop schema %s if its comment is the mark of run %s" % (
+                result.get('msg', ''), params['schema'], params['run_id'])
             return
-        dropped = _workload.Workload(self.params).cleanup()
-        result['cleanup'] = dropped
-        result['changed'] = result['changed'] or dropped.startswith('dropped')
-        result['msg'] = '%s; %s' % (result.get('msg') or 'no workload running', dropped)
+        ensure_psycopg2(self.module)
+        outcome, said = _workload.drop_own_schema(params, params['run_id'])
+        result['cleanup'] = said
+        if outcome == 'failed':
+            raise ChaosError(said)
+        result['changed'] = result['changed'] or outcome == 'dropped'
+        before = 'reverted %s' % result['fault_id'] if result.get('revert') else result.get('msg') or 'no workload running'
+        result['msg'] = '%s; %s' % (before, said)
 
 
 def main():

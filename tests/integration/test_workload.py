@@ -2,6 +2,7 @@
 
 - exactly-once through killed connections, and the checker catches untracked DDL;
 - it only works in (and only drops) a schema it created and marked as its own;
+- two runs sharing a schema: the one that took it over last owns it, the other's clean-up leaves it alone;
 - every committed table is returned (the drift check needs all of them);
 - pggit_chaos_revert experiment=<id> stops a running workload at once.
 """
@@ -118,7 +119,9 @@ def test_a_schema_that_is_not_its_own_is_refused_and_never_dropped(pgdb, private
     assert "schema 'mine' exists and is not the workload's own" in result['msg'], result['msg']
     assert ledger_ids(private_state_dir) == [] and programs(private_state_dir) == []
     gone, failed = run_module(pggit_workload.main, workload_args(pgdb, private_state_dir, schema='mine', state='absent'))
-    assert not failed and gone['changed'] is False and "schema mine kept: it is not the workload's own" in gone['cleanup']
+    assert not failed and gone['changed'] is False, gone
+    assert gone['cleanup'] == ("schema mine kept: its comment is %r, not the mark of run it ('pggit.chaos workload run it'); "
+                               "only that run's schema is dropped" % (comment,)), gone['cleanup']
     assert tables_in(pgdb, 'mine') == 1, 'nothing of a schema that is not ours is ever dropped'
 
 
@@ -197,3 +200,80 @@ def test_a_workload_killed_before_it_cleans_up_has_its_marked_schema_dropped_by_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def own_tables(pgdb, schema, run_id):
+    return query(pgdb, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       "WHERE n.nspname = %s AND c.relkind = 'r' AND starts_with(c.relname, %s)",
+                 (schema, 't_%s_' % run_id))[0][0]
+
+
+def test_two_runs_on_one_schema_the_first_ones_cleanup_leaves_the_second_alone(pgdb, private_state_dir):
+    """A manual run and an experiment's run on the default schema: the first to end must not drop the other's tables."""
+    schema = 'pggit_chaos_workload'
+    first = start_module('pggit_workload', workload_args(pgdb, private_state_dir, run_id='first', duration=4, interval=0.05))
+    second = None
+    try:
+        assert wait_for(lambda: own_tables(pgdb, schema, 'first') >= 3, 20), 'the first run must be running'
+        assert schema_comment(pgdb, schema) == 'pggit.chaos workload run first'
+        second = start_module('pggit_workload', workload_args(pgdb, private_state_dir, run_id='second', duration=14,
+                                                              interval=0.05))
+        assert wait_for(lambda: own_tables(pgdb, schema, 'second') >= 3, 20), 'the second run must be running'
+        assert schema_comment(pgdb, schema) == 'pggit.chaos workload run second', 'the second run took the schema over'
+        one = module_result(first, timeout=30)
+        assert not one['failed'] and one['check']['valid'], one
+        assert one['cleanup'].startswith("schema %s kept: its comment is 'pggit.chaos workload run second'" % schema), one
+        # The second run's schema and tables are still there, and it goes on writing into them.
+        during = own_tables(pgdb, schema, 'second')
+        assert during >= 3 and schema_comment(pgdb, schema) == 'pggit.chaos workload run second'
+        assert wait_for(lambda: own_tables(pgdb, schema, 'second') > during, 5), 'the second run must still be working'
+        two = module_result(second, timeout=60)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not two['failed'] and two['check']['valid'], two
+    assert two['check']['ok'] == two['table_count'] > during, 'none of its tables was dropped under it'
+    assert two['cleanup'] == 'dropped schema %s' % schema, 'the run that owns the schema drops it, with both runs\' tables'
+    assert schema_comment(pgdb, schema) is None and tables_in(pgdb, schema) == 0
+    assert ledger_ids(private_state_dir) == [] and programs(private_state_dir) == []
+
+
+def test_state_absent_drops_only_the_schema_of_its_own_run(pgdb, private_state_dir):
+    schema = 'pggit_chaos_drift'
+    for run_id in ('older', 'newer'):
+        done, failed = run_module(pggit_workload.main, workload_args(pgdb, private_state_dir, run_id=run_id, max_ops=3,
+                                                                     interval=0, cleanup=False, schema=schema))
+        assert not failed and done['table_count'] == 3, done
+    assert schema_comment(pgdb, schema) == 'pggit.chaos workload run newer' and tables_in(pgdb, schema) == 6
+    kept, failed = run_module(pggit_workload.main, workload_args(pgdb, private_state_dir, run_id='older', schema=schema,
+                                                                 state='absent'))
+    assert not failed and kept['changed'] is False, kept
+    assert "schema %s kept: its comment is 'pggit.chaos workload run newer', not the mark of run older" % schema in kept['msg']
+    assert tables_in(pgdb, schema) == 6, 'a schema another run has taken over is not the older run\'s to drop'
+    dropped, failed = run_module(pggit_workload.main, workload_args(pgdb, private_state_dir, run_id='newer', schema=schema,
+                                                                    state='absent'))
+    assert not failed and dropped['changed'] and dropped['cleanup'] == 'dropped schema %s' % schema, dropped
+    assert schema_comment(pgdb, schema) is None and tables_in(pgdb, schema) == 0
+    assert ledger_ids(private_state_dir) == []
+
+
+def test_state_absent_of_a_running_workload_goes_through_the_revert(pgdb, private_state_dir):
+    """The record's revert stops the program, which drops the schema still marked with its run; absent says so."""
+    proc = start_module('pggit_workload', workload_args(pgdb, private_state_dir, run_id='absent', duration=60, interval=0.05,
+                                                        schema='pggit_chaos_absent'))
+    try:
+        assert wait_for(lambda: tables_in(pgdb, 'pggit_chaos_absent') >= 3, 20), 'the workload must be running'
+        gone, failed = run_module(pggit_workload.main, workload_args(pgdb, private_state_dir, run_id='absent',
+                                                                     schema='pggit_chaos_absent', state='absent'))
+        result = module_result(proc, timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not failed and gone['changed'] and gone['revert']['result'] == 'reverted', gone
+    assert gone['msg'].startswith('reverted workload--absent; '), gone['msg']
+    assert result['failed'] and 'dropped schema pggit_chaos_absent' in result['msg'], result['msg']
+    assert schema_comment(pgdb, 'pggit_chaos_absent') is None and tables_in(pgdb, 'pggit_chaos_absent') == 0
+    assert ledger_ids(private_state_dir) == [] and programs(private_state_dir) == []

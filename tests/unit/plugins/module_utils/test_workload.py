@@ -28,6 +28,48 @@ def test_the_mark(comment, ours):
     assert _workload.is_ours(_workload.mark('r1'))
 
 
+class Cursor(object):
+    """Answers the schema lookup with ``comment`` (``missing`` for no schema); keeps every statement."""
+
+    def __init__(self, comment):
+        self.comment = comment
+        self.statements = []
+
+    def execute(self, query, args=None):
+        self.statements.append(repr(query))
+
+    def fetchone(self):
+        return None if self.comment == 'missing' else (self.comment,)
+
+
+@pytest.mark.parametrize('comment, statements', [
+    ('missing', ["CREATE SCHEMA", "COMMENT ON SCHEMA"]),
+    ('pggit.chaos workload run other', ["COMMENT ON SCHEMA"]),  # taken over: marked with this run
+    ('pggit.chaos workload run r2', []),  # already this run's
+])
+def test_a_claimed_schema_carries_this_runs_mark(comment, statements):
+    cur = Cursor(comment)
+    _workload.Workload({'schema': 's', 'run_id': 'r2'})._claim_schema(cur)
+    done = cur.statements[1:]
+    assert [next(k for k in ('CREATE SCHEMA', 'COMMENT ON SCHEMA') if k in q) for q in done] == statements
+    if statements:
+        assert "Identifier('s')" in done[-1] and "Literal('pggit.chaos workload run r2')" in done[-1], done[-1]
+
+
+@pytest.mark.parametrize('comment', [None, 'billing', 'pggit.chaos workload'])
+def test_a_schema_without_a_workload_mark_is_refused(comment):
+    cur = Cursor(comment)
+    with pytest.raises(_workload.WorkloadError, match="schema 's' exists and is not the workload's own"):
+        _workload.Workload({'schema': 's', 'run_id': 'r2'})._claim_schema(cur)
+    assert len(cur.statements) == 1, 'nothing but the lookup'
+
+
+def test_the_drop_step_is_the_one_in_the_record():
+    step = _workload.drop_step({'db': 'app'}, 'scratch', 'r2')
+    assert step == {'type': 'pg_drop_schema', 'conn': {'db': 'app'}, 'schema': 'scratch',
+                    'only_if_comment': 'pggit.chaos workload run r2'}
+
+
 def test_committed_tables_are_all_of_them():
     work = _workload.Workload({'schema': 's', 'run_id': 'r'})
     work.ops = [{'token': 'r_%06d' % i, 'outcome': outcome}
