@@ -26,7 +26,9 @@ import hashlib
 import json
 import os
 import shlex
+import stat
 import sys
+import tempfile
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _ledger
 
@@ -59,6 +61,7 @@ def unit_text(state_dir, argv):
             '[Unit]\n'
             'Description=pggit.chaos: revert expired chaos faults and re-arm their reapers after boot\n'
             'After=network-online.target postgresql.service\n'
+            'ConditionPathIsDirectory=%s\n'
             '\n'
             '[Service]\n'
             'Type=oneshot\n'
@@ -66,12 +69,39 @@ def unit_text(state_dir, argv):
             'ExecStart=%s\n'
             '\n'
             '[Install]\n'
-            'WantedBy=multi-user.target\n') % (state_dir, ' '.join(_systemd_quote(a) for a in argv))
+            'WantedBy=multi-user.target\n') % (state_dir, os.path.join(state_dir, _ledger.FAULTS_DIR).replace('%', '%%'),
+                                               ' '.join(_systemd_quote(a) for a in argv))
 
 
 def cron_text(state_dir, argv):
     return ('# Written by pggit.chaos; removed when the ledger in %s is empty.\n'
-            '@reboot root %s\n') % (state_dir, ' '.join(shlex.quote(a) for a in argv))
+            '@reboot root [ -d %s ] && %s\n') % (state_dir, shlex.quote(os.path.join(state_dir, _ledger.FAULTS_DIR)),
+                                                 ' '.join(shlex.quote(a) for a in argv))
+
+
+def unsafe_for_boot(state_dir):
+    """Why a boot hook must not run this state dir's code, or None.
+
+    At boot the hook runs, as root, the engine copy in <state_dir>/lib before
+    anything can check it. That is safe only where no other user can ever
+    put a file on the path: no folder on the way (sticky ones included, like
+    /tmp, which boot may empty) may be writable by others or owned by them,
+    and no part of it may be a link."""
+    path = os.path.abspath(state_dir)
+    parts = path.strip('/').split('/')
+    for depth in range(len(parts) + 1):
+        here = '/' + '/'.join(parts[:depth])
+        try:
+            st = os.lstat(here)
+        except OSError:
+            return '%s does not exist' % here
+        if stat.S_ISLNK(st.st_mode):
+            return '%s is a symbolic link' % here
+        if st.st_uid not in (0, os.geteuid()):
+            return '%s is owned by uid %d' % (here, st.st_uid)
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return '%s is writable by group or others (mode %04o)' % (here, stat.S_IMODE(st.st_mode))
+    return None
 
 
 def _paths(state_dir):
@@ -82,13 +112,17 @@ def _paths(state_dir):
 
 
 def _write(path, text, mode=0o644):
-    # Under /etc: root-owned folders; replace atomically, never through a link.
-    tmp = '%s.pggit-chaos.%d' % (path, os.getpid())
-    fd = _ledger.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, 'w') as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
+    # Under /etc: root-owned folders; replace atomically, never through a link, never leaving a temp file.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.' + os.path.basename(path) + '.')
+    try:
+        with os.fdopen(fd, 'w') as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _note(state_dir):
@@ -117,7 +151,25 @@ def _installed(state_dir):
 
 
 def install(state_dir, python=None):
-    """Install the boot hook for a state dir (idempotent). Returns {kind, path} or {kind: none, why}."""
+    """Install the boot hook for a state dir (idempotent). Returns {kind, path} or {kind: none, why}.
+
+    A host where the hook cannot be written (not root) or must not be (see
+    :func:`unsafe_for_boot`) gets none, and says why: the fault itself is not
+    refused for it."""
+    problem = unsafe_for_boot(state_dir)
+    if problem:
+        why = ('no boot hook for state dir %s: %s, so another user could put code where root would run it at boot. '
+               'After a reboot mid-fault run playbooks/revert.yml' % (state_dir, problem))
+        return {'kind': 'none', 'why': why}
+    try:
+        return _install(state_dir, python)
+    except OSError as exc:
+        why = ('no boot hook: %s (%s). After a reboot mid-fault run playbooks/revert.yml'
+               % (exc.strerror or exc, getattr(exc, 'filename', None) or 'the hook folder'))
+        return {'kind': 'none', 'why': why}
+
+
+def _install(state_dir, python):
     paths = _paths(state_dir)
     if os.path.isdir(SYSTEMD_RUN):
         argv = boot_argv(state_dir, python or sys.executable)

@@ -186,11 +186,14 @@ def spawn(state_dir, tag, args, python=None, ready=None, ready_timeout=5.0):
     if not data:
         raise RuntimeError('%s did not start' % tag)
     child = int(data)
-    # Wait for exec so the recorded cmdline carries the tag.
-    deadline = time.time() + 5
-    while time.time() < deadline and tag not in _steps.proc_cmdline(child):
+    # Wait for exec so the recorded cmdline carries the tag: the pid-reuse guards match on it.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and tag not in _steps.proc_cmdline(child):
         time.sleep(0.01)
     started = {'pid': child, 'starttime': _steps.proc_starttime(child), 'script': script}
+    if started['starttime'] is None or tag not in _steps.proc_cmdline(child):
+        tail = log_tail(state_dir, tag)
+        raise DaemonError('%s (pid %s) did not start: %s' % (tag, child, tail or 'it exited before its program ran'))
     if ready is not None:
         _await_ready(state_dir, tag, started, ready, ready_timeout)
     return started

@@ -86,7 +86,21 @@ def check_private_dir(path, what='state_dir'):
 
 
 def check_parents(path):
-    """Every parent must be owned by root or by us, and not writable by others unless sticky."""
+    """Every parent must be owned by root or by us, and not writable by others unless sticky.
+
+    A symbolic link on the way counts too: its owner can point it elsewhere at
+    any time (between this check and the reaper's start, or before a boot), so
+    a link owned by another user is refused before the path is resolved."""
+    parts = os.path.abspath(path).strip('/').split('/')[:-1]
+    for depth in range(1, len(parts) + 1):
+        here = '/' + '/'.join(parts[:depth])
+        try:
+            st = os.lstat(here)
+        except OSError:
+            break
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, os.geteuid()):
+            raise LedgerError('state_dir %s: %s is a symbolic link owned by uid %d, who could point it anywhere; '
+                              'refusing it (use the real path)' % (path, here, st.st_uid))
     parent = os.path.realpath(os.path.dirname(path.rstrip('/')) or '/')
     while True:
         st = os.stat(parent)

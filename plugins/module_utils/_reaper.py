@@ -63,17 +63,24 @@ def backoff(failures):
 
 
 def watch(ledger, fid, clock=time.time, monotonic=time.monotonic, sleep=time.sleep):
-    """Sleep until the fault expires (monotonic), then revert it, retrying until it is gone."""
+    """Sleep until the fault expires (monotonic), then revert it, retrying until it is gone.
+
+    Nothing but the record's absence ends this loop: an unreadable record, a
+    state dir someone made unsafe, a full disk or a bug in a step are logged
+    and retried, never a reason to exit with the fault in place."""
     seen_expiry = deadline = None
     failures = 0
     while True:
         try:
             record = ledger.read(fid)
-        except (OSError, _ledger.LedgerError) as exc:
-            record = {'expires_at': seen_expiry or clock(), 'unreadable': str(exc)}
+        except Exception as exc:  # pylint: disable=broad-except
+            record = {'expires_at': seen_expiry, 'unreadable': '%s: %s' % (exc.__class__.__name__, exc)}
         if record is None:
             return 0
-        expires = float(record.get('expires_at') or clock())
+        try:
+            expires = float(record.get('expires_at'))
+        except (TypeError, ValueError):
+            expires = seen_expiry if seen_expiry is not None else clock()  # a broken expiry: act now, and keep trying
         if expires != seen_expiry:
             seen_expiry = expires
             deadline = monotonic() + (expires - clock())
@@ -81,7 +88,10 @@ def watch(ledger, fid, clock=time.time, monotonic=time.monotonic, sleep=time.sle
         if remaining > 0:
             sleep(min(POLL_SECONDS, remaining))
             continue
-        result = _undo.revert_one(ledger, fid, reason='ttl-expired')
+        try:
+            result = _undo.revert_one(ledger, fid, reason='ttl-expired')
+        except Exception as exc:  # pylint: disable=broad-except
+            result = {'result': 'failed', 'error': '%s: %s' % (exc.__class__.__name__, exc)}
         if result['result'] in ('reverted', 'absent'):
             _log('%s: %s' % (fid, result['result']))
             return 0
@@ -124,6 +134,7 @@ def main(argv=None):
     ledger = _ledger.Ledger(args.state_dir)
     if args.boot:
         if not ledger.exists():
+            _boot.remove(args.state_dir)  # the state dir is gone: so is the reason for this hook
             return 0
         ledger.ensure()
         summary = boot(ledger)

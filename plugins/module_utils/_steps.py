@@ -409,9 +409,9 @@ def _check_drop_schema(step, state_dir):
     schema = step.get('schema')
     if not isinstance(schema, str) or protected_schema(schema):
         return 'refusing to drop schema %r: not a scratch schema (pggit, public, information_schema and pg_* never are)' % (schema,)
-    marker = step.get('only_if_comment_starts')
+    marker = step.get('only_if_comment')
     if marker is not None and not (isinstance(marker, str) and marker.startswith('pggit.chaos ')):
-        return 'only_if_comment_starts must be a pggit.chaos mark, got %r' % (marker,)
+        return 'only_if_comment must be a pggit.chaos mark, got %r' % (marker,)
     return _check_conn(step)
 
 
@@ -419,8 +419,8 @@ def _check_drop_schema(step, state_dir):
 def _undo_drop_schema(step, ctx):
     """Drop a schema of objects created during the fault, found by its exact name.
 
-    With ``only_if_comment_starts`` the schema is dropped only while its
-    comment carries that mark (a workload's schema): one that is not ours
+    With ``only_if_comment`` the schema is dropped only while its comment is
+    exactly that mark (a workload run's schema): one that is not this run's
     (any more) counts as gone and is left alone."""
     exists_sql = 'SELECT 1 FROM pg_namespace WHERE nspname = %s'
     conn, cur = _pg_connect(step, ctx)
@@ -428,12 +428,12 @@ def _undo_drop_schema(step, ctx):
         cur.execute(exists_sql, (step['schema'],))
         if cur.fetchone() is None:
             return False
-        marker = step.get('only_if_comment_starts')
+        marker = step.get('only_if_comment')
         if marker:
             cur.execute("SELECT coalesce(obj_description(oid, 'pg_namespace'), '') FROM pg_namespace WHERE nspname = %s",
                         (step['schema'],))
             row = cur.fetchone()
-            if row is None or not row[0].startswith(marker):
+            if row is None or row[0] != marker:
                 return False
         drop = _pgconn.sql.SQL('DROP SCHEMA {} CASCADE').format(_pgconn.sql.Identifier(step['schema']))
         try:
@@ -446,6 +446,41 @@ def _undo_drop_schema(step, ctx):
         return True
     finally:
         conn.close()
+
+
+# -- records written by 0.1.0 ---------------------------------------------
+def upgrade_steps(steps):
+    """Translate the argv ``run`` steps of records written by release 0.1.0 into typed steps.
+
+    0.1.0 recorded its iptables and tc undo as command lines (``-X``/``-F``/``-D``
+    of a pggit-chaos chain, ``tc qdisc del ... root handle 7a3c:``). Such a record
+    may still be on a host after an upgrade, a partition whose old reaper gave
+    up, say; it must still revert.  Exactly those command lines become
+    ``iptables_chain`` and ``tc_qdisc`` steps; any other ``run`` step is left as
+    it is, and check_steps refuses it."""
+    if not isinstance(steps, list) or not any(isinstance(s, dict) and s.get('type') == 'run' for s in steps):
+        return steps
+    upgraded, hooks, chains = [], {}, []
+    for step in steps:
+        argv = step.get('argv') if isinstance(step, dict) and step.get('type') == 'run' else None
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv) or not argv:
+            upgraded.append(step)
+            continue
+        tool, args = os.path.basename(argv[0]), argv[1:]
+        if tool == 'iptables' and args[:1] == ['-w'] and len(args) == 3 and args[1] in ('-X', '-F'):
+            if args[2] not in chains:
+                chains.append(args[2])
+        elif tool == 'iptables' and args[:2] == ['-w', '-D'] and len(args) == 5 and args[3] == '-j':
+            hooks[args[4]] = args[2]
+            if args[4] not in chains:
+                chains.append(args[4])
+        elif tool == 'tc' and len(args) == 7 and args[:3] == ['qdisc', 'del', 'dev'] and args[4:6] == ['root', 'handle']:
+            upgraded.append({'type': 'tc_qdisc', 'interface': args[3], 'handle': args[6]})
+        else:
+            upgraded.append(step)
+    for chain in chains:
+        upgraded.append({'type': 'iptables_chain', 'chain': chain, 'hook': hooks.get(chain, 'INPUT' if chain.endswith('-in') else 'OUTPUT')})
+    return upgraded
 
 
 # -- checking and running -------------------------------------------------

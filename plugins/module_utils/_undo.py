@@ -62,6 +62,8 @@ def revert_one(ledger, fid, runner=None, reason='requested'):
         record = ledger.read(fid)
         if record is None:
             return {'id': fid, 'result': 'absent', 'changed': False}
+        if not record.get('corrupt'):
+            record['undo'] = _steps.upgrade_steps(record.get('undo'))  # a record of release 0.1.0
         refusal = _refusal(ledger, fid, record)
         if refusal:
             return {'id': fid, 'result': 'failed', 'changed': False, 'error': refusal, 'kind': record.get('kind')}

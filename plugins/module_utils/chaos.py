@@ -2,7 +2,8 @@
 # MIT License
 """The engine's public API: the fault lifecycle shared by every fault module.
 
-Public (fault modules import these, and only these, from the engine):
+Public (what a fault module builds on; the private ``_`` files it may also use
+are helpers such as ``_pgconn``, ``_netcmd`` or ``_background``, never the lifecycle):
 
 - :class:`Fault`: what one kind of fault does (validate, observe, plan, apply);
 - :class:`ChaosModule`: runs a ``Fault`` through its lifecycle;
@@ -16,10 +17,12 @@ A fault module describes its fault with a small :class:`Fault` subclass
 (observe, plan, apply).  :class:`ChaosModule` owns the rest, in this order:
 
 1. validate the common options (``name``, ``state``, ``ttl``, ``state_dir``);
-2. ``state: present``: if the ledger already holds an active record for this
-   fault, report ``changed=false`` (faults never stack); otherwise write the
-   record with its undo recipe, arm the target-side reaper, apply, mark active;
-   if applying fails, revert at once through the shared engine;
+2. ``state: present``: a record found for this fault has its reaper checked
+   (re-armed when dead, reverted at once when expired); an active record whose
+   fault is in place reports ``changed=false`` (faults never stack, unless a
+   reaper was re-armed); otherwise write the record with its undo recipe, arm
+   the target-side reaper and the boot hook, apply (bounded by the TTL), mark
+   active; if applying fails, revert at once through the shared engine;
 3. ``state: absent``: revert through the shared engine (``_undo.revert_one``).
 
 Check mode plans and reports without writing or applying anything.
@@ -196,6 +199,7 @@ class ChaosModule(object):
         ledger = self._open_ledger()
         fid = _ledger.fault_id(fault.kind, self.params['name'])
         result = dict(changed=False, fault_id=fid, kind=fault.kind, state=self.params['state'])
+        self._tend_others(ledger, fid, result)
         try:
             if self.params['state'] == 'absent':
                 self._absent(ledger, fid, result)
@@ -235,6 +239,36 @@ class ChaosModule(object):
             result['rearmed'] = 'would re-arm the reaper of %s: it is gone' % fid
             return record
         return self._rearm(ledger, fid, result)
+
+    def _tend_others(self, ledger, fid, result):
+        """Every call looks after the whole ledger, not only its own fault.
+
+        A module killed between writing a record and arming its reaper, or a
+        reaper killed by the OOM killer, leaves a record nobody watches; the
+        next call of any fault on the host re-arms it, or reverts it when it
+        has expired."""
+        if self.module.check_mode or not ledger.exists():
+            return
+        for record in ledger.list():
+            other = record.get('id')
+            if other == fid or record.get('corrupt') or _reaper.alive(record) or _undo.applier_alive(record):
+                continue
+            if record.get('status') == 'pending' and not (record.get('applier') or {}).get('pid'):
+                continue
+            try:
+                if time.time() >= float(record.get('expires_at') or 0):
+                    outcome = _undo.revert_one(ledger, other, runner=self._runner, reason='expired-reaper-gone')
+                    result.setdefault('tended', []).append({'id': other, 'reverted': outcome['result']})
+                else:
+                    started = _reaper.arm(ledger, other)
+                    with ledger.lock():
+                        current = ledger.read(other)
+                        if current is not None:
+                            current['reaper'] = started
+                            ledger.write(current)
+                    result.setdefault('tended', []).append({'id': other, 'rearmed': started['pid']})
+            except (ChaosError, OSError) as exc:
+                self.module.warn('could not tend fault %s, whose reaper is gone: %s' % (other, exc))
 
     def _rearm(self, ledger, fid, result):
         started = _reaper.arm(ledger, fid)
@@ -343,7 +377,12 @@ class ChaosModule(object):
             if record is not None and record.get('status') == 'pending':
                 record.update(status='active', applied_at=time.time(), applier=None)
                 ledger.write(record)
-                return record
+        if record is not None and record.get('status') == 'active':
+            if not _reaper.alive(record):  # it died after it started (before its first look): one more
+                record = self._rearm(ledger, fid, result) or record
+            return record
+        with ledger.lock():
+            record = ledger.read(fid)
             if record is None:
                 record = fault.record  # put the undo back, so the revert below can run it
                 ledger.write(record)

@@ -46,7 +46,10 @@ options:
       - The name is taken exactly as written (case and quotes included), as
         C(nspname) holds it; it is not parsed as an SQL identifier.
       - Must not be V(pggit), V(public), V(information_schema) or a C(pg_)
-        schema, in any letter case.
+        schema. Names are exact, so a schema literally named C(PGGIT) is a
+        scratch schema.
+      - Must not exist when the fault is injected, since the revert drops it
+        with C(CASCADE). It is meant to be made during the fault.
       - If the drop fails (a lock held past 5 seconds, for example), the
         triggers are re-enabled all the same, the revert reports the drop
         failure, and the record stays so that the reaper retries the drop.
@@ -166,7 +169,13 @@ class TriggerFault(Fault):
         undo = [{'type': 'pg_event_trigger_enable', 'conn': conn,
                  'triggers': [{'name': t, 'mode': current[t]['mode']} for t in wanted]}]
         if self.params['drop_schema']:
-            undo.append({'type': 'pg_drop_schema', 'conn': conn, 'schema': self.params['drop_schema']})
+            schema = self.params['drop_schema']
+            cur = _pgconn.execute(self._conn().cursor(), 'SELECT 1 FROM pg_namespace WHERE nspname = %s', (schema,),
+                                  what='looking for the drop_schema', option='drop_schema')
+            if cur.fetchone() is not None:
+                self.module.fail_json(msg="drop_schema '%s' already exists: the revert drops it with CASCADE, so it must be "
+                                          "a schema made during the fault, never one that was there before" % schema)
+            undo.append({'type': 'pg_drop_schema', 'conn': conn, 'schema': schema})
         after = dict((n, dict(v, mode='D' if n in wanted else v['mode'])) for n, v in current.items())
         left = sorted(n for n, v in after.items() if v['mode'] != 'D')
         tracking = 'partial' if any(after[n]['event'] == 'ddl_command_end' for n in left) else 'off'

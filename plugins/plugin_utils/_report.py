@@ -359,7 +359,10 @@ EXPERIMENT_FAULT_CHECKS = {
 def _fault_check(raw):
     name = raw.get('fault_check') or 'auto'
     if name == 'auto':
-        name = EXPERIMENT_FAULT_CHECKS.get(raw.get('experiment'), 'none')
+        name = EXPERIMENT_FAULT_CHECKS.get(raw.get('experiment'))
+        if name is None:  # an experiment with no rule must say fault_check: none itself; never a silent pass
+            return ['no check that the fault happened is known for experiment %r: pass fault_check (one of none, %s)'
+                    % (raw.get('experiment'), ', '.join(sorted(FAULT_CHECKS)))], None
     if name == 'none':
         return [], None
     rule = FAULT_CHECKS.get(name)

@@ -69,6 +69,7 @@ def test_after_a_reboot_the_boot_hook_reverts_an_expired_trigger_fault(pgdb, sta
     for name, sub in (('SYSTEMD_RUN', 'run'), ('SYSTEMD_DIR', 'etc')):
         os.makedirs(str(tmp_path / sub))
         monkeypatch.setattr(_boot, name, str(tmp_path / sub))
+    monkeypatch.setattr(_boot, 'unsafe_for_boot', lambda state_dir: None)  # tmp_path is under /tmp
     result, failed = run_module(pggit_chaos_trigger.main, dict(pgdb, name='reboot', state_dir=state_dir, ttl=60))
     assert not failed, result
     assert result['boot_hook']['kind'] == 'systemd'

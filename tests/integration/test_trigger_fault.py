@@ -203,3 +203,12 @@ def test_a_drop_that_fails_still_brings_the_triggers_back_and_is_retried(pgdb, s
     again, failed = run_module(pggit_chaos_trigger.main, dict(pgdb, name='off', state_dir=state_dir, state='absent'))
     assert not failed and again['revert']['result'] == 'reverted', again
     assert not schema_exists(pgdb, 'scratch') and ledger_files(state_dir) == []
+
+
+def test_drop_schema_that_already_exists_is_refused_and_left_alone(pgdb, state_dir):
+    """A typo such as drop_schema: app must never wipe app at the TTL."""
+    create_scratch(pgdb, 'app')
+    result, failed = inject(pgdb, state_dir, drop_schema='app')
+    assert failed and "drop_schema 'app' already exists" in result['msg'], result['msg']
+    assert ledger_files(state_dir) == [] and set(modes(pgdb).values()) == {'O'}
+    assert schema_exists(pgdb, 'app')

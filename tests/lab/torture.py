@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from labtools import REPO, lab_dir, lab_hosts, ledger, playbook_argv, playbook_env, query
+from labtools import REPO, lab_dir, lab_hosts, playbook_argv, playbook_env, query
 
 EXPERIMENTS = ('kill_connections', 'trigger_failure', 'network_latency', 'packet_loss', 'region_partition')
 # Where in the controller's output each phase starts, and how long (s) to wait into it at most.
@@ -78,8 +78,9 @@ def leftovers(hosts):
     """Everything of ours still on the lab: records, chains, qdiscs, processes, triggers, schemas, fill files."""
     found = []
     for name, host in sorted(hosts.items()):
-        for record in ledger(host):
-            found.append('%s: ledger record %s (status %s)' % (name, record.get('id'), record.get('status')))
+        # Every file in the ledger folder: records (readable or not), password side files, program results.
+        for path in sorted(glob.glob(os.path.join(host['pggit_chaos_state_dir'], 'faults', '*'))):
+            found.append('%s: ledger file %s' % (name, os.path.basename(path)))
         netns = host['pggit_lab_netns']
         rules = subprocess.run(['ip', 'netns', 'exec', netns, 'iptables', '-w', '-S'], capture_output=True, text=True,
                                check=False).stdout
@@ -93,8 +94,8 @@ def leftovers(hosts):
                 found.append('%s: process %d %s' % (name, pid, _cmdline(pid)[:160]))
             elif comm == 'postgres' and _stopped(pid):
                 found.append('%s: postgres process %d is stopped (SIGSTOP)' % (name, pid))
-    for path in _records(CONTROLLER_STATE_DIR):
-        found.append('controller: ledger record %s' % path)
+    for path in sorted(glob.glob(os.path.join(CONTROLLER_STATE_DIR, 'faults', '*'))):
+        found.append('controller: ledger file %s' % path)
     lab = lab_dir()
     for pid in [int(p) for p in os.listdir('/proc') if p.isdigit()]:
         cmd = _cmdline(pid)
@@ -184,6 +185,9 @@ def one_run(experiment, phase, rng, report_dir, hosts=None, duration=DURATION, t
         left = leftovers(hosts)
         now = time.time()
         expiry = latest_expiry(hosts)
+        if left and now > killed_at + ttl + GRACE + 120:  # whatever the records say, never watch forever
+            run.update(healed=False, leftovers=left)
+            break
         if left:
             clean_since = None
             for item in left:
@@ -232,7 +236,7 @@ def torture(runs, seed, report_dir, log=print, duration=DURATION, ttl=TTL):
         results.append(run)
         note = run.get('error') or '; '.join(run.get('leftovers', []))[:200]
         log('%3d %-17s %-12s killed=%-5s healed=%-5s %s' % (number, experiment, phase, run['killed'], run.get('healed'), note))
-        if not run.get('healed', True) or run.get('leftovers'):
+        if run.get('healed') is False or run.get('leftovers'):
             restore_baseline(report_dir)
     killed = [r for r in results if r['killed']]
     left = [item for r in results for item in r.get('leftovers', [])]

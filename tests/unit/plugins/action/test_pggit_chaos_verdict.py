@@ -21,7 +21,7 @@ def run(args, check_mode=False, task_vars=None):
 
 
 def test_passed_record_defaults_host():
-    result = run(dict(experiment='tracking-off', steady_state=dict(before=HEALTHY, after=HEALTHY), reverted=True,
+    result = run(dict(experiment='tracking-off', fault_check='none', steady_state=dict(before=HEALTHY, after=HEALTHY), reverted=True,
                       timings=dict(started_at='1700000000', finished_at=1700000010.5)))
     assert result['changed'] is False
     assert 'failed' not in result

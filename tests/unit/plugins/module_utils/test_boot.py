@@ -20,6 +20,8 @@ def roots(tmp_path, monkeypatch):
     monkeypatch.setattr(_boot, 'SYSTEMD_RUN', str(paths['run']))
     monkeypatch.setattr(_boot, 'SYSTEMD_DIR', str(paths['systemd']))
     monkeypatch.setattr(_boot, 'CRON_DIR', str(paths['cron']))
+    # tmp_path sits under /tmp, where a hook is refused (see the unsafe_for_boot tests below).
+    monkeypatch.setattr(_boot, 'unsafe_for_boot', lambda state_dir: None)
     return paths
 
 
@@ -114,3 +116,63 @@ def test_unit_quotes_paths_with_spaces_and_percent(roots, tmp_path):
     hook = _boot.install(ledger.state_dir)
     assert exec_start(hook['path'])[-1] == ledger.state_dir
     _boot.remove(ledger.state_dir)
+
+
+@pytest.fixture
+def strict_dir():
+    """A folder no other user can write on the way to (/run is root's, 0755)."""
+    path = '/run/pggit-chaos-test-%d' % os.getpid()
+    os.mkdir(path, 0o700)
+    yield path
+    import shutil
+    shutil.rmtree(path)
+
+
+def test_a_state_dir_only_root_can_reach_may_have_a_hook(strict_dir):
+    assert _boot.unsafe_for_boot(os.path.join(strict_dir, 'state')) is None or \
+        'does not exist' in _boot.unsafe_for_boot(os.path.join(strict_dir, 'state'))
+    os.mkdir(os.path.join(strict_dir, 'state'), 0o700)
+    assert _boot.unsafe_for_boot(os.path.join(strict_dir, 'state')) is None
+
+
+def test_no_hook_for_a_state_dir_under_tmp_or_a_link(tmp_path, strict_dir):
+    # /tmp is sticky and world-writable: boot may empty it and anyone may then make the state dir there.
+    ledger = _ledger.Ledger(str(tmp_path / 'state')).ensure()
+    hook = _boot.install(ledger.state_dir)
+    assert hook['kind'] == 'none' and '/tmp is writable by group or others (mode 1777)' in hook['why']
+    os.symlink(strict_dir, os.path.join(strict_dir + '-link'))
+    try:
+        assert 'is a symbolic link' in _boot.unsafe_for_boot(strict_dir + '-link/state')
+    finally:
+        os.unlink(strict_dir + '-link')
+
+
+def test_a_host_where_the_hook_cannot_be_written_gets_none_not_a_failure(roots, ledger):
+    os.chmod(str(roots['systemd']), 0o500)
+    try:
+        if os.geteuid() == 0:  # root writes anyway; make the folder unusable instead
+            os.rmdir(str(roots['systemd']))
+            open(str(roots['systemd']), 'w').close()
+        hook = _boot.install(ledger.state_dir)
+    finally:
+        if os.path.isfile(str(roots['systemd'])):
+            os.unlink(str(roots['systemd']))
+    assert hook['kind'] == 'none' and 'no boot hook' in hook['why'] and 'revert.yml' in hook['why']
+
+
+def test_a_boot_whose_state_dir_is_gone_removes_its_own_hook(roots, tmp_path):
+    state_dir = str(tmp_path / 'gone')
+    _ledger.Ledger(state_dir).ensure()
+    hook = _boot.install(state_dir)
+    assert os.path.exists(hook['path'])
+    import shutil
+    shutil.rmtree(state_dir)
+    assert _reaper.main(['--boot', '--state-dir', state_dir]) == 0
+    assert not os.path.exists(hook['path'])
+
+
+def test_unit_and_cron_lines_skip_when_the_ledger_folder_is_gone(roots, ledger):
+    unit = _boot.unit_text(ledger.state_dir, ['/usr/bin/python3', '-I', 'x'])
+    assert 'ConditionPathIsDirectory=%s/faults' % ledger.state_dir in unit
+    cron = _boot.cron_text(ledger.state_dir, ['/usr/bin/python3', '-I', 'x'])
+    assert '@reboot root [ -d %s/faults ] && ' % ledger.state_dir in cron

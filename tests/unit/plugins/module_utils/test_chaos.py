@@ -80,7 +80,7 @@ def test_inject_arms_a_reaper_and_records_the_missing_boot_hook(state_dir):
     assert record['status'] == 'active' and record['applier'] is None
     assert _reaper.alive(record)
     assert record['boot_hook']['kind'] == 'none'
-    assert 'a reboot while the fault is in place leaves it' in result['boot_hook']['why']
+    assert 'playbooks/revert.yml' in result['boot_hook']['why']  # under /tmp: no hook, and it says why
     assert 0 < result['budget_ms'] <= 30000
 
 
@@ -119,8 +119,9 @@ def test_an_expired_record_whose_reaper_died_is_reverted_at_once(state_dir):
     _steps.stop_process(record['reaper']['pid'], record['reaper']['starttime'])
     record['expires_at'] = time.time() - 60  # e.g. the host was down past the TTL
     ledger.write(record)
-    result, failed = run_module(main, dict(name='f', state='absent', state_dir=state_dir, ttl=30), check_mode=True)
-    assert not failed
+    result, failed = inject(state_dir, _ansible_check_mode=True)
+    assert not failed and 'would revert file--f' in result['expired_record']
+    assert ledger.read('file--f')['expires_at'] == record['expires_at'], 'check mode changes nothing'
     result, failed = inject(state_dir)
     assert not failed
     assert result['expired_record']['result'] == 'reverted'
@@ -188,8 +189,38 @@ def test_bound_sql_sets_both_timeouts_from_what_is_left_of_the_ttl():
     assert fault.remaining_ms() == 1
 
 
-def test_records_written_by_the_module_are_valid_json_with_no_secret(state_dir):
-    inject(state_dir)
+class SecretFileFault(FileFault):
+    def secret(self):
+        return {'login_password': 's3cret-pw'}
+
+
+def test_the_secret_goes_to_the_side_file_never_into_the_record(state_dir):
+    result, failed = run_module(lambda: chaos.ChaosModule().run(SecretFileFault), dict(name='f', ttl=30, state_dir=state_dir))
+    assert not failed, result['msg']
     with open(os.path.join(state_dir, 'faults', 'file--f.json')) as handle:
-        record = json.load(handle)
+        text = handle.read()
+    record = json.loads(text)
     assert set(record) >= {'id', 'undo', 'reaper', 'applier', 'boot_hook', 'expires_at'}
+    assert 's3cret-pw' not in text and 's3cret-pw' not in json.dumps(result)
+    assert _ledger.Ledger(state_dir).read_secret('file--f') == {'login_password': 's3cret-pw'}
+
+
+def test_any_call_tends_an_orphaned_record_of_another_fault(state_dir):
+    """A module SIGKILLed between writing its record and arming its reaper left a record nobody watches."""
+    ledger = _ledger.Ledger(state_dir).ensure()
+    orphan_path = os.path.join(state_dir, 'fault-orphan')
+    open(orphan_path, 'w').close()
+    orphan = ledger.new_record('file', 'orphan', 30, [{'type': 'remove_path', 'path': orphan_path, 'root': state_dir}])
+    orphan['applier'] = {'pid': 999999, 'starttime': 1}  # the module that wrote it is gone
+    ledger.write(orphan)
+    expired_path = os.path.join(state_dir, 'fault-old')
+    open(expired_path, 'w').close()
+    old = ledger.new_record('file', 'old', 30, [{'type': 'remove_path', 'path': expired_path, 'root': state_dir}],
+                            now=time.time() - 60)
+    old.update(status='active', reaper={'pid': 999999, 'starttime': 1})
+    ledger.write(old)
+    result, failed = inject(state_dir, name='another')
+    assert not failed, result['msg']
+    tended = dict((t['id'], t) for t in result['tended'])
+    assert tended['file--old']['reverted'] == 'reverted' and not os.path.exists(expired_path)
+    assert 'rearmed' in tended['file--orphan'] and _reaper.alive(ledger.read('file--orphan'))

@@ -301,3 +301,16 @@ def test_the_lock_file_is_never_followed(ledger, tmp_path):
         with ledger.lock():
             pass
     assert victim.read_text() == 'x'
+
+
+def test_a_link_on_the_way_owned_by_another_user_is_refused(tmp_path):
+    """/tmp/link (owned by nobody) -> a root-owned folder: the link's owner could retarget it at any time."""
+    real = tmp_path / 'real'
+    real.mkdir(mode=0o700)
+    link = tmp_path / 'link'
+    link.symlink_to(real)
+    os.lchown(str(link), 65534, 65534)
+    with pytest.raises(LedgerError, match='link is a symbolic link owned by uid 65534'):
+        Ledger(str(link / 'state')).ensure()
+    os.lchown(str(link), 0, 0)  # our own link is fine
+    Ledger(str(link / 'state')).ensure()

@@ -308,3 +308,40 @@ def test_every_engine_file_is_named_by_an_import_statement_so_modules_bundle_it(
             imported.add(node.module.rsplit('.', 1)[-1])
     missing = set(_daemon.ENGINE) - imported - {'_daemon'}
     assert not missing, 'ENGINE files no import statement names (they would be missing on the target): %s' % sorted(missing)
+
+
+def test_an_exception_outside_the_steps_never_ends_the_reaper(ledger, clock, monkeypatch, capsys):
+    """A state dir made unsafe, a full disk, a bug: logged and retried, the fault is never left behind."""
+    fid = add(ledger, expires_in=0)
+    calls = []
+
+    def revert_one(led, fault_id, runner=None, reason='requested'):
+        calls.append(reason)
+        if len(calls) < 3:
+            raise _reaper._ledger.LedgerError('state_dir %s is writable by group or others' % led.state_dir)
+        led.delete(fault_id)
+        return {'id': fault_id, 'result': 'reverted'}
+    monkeypatch.setattr(_undo, 'revert_one', revert_one)
+    assert _reaper.watch(ledger, fid, clock=clock, monotonic=clock.monotonic, sleep=clock.sleep) == 0
+    assert len(calls) == 3
+    assert 'LedgerError: state_dir' in capsys.readouterr().out
+
+
+def test_a_broken_expiry_is_acted_on_not_a_crash(ledger, clock, monkeypatch):
+    fid = add(ledger, expires_in=100)
+    record = ledger.read(fid)
+    record['expires_at'] = 'soon'
+    ledger.write(record)
+    calls = fake_revert(monkeypatch, ledger, clock, ['reverted'])
+    assert _reaper.watch(ledger, fid, clock=clock, monotonic=clock.monotonic, sleep=clock.sleep) == 0
+    assert len(calls) == 1
+
+
+def test_a_reaper_that_never_starts_is_an_error_not_a_silent_success(tmp_path):
+    ledger = Ledger(str(tmp_path / 'state')).ensure()
+    record = ledger.new_record('file', 'x', 60, [])
+    ledger.write(record)
+    started = time.time()
+    with pytest.raises(_daemon.DaemonError, match='pggit-chaos-reaper .* did not start'):
+        _reaper.arm(ledger, record['id'], python='/bin/false')
+    assert time.time() - started < 10

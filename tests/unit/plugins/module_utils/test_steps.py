@@ -549,3 +549,34 @@ def test_tc_qdisc_interface_gone_while_reading_is_gone(bins):
 ])
 def test_parse_links(text, names):
     assert _steps.parse_links(text) == names
+
+
+# -- records written by release 0.1.0 ---------------------------------------
+LEGACY_PARTITION = [  # what 0.1.0's chain_plan recorded for a partition in both directions
+    {'type': 'run', 'argv': ['/usr/sbin/iptables', '-w', '-X', 'pggit-chaos-1234abcd-in'], 'ok_rc': [0], 'gone_rc': [1]},
+    {'type': 'run', 'argv': ['/usr/sbin/iptables', '-w', '-F', 'pggit-chaos-1234abcd-in'], 'ok_rc': [0], 'gone_rc': [1]},
+    {'type': 'run', 'argv': ['/usr/sbin/iptables', '-w', '-X', 'pggit-chaos-1234abcd-out'], 'ok_rc': [0], 'gone_rc': [1]},
+    {'type': 'run', 'argv': ['/usr/sbin/iptables', '-w', '-F', 'pggit-chaos-1234abcd-out'], 'ok_rc': [0], 'gone_rc': [1]},
+    {'type': 'run', 'argv': ['/usr/sbin/iptables', '-w', '-D', 'INPUT', '-j', 'pggit-chaos-1234abcd-in'], 'ok_rc': [0], 'gone_rc': [1]},
+    {'type': 'run', 'argv': ['/usr/sbin/iptables', '-w', '-D', 'OUTPUT', '-j', 'pggit-chaos-1234abcd-out'], 'ok_rc': [0], 'gone_rc': [1]},
+]
+
+
+def test_a_partition_record_of_release_0_1_0_becomes_typed_steps_that_pass_the_check():
+    upgraded = _steps.upgrade_steps(LEGACY_PARTITION)
+    assert upgraded == [{'type': 'iptables_chain', 'chain': 'pggit-chaos-1234abcd-in', 'hook': 'INPUT'},
+                        {'type': 'iptables_chain', 'chain': 'pggit-chaos-1234abcd-out', 'hook': 'OUTPUT'}]
+    _steps.check_steps(upgraded, '/var/lib/pggit-chaos')
+
+
+def test_a_netem_record_of_release_0_1_0_becomes_a_tc_qdisc_step():
+    legacy = [{'type': 'run', 'argv': ['/usr/sbin/tc', 'qdisc', 'del', 'dev', 'eth0', 'root', 'handle', '7a3c:'],
+               'ok_rc': [0], 'gone_rc': [2]}]
+    assert _steps.upgrade_steps(legacy) == [{'type': 'tc_qdisc', 'interface': 'eth0', 'handle': '7a3c:'}]
+
+
+def test_any_other_run_step_stays_and_is_refused():
+    forged = [{'type': 'run', 'argv': ['/bin/rm', '-rf', '/']}]
+    assert _steps.upgrade_steps(forged) == forged
+    with pytest.raises(UndoError, match='run'):
+        _steps.check_steps(_steps.upgrade_steps(forged), '/var/lib/pggit-chaos')

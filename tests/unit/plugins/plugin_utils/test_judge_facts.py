@@ -36,6 +36,8 @@ def raw(experiment='custom', **overrides):
         steady_state=dict(before=probe(), during=probe(), after=probe(history=dict(rows=10, digest=DIGEST))),
         fault={}, revert_results=[revert_item('pg1')], parameters={},
     )
+    if experiment not in _report.EXPERIMENT_FAULT_CHECKS:
+        record['fault_check'] = 'none'  # a made-up experiment has no fault rule and must say so
     record.update(overrides)
     return record
 

@@ -33,6 +33,7 @@ def raw_record(**overrides):
         reverted=True,
         workload=dict(ops=100, ok=97, failed=2, unknown=1, lost=[], duplicated=[], unexpected=[], valid=True),
         drift=[], error=None, aborted=False, parameters=dict(duration=30, ttl=300),
+        fault_check='none',  # these records are about rendering; the fault checks have test_judge_facts.py
         timings=dict(started_at=T0, inject_start=T0 + 2, inject_end=T0 + 2.5, window_end=T0 + 32.5,
                      revert_start=T0 + 32.5, revert_end=T0 + 33.25, finished_at=T0 + 35.1234),
     )
@@ -273,3 +274,9 @@ def test_gantt_labels_carry_no_markup():
     entry = _report.judge(raw_record(experiment='<img src=x onerror=alert(1)>`', host='pg1'))
     section = [line for line in _report._gantt([entry]) if 'section' in line][0]
     assert section == '    section #60;img src=x onerror=alert(1)#62;#96;@pg1'
+
+
+def test_an_experiment_without_a_known_fault_check_never_passes_silently():
+    entry = _report.judge(raw_record(experiment='disk_full', fault_check='auto'))
+    assert entry['status'] == 'failed'
+    assert "no check that the fault happened is known for experiment 'disk_full'" in entry['reasons'][0]
