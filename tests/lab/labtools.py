@@ -34,8 +34,7 @@ def lab_dir():
     return _inventory()['vars']['pggit_lab']['dir']
 
 
-def lab_hosts():
-    """Host name -> host vars, from the inventory make lab wrote."""
+def _all_hosts():
     stack = [_inventory()]
     hosts = {}
     while stack:
@@ -44,6 +43,16 @@ def lab_hosts():
             hosts.setdefault(name, {}).update(hostvars or {})
         stack.extend((node.get('children') or {}).values())
     return hosts
+
+
+def lab_hosts():
+    """Host name -> host vars of the lab's namespace hosts, from the inventory make lab wrote."""
+    return dict((name, hostvars) for name, hostvars in _all_hosts().items() if 'pggit_lab_netns' in hostvars)
+
+
+def controller_state_dir():
+    """The ledger of the lab's controller (the latency experiments' workload runs there)."""
+    return (_all_hosts().get('localhost') or {}).get('pggit_chaos_state_dir') or '/var/lib/pggit-chaos'
 
 
 def lab_primary(hosts=None):

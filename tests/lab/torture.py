@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from labtools import REPO, lab_dir, lab_hosts, playbook_argv, playbook_env, query
+from labtools import REPO, controller_state_dir, lab_dir, lab_hosts, playbook_argv, playbook_env, query
 
 EXPERIMENTS = ('kill_connections', 'trigger_failure', 'network_latency', 'packet_loss', 'region_partition')
 # Where in the controller's output each phase starts, and how long (s) to wait into it at most.
@@ -39,7 +39,6 @@ GRACE = 15.0
 # kill, and past every expiry seen.
 SETTLE = 8.0
 ALLOWED_COMMS = ('sshd', 'sshd-session', 'postgres')
-CONTROLLER_STATE_DIR = '/var/lib/pggit-chaos'
 
 
 def _netns_pids(netns):
@@ -64,7 +63,7 @@ def _cmdline(pid):
 
 
 def _state_dirs(hosts):
-    return [h['pggit_chaos_state_dir'] for h in hosts.values()] + [CONTROLLER_STATE_DIR]
+    return [h['pggit_chaos_state_dir'] for h in hosts.values()] + [controller_state_dir()]
 
 
 def _records(state_dir):
@@ -94,12 +93,12 @@ def leftovers(hosts):
                 found.append('%s: process %d %s' % (name, pid, _cmdline(pid)[:160]))
             elif comm == 'postgres' and _stopped(pid):
                 found.append('%s: postgres process %d is stopped (SIGSTOP)' % (name, pid))
-    for path in sorted(glob.glob(os.path.join(CONTROLLER_STATE_DIR, 'faults', '*'))):
+    for path in sorted(glob.glob(os.path.join(controller_state_dir(), 'faults', '*'))):
         found.append('controller: ledger file %s' % path)
     lab = lab_dir()
     for pid in [int(p) for p in os.listdir('/proc') if p.isdigit()]:
         cmd = _cmdline(pid)
-        if 'pggit-chaos-' in cmd and (lab in cmd or CONTROLLER_STATE_DIR in cmd) and 'pytest' not in cmd:
+        if 'pggit-chaos-' in cmd and (lab in cmd or controller_state_dir() in cmd) and 'pytest' not in cmd:
             found.append('process %d %s' % (pid, cmd[:160]))
     found += ['fill file %s' % p for p in glob.glob(os.path.join(lab, '**', '.pggit-chaos-fill-*'), recursive=True)]
     primary = next(h for h in hosts.values() if h.get('pggit_lab_role') == 'primary')
