@@ -28,7 +28,6 @@ import os
 import shlex
 import stat
 import sys
-import tempfile
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _ledger
 
@@ -111,29 +110,12 @@ def _paths(state_dir):
             'cron': os.path.join(CRON_DIR, name)}
 
 
-def _write(path, text, mode=0o644):
-    # Under /etc: root-owned folders; replace atomically, never through a link, never leaving a temp file.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.' + os.path.basename(path) + '.')
-    try:
-        with os.fdopen(fd, 'w') as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _note(state_dir):
     return os.path.join(state_dir, HOOK_NOTE)
 
 
 def _remember(state_dir, paths):
-    fd = _ledger.open_private(_note(state_dir) + '.tmp')
-    with os.fdopen(fd, 'w') as handle:
-        json.dump(paths, handle)
-    os.rename(_note(state_dir) + '.tmp', _note(state_dir))
+    _ledger.write_atomic(_note(state_dir), json.dumps(paths))
 
 
 def _installed(state_dir):
@@ -174,7 +156,7 @@ def _install(state_dir, python):
     if os.path.isdir(SYSTEMD_RUN):
         argv = boot_argv(state_dir, python or sys.executable)
         _remember(state_dir, [paths['unit'], paths['wants']])
-        _write(paths['unit'], unit_text(state_dir, argv))
+        _ledger.write_atomic(paths['unit'], unit_text(state_dir, argv), 0o644)
         wants = os.path.dirname(paths['wants'])
         if not os.path.isdir(wants):
             os.makedirs(wants, 0o755)
@@ -184,7 +166,7 @@ def _install(state_dir, python):
     if os.path.isdir(CRON_DIR) and any(os.path.exists(d) for d in CRON_DAEMONS):
         argv = boot_argv(state_dir, python or sys.executable)
         _remember(state_dir, [paths['cron']])
-        _write(paths['cron'], cron_text(state_dir, argv))
+        _ledger.write_atomic(paths['cron'], cron_text(state_dir, argv), 0o644)
         return {'kind': 'cron', 'path': paths['cron']}
     return {'kind': 'none', 'why': NO_HOOK}
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import tempfile
 import time
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _steps
@@ -66,23 +65,14 @@ def _source(module):
 
 
 def _write_if_changed(path, text, mode=0o600):
-    """Write text to path unless it already holds it; never through a link (mkstemp, then rename)."""
+    """Write text to path unless it already holds it; never through a link."""
     try:
         with os.fdopen(_ledger.open_private(path, os.O_RDONLY)) as handle:
             if handle.read() == text:
                 return
     except (IOError, OSError):
         pass
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.%s.' % os.path.basename(path), suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
+    _ledger.write_atomic(path, text, mode)
 
 
 # The entry script of a program.  It runs under `python -I` (no user site, no

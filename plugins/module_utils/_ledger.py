@@ -116,6 +116,26 @@ def check_parents(path):
         parent = os.path.dirname(parent)
 
 
+def write_atomic(path, text, mode=0o600):
+    """Replace path with text: temp file by mkstemp (O_EXCL, never through a link), fsync, chmod, rename.
+
+    The one atomic writer of the engine (records, secrets, the engine copy, boot hooks); on any
+    failure the temp file goes and path is untouched."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.%s.' % os.path.basename(path), suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def open_private(path, flags=os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode=0o600):
     """Open a file inside the state dir, never through a symbolic link."""
     return os.open(path, flags | _NOFOLLOW | _CLOEXEC, mode)
@@ -207,18 +227,7 @@ class Ledger(object):
     def write(self, record):
         """Atomically write a record: temp file, fsync, rename, fsync dir."""
         self.ensure()
-        path = self._path(record['id'])
-        fd, tmp = tempfile.mkstemp(prefix='.%s.' % record['id'], suffix='.tmp', dir=self.faults_dir)
-        try:
-            with os.fdopen(fd, 'w') as handle:
-                json.dump(record, handle, sort_keys=True, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        path = write_atomic(self._path(record['id']), json.dumps(record, sort_keys=True, indent=1))
         self._fsync_dir()
         return path
 
@@ -265,18 +274,7 @@ class Ledger(object):
     def write_secret(self, fid, secret):
         """0600 side file, made with mkstemp (O_EXCL: never through a link) and renamed into place."""
         self.ensure()
-        path = self._path(fid, '.secret')
-        fd, tmp = tempfile.mkstemp(prefix='.%s.' % fid, suffix='.tmp', dir=self.faults_dir)
-        try:
-            with os.fdopen(fd, 'w') as handle:
-                json.dump(secret, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self._path(fid, '.secret'), json.dumps(secret))
 
     def read_secret(self, fid):
         try:

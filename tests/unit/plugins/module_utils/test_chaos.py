@@ -10,6 +10,7 @@ import pytest
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _boot, _ledger, _reaper, _steps, chaos
 from modrun import run_module
+from waiting import wait_for
 
 
 class FileFault(chaos.Fault):
@@ -62,15 +63,6 @@ def no_boot_hooks(monkeypatch, tmp_path):
 
 def inject(state_dir, name='f', ttl=30, **extra):
     return run_module(main, dict(name=name, ttl=ttl, state_dir=state_dir, **extra))
-
-
-def wait_for(predicate, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_inject_arms_a_reaper_and_records_the_missing_boot_hook(state_dir):

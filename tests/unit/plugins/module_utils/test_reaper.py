@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _reaper, _steps, _undo
 from ansible_collections.pggit.chaos.plugins.module_utils._ledger import Ledger
+from waiting import wait_for
 
 START = 1000000.0
 ENGINE = _daemon.ENGINE
@@ -198,15 +199,6 @@ def _running(pid):
         return False
 
 
-def _wait(predicate, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 def test_arm_starts_a_detached_reaper_that_reverts_at_expiry(tmp_path):
     ledger = Ledger(str(tmp_path / 'state')).ensure()
     victim = tmp_path / 'state' / 'victim'  # undo steps may only remove files of our own
@@ -222,9 +214,9 @@ def test_arm_starts_a_detached_reaper_that_reverts_at_expiry(tmp_path):
         assert os.getsid(pid) not in (os.getsid(0), pid)
         if time.time() < record['expires_at'] - 0.1:
             assert victim.exists()  # not before expires_at
-        assert _wait(lambda: not victim.exists(), 10), 'the reaper did not remove the file within 10 s'
-        assert _wait(lambda: ledger.read(record['id']) is None, 5)
-        assert _wait(lambda: not _running(pid), 5), 'the reaper outlived its fault'
+        assert wait_for(lambda: not victim.exists(), 10), 'the reaper did not remove the file within 10 s'
+        assert wait_for(lambda: ledger.read(record['id']) is None, 5)
+        assert wait_for(lambda: not _running(pid), 5), 'the reaper outlived its fault'
         with open(os.path.join(ledger.state_dir, 'reaper.log')) as handle:
             assert '%s: reverted' % record['id'] in handle.read()
     finally:
@@ -267,7 +259,7 @@ def test_spawn_stops_a_program_that_never_gets_ready(tmp_path, monkeypatch):
     with pytest.raises(_daemon.DaemonError, match='was not ready after 0.5s'):
         _daemon.spawn(state_dir, 'pggit-chaos-testprog', [], ready=lambda: False, ready_timeout=0.5)
     pid = int(_daemon.log_tail(state_dir, 'pggit-chaos-testprog').split()[-1])
-    assert _wait(lambda: not _steps.same_process(pid), 3), 'the program that never got ready must be stopped'
+    assert wait_for(lambda: not _steps.same_process(pid), 3), 'the program that never got ready must be stopped'
 
 
 def test_programs_run_isolated_so_nothing_in_lib_shadows_the_standard_library(tmp_path):
