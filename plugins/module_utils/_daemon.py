@@ -182,8 +182,11 @@ def spawn(state_dir, tag, args, python=None, ready=None, ready_timeout=5.0):
         time.sleep(0.01)
     started = {'pid': child, 'starttime': _steps.proc_starttime(child), 'script': script}
     if started['starttime'] is None or tag not in _steps.proc_cmdline(child):
+        # A program that exits at once can be gone before its cmdline is read:
+        # to a caller waiting for ready, that is the same failure as exiting later.
         tail = log_tail(state_dir, tag)
-        raise DaemonError('%s (pid %s) did not start: %s' % (tag, child, tail or 'it exited before its program ran'))
+        why = 'exited before it was ready' if ready is not None else 'did not start'
+        raise DaemonError('%s (pid %s) %s: %s' % (tag, child, why, tail or 'it exited before its program ran'))
     if ready is not None:
         _await_ready(state_dir, tag, started, ready, ready_timeout)
     return started
