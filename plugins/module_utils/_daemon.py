@@ -26,10 +26,13 @@ PROGRAMS = {
     'pggit-chaos-nfqdelay': '_nfqdelay',
     'pggit-chaos-killer': '_killer',
     'pggit-chaos-workload': '_workload',
+    'pggit-chaos-locker': '_locker',
+    'pggit-chaos-stress': '_stress',
 }
 # Files copied into <state_dir>/lib: every program and everything they import.
 ENGINE = ('_errors', '_ledger', '_steps', '_undo', '_pgconn', '_daemon', '_boot', '_reaper', '_nfqdelay', '_results',
-          '_program', '_killer', '_checker', '_workload')
+          '_program', '_killer', '_locker', '_checker', '_workload', '_cgroup', '_server', '_stress',
+          '_restart')
 _PKG = ('ansible_collections', 'pggit', 'chaos', 'plugins', 'module_utils')
 
 
@@ -47,7 +50,8 @@ def _bundled():  # pragma: no cover - never called
     it names every ENGINE file."""
     # pylint: disable=unused-import,import-outside-toplevel,cyclic-import
     from ansible_collections.pggit.chaos.plugins.module_utils import (  # noqa: F401
-        _boot, _checker, _errors, _killer, _nfqdelay, _pgconn, _program, _reaper, _results, _undo, _workload)
+        _boot, _cgroup, _checker, _errors, _killer, _locker, _nfqdelay, _pgconn, _program, _reaper, _restart, _results, _server, _stress,
+        _undo, _workload)
 
 
 def _source(module):

@@ -25,7 +25,28 @@ DEFAULTS = dict(
     expect_tracking=True, canary=True, zero_footprint=True, canary_schema='public', canary_timeout_ms=5000,
     health_check='auto', check_drift=False, drift_schemas=None, max_replication_lag_bytes=None,
     max_replay_delay_seconds=None, min_replicas=None, max_connections_pct=None, history_digest=False,
+    amcheck='none', amcheck_timeout_ms=30000, amcheck_create=True,
 )
+AMCHECK_MODES = ('none', 'check', 'parent')
+# Where amcheck comes from when it is not installed (it is a contrib module).
+AMCHECK_PACKAGE = ('the PostgreSQL contrib modules: postgresql-contrib (Debian/Ubuntu packages it in postgresql-<major>; '
+                   'RHEL: postgresql<major>-contrib)')
+# Every pgGit btree index, valid or not (amcheck refuses an invalid one: it is listed as not checked).
+AMCHECK_INDEXES = ("SELECT c.oid::int, quote_ident(n.nspname) || '.' || quote_ident(c.relname), i.indisvalid AND i.indisready "
+                   "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                   "JOIN pg_am a ON a.oid = c.relam WHERE n.nspname = 'pggit' AND a.amname = 'btree' "
+                   "AND c.relpersistence <> 't' ORDER BY c.relname")
+AMCHECK_CALLS = {
+    # heapallindexed: also every heap tuple must have its index entry.
+    'check': 'SELECT bt_index_check(%s::oid::regclass, true)',
+    'parent': 'SELECT bt_index_parent_check(%s::oid::regclass, true)',
+}
+
+
+def is_corruption(exc):
+    """True for the errors amcheck raises on damage (SQLSTATE class XX: index_corrupted, data_corrupted)."""
+    code = getattr(exc, 'pgcode', None) or ''
+    return code.startswith('XX')
 
 
 def _check(name, status, message='', critical=True, data=None, elapsed=0.0):
@@ -253,6 +274,90 @@ class Probe(object):
         return _check('history', OK, '%d history rows, last id %d' % (rows, max_id), critical=False,
                       data={'rows': rows, 'max_id': max_id, 'digest': digest})
 
+    def _amcheck_extension(self, cur):
+        """None when amcheck is usable here (created when missing, on a primary), else the error check."""
+        _pgconn.execute(cur, "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'amcheck'), "
+                        "EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck')", what='looking for amcheck')
+        version, available = cur.fetchone()
+        if version is not None:
+            return None, False
+        if not available:
+            return _check('amcheck', ERROR, 'amcheck is not installed on this server (option amcheck=%s): install %s'
+                          % (self.params['amcheck'], AMCHECK_PACKAGE), data={'extension': None}), False
+        if self.in_recovery:
+            return _check('amcheck', ERROR, 'extension amcheck is not created in this database, and a standby cannot create it '
+                          '(option amcheck=%s): run CREATE EXTENSION amcheck on the primary, it replicates'
+                          % self.params['amcheck'], data={'extension': None}), False
+        if not self.params['amcheck_create']:
+            return _check('amcheck', ERROR, 'extension amcheck is not created in this database and check mode does not create '
+                          'it (option amcheck=%s)' % self.params['amcheck'], data={'extension': None}), False
+        _pgconn.execute(cur, 'CREATE EXTENSION IF NOT EXISTS amcheck', what='creating extension amcheck', option='amcheck')
+        return None, True
+
+    def check_amcheck(self):
+        """amcheck on every pgGit btree index, each in its own savepoint of one read-only transaction."""
+        mode = self.params['amcheck']
+        cur = self.conn.cursor()
+        problem, created = self._amcheck_extension(cur)
+        if problem:
+            return problem
+        function = 'bt_index_parent_check' if mode == 'parent' else 'bt_index_check'
+        parent_skipped = None
+        if mode == 'parent' and self.in_recovery:
+            # bt_index_parent_check takes a ShareLock, which recovery forbids.
+            function = 'bt_index_check'
+            parent_skipped = ('bt_index_parent_check skipped: this is a standby, where its ShareLock cannot be taken; '
+                              'ran bt_index_check instead')
+        call = AMCHECK_CALLS['parent' if function == 'bt_index_parent_check' else 'check']
+        timeout = int(self.params['amcheck_timeout_ms'])
+        corrupt, errors, checked, invalid = [], [], [], []
+        conn = self.conn
+        conn.autocommit = False
+        try:
+            _pgconn.execute(cur, 'SET TRANSACTION READ ONLY', what='starting the read-only amcheck transaction')
+            _pgconn.execute(cur, 'SET LOCAL statement_timeout = %s', (timeout,), what='bounding amcheck', option='amcheck_timeout_ms')
+            _pgconn.execute(cur, 'SET LOCAL lock_timeout = %s', (timeout,), what='bounding amcheck', option='amcheck_timeout_ms')
+            _pgconn.execute(cur, AMCHECK_INDEXES, what='listing the pgGit btree indexes')
+            indexes = cur.fetchall()
+            for oid, index, valid in indexes:
+                if not valid:
+                    invalid.append(index)
+                    continue
+                cur.execute('SAVEPOINT pggit_chaos_amcheck')
+                try:
+                    cur.execute(call, (oid,))
+                except _pgconn.psycopg2.Error as exc:
+                    cur.execute('ROLLBACK TO SAVEPOINT pggit_chaos_amcheck')
+                    diag = getattr(exc, 'diag', None)
+                    entry = {'index': index, 'error': _pgconn.one_line(exc), 'sqlstate': exc.pgcode,
+                             'detail': getattr(diag, 'message_detail', None)}
+                    if is_corruption(exc):
+                        corrupt.append(entry)
+                        checked.append(index)
+                    else:
+                        errors.append(entry)
+                else:
+                    cur.execute('RELEASE SAVEPOINT pggit_chaos_amcheck')
+                    checked.append(index)
+        finally:
+            conn.rollback()  # read-only: nothing to keep
+            conn.autocommit = True
+        data = {'function': function, 'heapallindexed': True, 'indexes': [i for _o, i, _v in indexes],
+                'indexes_checked': len(checked), 'corrupt': corrupt, 'errors': errors,
+                'not_checked_invalid': invalid, 'extension_created': created}
+        if parent_skipped:
+            data['parent_check'] = parent_skipped
+        note = ' (%s)' % parent_skipped if parent_skipped else ''
+        if corrupt:
+            return _check('amcheck', FAILED, '%d of %d pgGit btree index(es) corrupt: %s%s' % (
+                len(corrupt), len(indexes), '; '.join('%s: %s' % (c['index'], c['error']) for c in corrupt), note), data=data)
+        if errors:
+            return _check('amcheck', ERROR, '%d pgGit btree index(es) could not be checked: %s%s' % (
+                len(errors), '; '.join('%s: %s' % (e['index'], e['error']) for e in errors), note), data=data)
+        if not checked:
+            return _check('amcheck', WARNING, 'no valid pgGit btree index to check%s' % note, critical=False, data=data)
+        return _check('amcheck', OK, '%s found no corruption in %d pgGit btree index(es)%s' % (function, len(checked), note), data=data)
+
     # -- orchestration ----------------------------------------------------
     def run_once(self):
         self.conn = None
@@ -268,6 +373,8 @@ class Probe(object):
                         steps.append(self.check_drift)
                     if self.params['history_digest']:
                         steps.append(self.check_history)
+                    if self.params['amcheck'] != 'none':
+                        steps.append(self.check_amcheck)
                 else:
                     steps = []
                 steps += [self.check_replication, self.check_connections]
@@ -309,7 +416,16 @@ class Probe(object):
 
 def summarize(checks, in_recovery, elapsed, now):
     failed = [c['name'] for c in checks if c['critical'] and c['status'] in BAD]
-    findings = ['%s: %s' % (c['name'], c['message']) for c in checks if c['status'] not in (OK, SKIPPED)]
+    findings = []
+    for c in checks:
+        if c['status'] in (OK, SKIPPED):
+            continue
+        corrupt = c['data'].get('corrupt') if c['name'] == 'amcheck' else None
+        if corrupt:  # one finding per corrupt index, with amcheck's own words
+            findings.extend('amcheck: index %s is corrupt: %s' % (e['index'], e['error']) for e in corrupt)
+            findings.extend('amcheck: index %s could not be checked: %s' % (e['index'], e['error']) for e in c['data']['errors'])
+        else:
+            findings.append('%s: %s' % (c['name'], c['message']))
     by_name = dict((c['name'], c) for c in checks)
     return {
         'healthy': not failed,
@@ -319,6 +435,7 @@ def summarize(checks, in_recovery, elapsed, now):
         'in_recovery': in_recovery,
         'drift': by_name.get('drift', {}).get('data', {}).get('drift'),
         'history': by_name.get('history', {}).get('data') or None,
+        'amcheck': by_name.get('amcheck', {}).get('data') or None,
         'elapsed_ms': round(elapsed * 1000.0, 2),
         'at': now,
     }

@@ -42,6 +42,8 @@ CHAIN_HOOKS = ('INPUT', 'OUTPUT', 'FORWARD')
 TC_HANDLE = '7a3c:'
 PROTECTED_SCHEMAS = ('pggit', 'public', 'information_schema')
 TRIGGER_PREFIX = 'pggit'
+# What a kill_process step with group: true may kill in its group (by command line).
+GROUP_MEMBERS = ('stress-ng',)
 # Disk-fill files: the only files outside the state dir an undo may remove.
 FILL_FILE_RE = re.compile(r'^\.pggit-chaos-fill-[A-Za-z0-9_.-]+$')
 _CHAIN_RE = re.compile(r'^pggit-chaos-[A-Za-z0-9_-]+$')
@@ -157,12 +159,80 @@ def _check_kill_process(step, state_dir):
         return 'pid must be an integer above 1, got %r' % (step.get('pid'),)
     if not _is_int(step.get('starttime')):
         return 'starttime must be the integer start time of the process, got %r' % (step.get('starttime'),)
+    if 'group' not in step and 'members_match' not in step:
+        return None
+    if step.get('group') is not True:
+        return 'group must be true when given (with members_match), got %r' % (step.get('group'),)
+    if step.get('members_match') not in GROUP_MEMBERS:
+        return 'members_match must be one of %s, got %r' % (', '.join(GROUP_MEMBERS), step.get('members_match'))
     return None
+
+
+def _stat_fields(pid):
+    """The fields of /proc/<pid>/stat after the command name (state is [0], pgrp [2], starttime [19]), or None."""
+    try:
+        with open('/proc/%d/stat' % int(pid)) as handle:
+            fields = handle.read().rsplit(')', 1)[-1].split()
+    except (IOError, OSError, ValueError):
+        return None
+    return fields if len(fields) > 19 else None
+
+
+def group_members(pgid, members_match, since=None):
+    """[(pid, starttime)] of live processes in process group pgid whose command line holds members_match.
+
+    ``since``: the group leader's start time; a member never started before its
+    leader, so older processes in a group of that id (pid reuse) are not ours."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue  # never itself: the stress program sweeps its own group with this
+        fields = _stat_fields(entry)
+        if fields is None or fields[0] in ('Z', 'X') or int(fields[2]) != int(pgid):
+            continue
+        if since is not None and int(fields[19]) < int(since):
+            continue
+        if members_match in proc_cmdline(int(entry)):
+            found.append((int(entry), int(fields[19])))
+    return found
+
+
+def stop_group(pgid, members_match, since=None, grace=3.0):
+    """SIGTERM every matching member of process group pgid, wait, SIGKILL the rest; look again after.
+
+    Members are signalled one by one (never killpg): a process of the group
+    that does not match is left alone.  Members started meanwhile (a parent
+    respawning its workers) are found by each new look.  Returns True when
+    something was stopped; UndoError when a member survives SIGKILL."""
+    members = group_members(pgid, members_match, since)
+    if not members:
+        return False
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        for pid, starttime in members:
+            if same_process(pid, starttime):
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+        deadline = time.time() + wait
+        while True:
+            members = group_members(pgid, members_match, since)
+            if not members or time.time() >= deadline:
+                break
+            time.sleep(0.05)
+        if not members:
+            return True
+    raise UndoError('process group %s: %s still running after SIGKILL (pids %s)'
+                    % (pgid, members_match, ' '.join(str(pid) for pid, _ in members)))
 
 
 @_handler('kill_process', _check_kill_process)
 def _undo_kill_process(step, ctx):
-    return stop_process(step['pid'], step.get('starttime'), step.get('match'))
+    stopped = stop_process(step['pid'], step.get('starttime'), step.get('match'))
+    if step.get('group'):
+        # The leader may be gone (SIGKILLed, OOM-killed) while its group lives on.
+        stopped = stop_group(step['pid'], step['members_match'], step.get('starttime')) or stopped
+    return stopped
 
 
 # -- files ----------------------------------------------------------------
@@ -448,6 +518,375 @@ def _undo_drop_schema(step, ctx):
         conn.close()
 
 
+# -- PostgreSQL processes: pause and start (pggit_chaos_process, pggit_chaos_disk) --
+# The only signal an undo sends (a STOP's undo), and what a paused process's command line holds.
+SIGNAL_UNDO = ('CONT',)
+PG_PROCESS_MATCHES = ('postgres', 'postmaster')
+PG_START_METHODS = ('pg_ctl', 'systemd')
+_UNIT_RE = re.compile(r'^[A-Za-z0-9@._:\\-]+\.service$')
+# What a postmaster says while the old one's children still hold its shared memory or lock file.
+_START_BUSY = ('pre-existing shared memory block', 'is still in use', 'lock file', 'another server might be running')
+PG_START_WAIT_MAX = 3600
+
+
+def proc_state(pid):
+    """The state letter of a process (R, S, D, T, t, Z...), or None when it is gone."""
+    try:
+        with open('/proc/%d/stat' % int(pid)) as handle:
+            fields = handle.read().rsplit(')', 1)[-1].split()
+    except (IOError, OSError, ValueError):
+        return None
+    return fields[0] if fields else None
+
+
+def _check_signal_process(step, state_dir):
+    if step.get('signal') not in SIGNAL_UNDO:
+        return 'signal must be one of %s (an undo only resumes), got %r' % (', '.join(SIGNAL_UNDO), step.get('signal'))
+    if not _is_int(step.get('pid')) or step['pid'] <= 1:
+        return 'pid must be an integer above 1, got %r' % (step.get('pid'),)
+    if not _is_int(step.get('starttime')):
+        return 'starttime must be the integer start time of the process, got %r' % (step.get('starttime'),)
+    if step.get('match') not in PG_PROCESS_MATCHES:
+        return 'match must be one of %s (only PostgreSQL processes are paused), got %r' % (
+            ', '.join(PG_PROCESS_MATCHES), step.get('match'))
+    return None
+
+
+@_handler('signal_process', _check_signal_process)
+def _undo_signal_process(step, ctx):
+    """SIGCONT to that very process (pid, start time and command line), only while it is stopped; confirm it runs."""
+    pid = step['pid']
+    if not same_process(pid, step['starttime'], step['match']) or proc_state(pid) != 'T':
+        return False
+    try:
+        os.kill(pid, getattr(signal, 'SIG' + step['signal']))
+    except OSError as exc:
+        if same_process(pid, step['starttime'], step['match']):
+            raise UndoError('kill -%s %s failed: %s' % (step['signal'], pid, exc))
+        return False
+    deadline = time.time() + 2.0
+    while proc_state(pid) == 'T' and same_process(pid, step['starttime']) and time.time() < deadline:
+        time.sleep(0.02)
+    if proc_state(pid) == 'T' and same_process(pid, step['starttime']):
+        raise UndoError('process %s is still stopped after SIGCONT' % pid)
+    return True
+
+
+def _plain_path(value):
+    return isinstance(value, str) and os.path.isabs(value) and '..' not in value.split('/') and '\x00' not in value
+
+
+def _safe_options(options):
+    """True when options is what _server.start_options writes: shell-quoted literal arguments, nothing else."""
+    if options is None:
+        return True
+    if not isinstance(options, str) or '\n' in options or '\x00' in options:
+        return False
+    try:
+        return ' '.join(shlex.quote(arg) for arg in shlex.split(options)) == options
+    except ValueError:
+        return False
+
+
+def _check_pg_start(step, state_dir):
+    method = step.get('method')
+    if method not in PG_START_METHODS:
+        return 'method must be one of %s, got %r' % (', '.join(PG_START_METHODS), method)
+    if method == 'systemd':
+        unit = step.get('unit')
+        return None if isinstance(unit, str) and _UNIT_RE.match(unit) else 'unit must be a systemd .service name, got %r' % (unit,)
+    pgdata = step.get('pgdata')
+    if not _plain_path(pgdata) or os.path.normpath(pgdata) == '/':
+        return 'pgdata must be an absolute data directory, got %r' % (pgdata,)
+    pg_ctl = step.get('pg_ctl')
+    if not _plain_path(pg_ctl) or os.path.basename(pg_ctl) != 'pg_ctl':
+        return 'pg_ctl must be an absolute path to a program named pg_ctl, got %r' % (pg_ctl,)
+    folder = os.path.dirname(pg_ctl)
+    try:
+        info = os.stat(folder)
+    except OSError as exc:
+        return 'pg_ctl %s: cannot look at its folder: %s' % (pg_ctl, exc)
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        return 'pg_ctl %s must be in a folder owned by root and writable only by root (%s is not)' % (pg_ctl, folder)
+    user = step.get('user')
+    if not isinstance(user, str) or not user or user == 'root' or ':' in user or '/' in user:
+        return 'user must name the data directory owner (never root), got %r' % (user,)
+    log = step.get('log')
+    if log is not None and not _plain_path(log):
+        return 'log must be an absolute path or null, got %r' % (log,)
+    if not _safe_options(step.get('options')):
+        return 'options must be shell-quoted literal postmaster arguments (as in postmaster.opts) or null, got %r' % (step.get('options'),)
+    wait = step.get('wait_s')
+    if not _is_int(wait) or not 1 <= wait <= PG_START_WAIT_MAX:
+        return 'wait_s must be an integer from 1 to %d, got %r' % (PG_START_WAIT_MAX, wait)
+    cgroups = step.get('cgroups')
+    if cgroups:
+        from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup  # pylint: disable=import-outside-toplevel
+        return _cgroup.check_paths(cgroups)
+    return None
+
+
+def _log_size(path):
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
+
+
+def _log_since(path, offset, size=1500):
+    """What a log got after offset (the last size bytes of it), as one line."""
+    if not path:
+        return ''
+    try:
+        with open(path, 'rb') as handle:
+            handle.seek(max(offset, _log_size(path) - size))
+            return ' '.join(handle.read().decode('utf-8', 'replace').split())
+    except (IOError, OSError):
+        return ''
+
+
+def _as_user(argv, account, cgroups, timeout):
+    """Run argv as `account`, inside `cgroups` (joined in the child before exec); (rc, output)."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup  # pylint: disable=import-outside-toplevel
+    if os.geteuid() not in (0, account.pw_uid):
+        raise UndoError('starting the server needs root or its owner %s; running as uid %d' % (account.pw_name, os.geteuid()))
+
+    def prepare():  # pragma: no cover - runs in the child
+        if cgroups:
+            _cgroup.join(cgroups, os.getpid())
+        if os.geteuid() != account.pw_uid:
+            os.setgid(account.pw_gid)
+            os.initgroups(account.pw_name, account.pw_gid)
+            os.setuid(account.pw_uid)
+
+    env = {'PATH': '/usr/bin:/bin', 'HOME': account.pw_dir or '/', 'USER': account.pw_name, 'LOGNAME': account.pw_name}
+    for name in ('LANG', 'LC_ALL', 'TZ'):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd='/', env=env,
+                              preexec_fn=prepare, close_fds=True, timeout=timeout, universal_newlines=True, check=False)
+    except subprocess.TimeoutExpired as exc:
+        return None, '%s (timed out after %ss)' % (exc.output or '', timeout)
+    except subprocess.SubprocessError as exc:
+        raise UndoError('could not join the cgroups %s or become %s before %s: %s'
+                        % (', '.join(sorted(set(cgroups.values()))) if cgroups else '(none)', account.pw_name, argv[0], exc))
+    return proc.returncode, proc.stdout
+
+
+def _start_systemd(step, ctx):
+    systemctl = find_bin('systemctl')
+    unit = step['unit']
+
+    def active():
+        rc, out, _err = _run(ctx, [systemctl, 'is-active', unit])
+        return rc == 0 and out.strip() == 'active'
+
+    if active():
+        return False
+    argv = [systemctl, 'start', unit]
+    rc, out, err = _run(ctx, argv)
+    if not active():
+        raise UndoError('server unit %s is not active after %s' % (unit, _said(argv, rc, out, err)))
+    return True
+
+
+def _start_pg_ctl(step, ctx):
+    """pg_ctl start as the data directory's owner, in the recorded cgroups, when the server is down; confirm it runs."""
+    import pwd  # pylint: disable=import-outside-toplevel
+    from ansible_collections.pggit.chaos.plugins.module_utils import _server  # pylint: disable=import-outside-toplevel
+    pgdata = step['pgdata']
+    if _server.running(pgdata):
+        return False
+    if not os.path.isfile(os.path.join(pgdata, 'PG_VERSION')):
+        raise UndoError('%s is not a PostgreSQL data directory (no PG_VERSION): the server was not started' % pgdata)
+    try:
+        account = pwd.getpwnam(step['user'])
+    except KeyError:
+        raise UndoError('user %s does not exist: the server in %s was not started' % (step['user'], pgdata))
+    owner = os.stat(pgdata).st_uid
+    if account.pw_uid == 0 or owner != account.pw_uid:
+        raise UndoError('%s belongs to uid %d, not to %s: the server was not started' % (pgdata, owner, step['user']))
+    pg_ctl = step['pg_ctl']
+    if not (os.path.isfile(pg_ctl) and os.access(pg_ctl, os.X_OK)) or os.stat(pg_ctl).st_uid != 0:
+        raise UndoError('%s is not a root-owned program: the server in %s was not started' % (pg_ctl, pgdata))
+    cgroups = dict((k, v) for k, v in (step.get('cgroups') or {}).items() if os.path.isfile(os.path.join(v, 'cgroup.procs')))
+    wait = step.get('wait_s') or 60
+    deadline = time.time() + wait
+    argv = [pg_ctl, 'start', '-D', pgdata, '-w', '-t', str(wait), '-l', step.get('log') or os.devnull]
+    if step.get('options'):
+        argv += ['-o', step['options']]
+    while True:
+        offset = _log_size(step.get('log'))
+        # The old postmaster's children exit once they see it gone; until then its shared memory is in use.
+        while _server.leftovers(pgdata) and time.time() < deadline:
+            time.sleep(0.1)
+        rc, out = _as_user(argv, account, cgroups, wait + 15)
+        if _server.running(pgdata):
+            return True
+        said = ' '.join((out or '').split()) or '(no output)'
+        logged = _log_since(step.get('log'), offset)
+        if time.time() < deadline and any(mark in said + logged for mark in _START_BUSY):
+            time.sleep(0.5)
+            continue
+        raise UndoError('the server in %s did not start: as %s: %s exited %s: %s%s' % (
+            pgdata, account.pw_name, ' '.join(shlex.quote(a) for a in argv), rc, said,
+            '; its log says: %s' % logged if logged else ''))
+
+
+@_handler('pg_start', _check_pg_start)
+def _undo_pg_start(step, ctx):
+    """Start the PostgreSQL server again when it is down (pg_ctl or systemd); never when it runs."""
+    if step['method'] == 'systemd':
+        return _start_systemd(step, ctx)
+    return _start_pg_ctl(step, ctx)
+
+
+# -- lock holders (pggit_chaos_lock) ---------------------------------------
+# The application_name of every lock holder session; the step ends no other backend.
+LOCKER_APP_PREFIX = 'pggit-chaos-locker-'
+TERMINATE_WAIT = 5.0
+
+
+def _check_pg_terminate_backend(step, state_dir):
+    app = step.get('application_name')
+    if not isinstance(app, str) or not app.startswith(LOCKER_APP_PREFIX) or app == LOCKER_APP_PREFIX:
+        return "application_name must be a lock holder's ('%s...'), got %r" % (LOCKER_APP_PREFIX, app)
+    if not _is_int(step.get('pid')) or step['pid'] <= 0:
+        return 'pid must be a backend pid (an integer above 0), got %r' % (step.get('pid'),)
+    return _check_conn(step)
+
+
+@_handler('pg_terminate_backend', _check_pg_terminate_backend)
+def _undo_pg_terminate_backend(step, ctx):
+    """End a lock holder's backend, found by pid, only while that pid still carries the holder's application_name.
+
+    A pid that is gone, or now serves another session, is left alone (looked
+    up in pg_stat_activity before and after)."""
+    look = 'SELECT 1 FROM pg_stat_activity WHERE pid = %s AND application_name = %s'
+    args = (step['pid'], step['application_name'])
+    conn, cur = _pg_connect(step, ctx)
+    try:
+        cur.execute(look, args)
+        if cur.fetchone() is None:
+            return False
+        cur.execute('SELECT pg_terminate_backend(%s)', (step['pid'],))
+        deadline = time.time() + TERMINATE_WAIT
+        while True:
+            cur.execute(look, args)
+            if cur.fetchone() is None:
+                return True
+            if time.time() > deadline:
+                raise UndoError('backend %s (%s) is still there %gs after pg_terminate_backend'
+                                % (step['pid'], step['application_name'], TERMINATE_WAIT))
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+# -- clock and settings (pggit_chaos_clock, pggit_chaos_setting) -----------
+# What a pg_restart step may drop from the server's environment: the preload and libfaketime's variables only.
+RESTART_DROP_RE = re.compile(r'^(LD_PRELOAD|FAKETIME[A-Z_]*)$')
+SETTING_NAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$')
+
+
+def _check_pg_restart(step, state_dir):
+    names = step.get('unless_env_clean')
+    if (not isinstance(names, list) or 'LD_PRELOAD' not in names or
+            not all(isinstance(n, str) and RESTART_DROP_RE.match(n) for n in names)):
+        return 'unless_env_clean must list LD_PRELOAD and FAKETIME* variable names only, got %r' % (names,)
+    return _check_pg_start(step, state_dir)
+
+
+@_handler('pg_restart', _check_pg_restart)
+def _undo_pg_restart(step, ctx):
+    """Restart the server without the faketime preload, only while its postmaster's environment holds it; start it when down.
+
+    Decided by looking at /proc/<postmaster>/environ before and after: a
+    server without a libfaketime LD_PRELOAD is left alone."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _restart, _server  # pylint: disable=import-outside-toplevel
+    names = tuple(step['unless_env_clean'])
+    if step['method'] == 'systemd':
+        pid = _restart._server_pid_systemd(step)  # pylint: disable=protected-access
+        if not pid:
+            return _start_systemd(step, ctx)
+        if not _restart.faketime_preload(_restart.environ_of(pid)):
+            return False
+        _restart.restart_step(step, None, names)
+        return True
+    pgdata = step['pgdata']
+    if not _server.running(pgdata):
+        return _start_pg_ctl(step, ctx)
+    pid = _server.postmaster_pid(pgdata)
+    env = _restart.environ_of(pid)
+    if env is None:
+        raise UndoError('cannot read /proc/%s/environ of the postmaster of %s: run as root or as its owner' % (pid, pgdata))
+    if not _restart.faketime_preload(env):
+        return False
+    new_pid = _restart.restart_step(step, None, names, step.get('wait_s') or _restart.RESTART_WAIT_S)
+    left = _restart.faketime_preload(_restart.environ_of(new_pid))
+    if left:
+        raise UndoError('postmaster %s of %s still has LD_PRELOAD %s after the restart' % (new_pid, pgdata, left))
+    return True
+
+
+def _check_pg_setting_restore(step, state_dir):
+    settings = step.get('settings')
+    if not isinstance(settings, dict) or not settings:
+        return 'settings must be a non-empty dictionary of setting name -> previous value or null, got %r' % (settings,)
+    for name, value in settings.items():
+        if not isinstance(name, str) or not SETTING_NAME_RE.match(name):
+            return 'setting names must be plain PostgreSQL setting names, got %r' % (name,)
+        if value is not None and (not isinstance(value, str) or '\x00' in value):
+            return 'setting %s: the previous value must be a string or null, got %r' % (name, value)
+    return _check_conn(step)
+
+
+AUTO_CONF_SQL = ("SELECT setting FROM pg_file_settings WHERE name = %s AND sourcefile LIKE '%%/postgresql.auto.conf' "
+                 "ORDER BY seqno DESC LIMIT 1")
+
+
+def auto_conf_value(cur, name):
+    """The value ALTER SYSTEM holds for a setting (postgresql.auto.conf, via pg_file_settings), or None."""
+    cur.execute(AUTO_CONF_SQL, (name,))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def alter_system(cur, name, value):
+    """ALTER SYSTEM SET name = 'value' (or RESET name when value is None); the name quoted as an identifier."""
+    if value is None:
+        cur.execute(_pgconn.sql.SQL('ALTER SYSTEM RESET {}').format(_pgconn.sql.Identifier(name)))
+    else:
+        cur.execute(_pgconn.sql.SQL('ALTER SYSTEM SET {} = {}').format(_pgconn.sql.Identifier(name), _pgconn.sql.Literal(value)))
+
+
+@_handler('pg_setting_restore', _check_pg_setting_restore)
+def _undo_pg_setting_restore(step, ctx):
+    """Put the recorded ALTER SYSTEM values back (SET, or RESET for null), only where they differ; then reload."""
+    conn, cur = _pg_connect(step, ctx)
+    changed, failed = False, []
+    try:
+        for name in sorted(step['settings']):
+            want = step['settings'][name]
+            try:
+                if auto_conf_value(cur, name) == want:
+                    continue
+                alter_system(cur, name, want)
+                changed = True
+                if auto_conf_value(cur, name) != want:
+                    failed.append('%s: postgresql.auto.conf does not hold %r after ALTER SYSTEM' % (name, want))
+            except _pgconn.psycopg2.Error as exc:
+                failed.append('%s: %s' % (name, _pgconn.one_line(exc)))
+        if changed:
+            cur.execute('SELECT pg_reload_conf()')
+    finally:
+        conn.close()
+    if failed:
+        raise UndoError('settings not put back: %s' % '; '.join(failed))
+    return changed
+
+
 # -- records written by 0.1.0 ---------------------------------------------
 def upgrade_steps(steps):
     """Translate the argv ``run`` steps of records written by release 0.1.0 into typed steps.
@@ -488,7 +927,8 @@ def describe_step(step):
     """A short name for a step in messages: its type and what it acts on."""
     if not isinstance(step, dict):
         return repr(step)
-    what = step.get('chain') or step.get('interface') or step.get('schema') or step.get('path') or step.get('match') or ''
+    what = (step.get('chain') or step.get('interface') or step.get('schema') or step.get('path') or step.get('pgdata') or
+            step.get('unit') or step.get('match') or '')
     return ('%s %s' % (step.get('type'), what)).strip()
 
 

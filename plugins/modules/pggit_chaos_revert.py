@@ -42,7 +42,7 @@ options:
         every kind.
     type: list
     elements: str
-    choices: [trigger, latency, partition, bandwidth, connections, workload]
+    choices: [trigger, latency, partition, bandwidth, connections, workload, disk, stress, process, lock, corrupt, clock, setting]
     default: []
   state_dir:
     description:

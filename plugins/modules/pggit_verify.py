@@ -15,7 +15,10 @@ description:
     C(canary) (a uniquely named table is created and exactly one history row
     must appear, or none when tracking is expected off), C(health_check)
     (C(pggit.health_check()) when it exists), C(replication),
-    C(connections) and, on request, C(drift).
+    C(connections) and, on request, C(drift) and C(amcheck).
+  - With O(amcheck) the probe verifies every btree index of the C(pggit)
+    schema with the contrib module amcheck, on a primary and on replicas,
+    and reports each corrupt index with amcheck's own error text.
   - C(pggit.health_check()) is never trusted. On pgGit v0.2.1 it raises; the
     error is reported as a finding with status V(error) and the probe relies on
     its own checks. It never makes a probe healthy on its own.
@@ -100,6 +103,38 @@ options:
         primary row for row.
     type: bool
     default: false
+  amcheck:
+    description:
+      - V(none) does not check indexes (the default, so existing experiments
+        keep their cost).
+      - V(check) runs C(bt_index_check(index, heapallindexed => true)) on every
+        btree index of the C(pggit) schema. It takes only an AccessShareLock,
+        so it also runs on a standby and does not block DDL; it reads the whole
+        index and its table, which costs I/O on large histories.
+      - V(parent) runs C(bt_index_parent_check(index, heapallindexed => true)),
+        which also checks the parent/child links but takes a ShareLock that
+        blocks writes to the table while it runs. A standby cannot take it, so
+        there the parent check is skipped (the check says so and why) and
+        C(bt_index_check) runs instead.
+      - Every index is checked in its own savepoint of one read-only
+        transaction, so one corrupt index does not hide the others. A corrupt
+        index makes the critical check C(amcheck) fail; an index that could
+        not be checked (a lock or statement timeout) is an V(error).
+      - The extension is created with C(CREATE EXTENSION amcheck) where it is
+        missing, only on a primary and never in check mode. pgGit tracks that
+        DDL like any other, so create it before a history baseline is taken.
+        Where amcheck is not installed the check fails naming the contrib
+        package to install.
+    type: str
+    default: none
+    choices: [none, check, parent]
+  amcheck_timeout_ms:
+    description:
+      - C(statement_timeout) and C(lock_timeout) of each index's check, from
+        100 to 3600000 ms, so a check blocked by a lock is an V(error) finding,
+        not a hang.
+    type: int
+    default: 30000
   max_replication_lag_bytes:
     description:
       - Fail the C(replication) check when a replica (on a primary) or the
@@ -159,6 +194,12 @@ EXAMPLES = r'''
     abort_after: 2
   register: during
 
+- name: Every pgGit btree index must be clean (parent check on the primary)
+  pggit.chaos.pggit_verify:
+    db: app
+    amcheck: parent
+  register: indexes
+
 - name: A replica must not lag more than 16 MiB
   pggit.chaos.pggit_verify:
     login_host: replica1
@@ -198,6 +239,16 @@ history:
   description: V(rows), V(max_id) and V(digest) of C(pggit.history), when O(history_digest=true).
   returned: when history_digest
   type: dict
+amcheck:
+  description:
+    - With O(amcheck), the data of the C(amcheck) check, also in that check's C(data).
+    - V(function) run, V(indexes) listed, V(indexes_checked), V(corrupt) (a list of V(index), V(error) with
+      amcheck's own text, V(sqlstate), V(detail)), V(errors) (indexes that could not be checked, same keys),
+      V(not_checked_invalid), V(extension_created) and, on a standby asked for V(parent), V(parent_check).
+  returned: when amcheck is not none and pgGit is present
+  type: dict
+  sample: {function: bt_index_check, indexes_checked: 7, corrupt: [{index: pggit.history_pkey,
+           error: item order invariant violated for index "history_pkey", sqlstate: XX002}]}
 aborted:
   description: In watch mode, whether the abort condition fired.
   returned: always
@@ -230,6 +281,7 @@ RANGES = (
     ('max_replay_delay_seconds', 0, None),
     ('min_replicas', 0, 1000),
     ('max_connections_pct', 0, 100),
+    ('amcheck_timeout_ms', 100, 3600000),
 )
 # Never a canary here: system catalogs, and pgGit's own schema (not tracked).
 FORBIDDEN_CANARY_SCHEMAS = ('information_schema', 'pggit')
@@ -253,6 +305,8 @@ def main():
         check_drift=dict(type='bool', default=False),
         drift_schemas=dict(type='list', elements='str', default=[]),
         history_digest=dict(type='bool', default=False),
+        amcheck=dict(type='str', default='none', choices=['none', 'check', 'parent']),
+        amcheck_timeout_ms=dict(type='int', default=30000),
         max_replication_lag_bytes=dict(type='int'),
         max_replay_delay_seconds=dict(type='float'),
         min_replicas=dict(type='int'),
@@ -271,6 +325,7 @@ def main():
     params['drift_schemas'] = params['drift_schemas'] or None
     if not params['zero_footprint'] and module.check_mode:
         params['zero_footprint'] = True  # check mode never commits a canary
+    params['amcheck_create'] = not module.check_mode  # nor creates the amcheck extension
     probe = Probe(params)
     # The probe reports database errors as findings; this only guards against one escaping it.
     with sql_failures(module, what='the steady-state probe'):

@@ -31,6 +31,18 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+def _joiner(folders):
+    """A preexec_fn: the child writes its pid to cgroup.procs of each folder before it runs anything."""
+    def join():
+        for folder in folders:
+            fd = os.open(os.path.join(folder, 'cgroup.procs'), os.O_WRONLY)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+    return join
+
+
 def _as_postgres(argv, **kwargs):
     return subprocess.run(['runuser', '-u', 'postgres', '--'] + argv, check=True, capture_output=True, text=True, **kwargs)
 
@@ -47,10 +59,12 @@ class Postgres(object):
         self.port = _free_port()
         self.started = False
 
-    def start(self):
+    def start(self, cgroups=()):
+        """initdb and start; ``cgroups``: cgroup folders the starting process joins first, so the server is born in them."""
         _as_postgres([os.path.join(PG_BIN, 'initdb'), '-A', 'trust', '-U', 'postgres', '-D', self.data, '--no-sync'])
         opts = "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60 -c shared_buffers=16MB" % (self.port, self.base)
-        _as_postgres([os.path.join(PG_BIN, 'pg_ctl'), '-D', self.data, '-o', opts, '-l', os.path.join(self.base, 'log'), '-w', 'start'])
+        _as_postgres([os.path.join(PG_BIN, 'pg_ctl'), '-D', self.data, '-o', opts, '-l', os.path.join(self.base, 'log'), '-w', 'start'],
+                     preexec_fn=_joiner(cgroups) if cgroups else None)
         self.started = True
         atexit.register(self.stop)
         return self

@@ -100,7 +100,8 @@ def test_every_failed_step_is_named(calls):
 @pytest.mark.parametrize('step', [{'type': 'reboot'}, {'kind': 'run'}, {'type': 'run', 'argv': ['true']}])
 def test_unknown_step_type_is_refused_before_anything_runs(calls, step):
     with pytest.raises(UndoError, match=r"undo step 2: unknown type %s; known types: iptables_chain, kill_process, note, "
-                                        r"pg_drop_schema, pg_event_trigger_enable, remove_path, tc_qdisc$"
+                                        r"pg_drop_schema, pg_event_trigger_enable, pg_start, pg_terminate_backend, remove_path, "
+                                        r"signal_process, tc_qdisc$"
                                         % re.escape(repr(step.get('type')))):
         _steps.run_steps(note_steps('first') + [step], {})
     assert calls == []
@@ -234,7 +235,7 @@ def test_check_steps_accepts_what_our_faults_write():
 def test_every_step_type_has_a_check():
     assert sorted(_steps.STEP_HANDLERS) == sorted(_steps.STEP_CHECKS)
     assert sorted(_steps.STEP_HANDLERS) == ['iptables_chain', 'kill_process', 'pg_drop_schema', 'pg_event_trigger_enable',
-                                            'remove_path', 'tc_qdisc']
+                                            'pg_start', 'pg_terminate_backend', 'remove_path', 'signal_process', 'tc_qdisc']
 
 
 @pytest.mark.parametrize('step, reason', [

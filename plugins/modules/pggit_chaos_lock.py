@@ -1,0 +1,275 @@
+#!/usr/bin/python
+# Copyright: pggit.chaos contributors
+# MIT License
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: pggit_chaos_lock
+short_description: Hold locks on pgGit's tables, for real, until the revert or the TTL
+version_added: 0.2.0
+description:
+  - Starts a detached lock holder on the target, C(pggit-chaos-locker),
+    recorded in the fault ledger before it takes any lock. It opens a session
+    (C(application_name) C(pggit-chaos-locker-<fault id>)), runs
+    C(LOCK TABLE ... IN <mode> MODE) on O(tables) and
+    C(pg_advisory_xact_lock()) for each of O(advisory_keys), and keeps that
+    transaction open until the fault is reverted or its TTL passes.
+  - The module returns once the locks are granted, with the holder's backend
+    pid and the locks it holds, read from C(pg_locks). A holder that cannot
+    take its locks within O(acquire_timeout_ms) (another session holds a
+    conflicting lock) fails the task and leaves nothing behind.
+  - The undo stops the holder (C(kill_process)) and also ends its backend by
+    pid with C(pg_terminate_backend()), but only while that pid still carries
+    the holder's C(application_name); so the locks go even when the holder
+    process is gone or hangs. O(state=absent), C(pggit_chaos_revert), the red
+    button and the TTL reaper all run that undo.
+  - In production this blocks every session that needs a conflicting lock
+    on those tables. With the default V(ACCESS EXCLUSIVE) on C(pggit.history)
+    and C(pggit.objects), every tracked DDL waits (or fails with its own
+    C(lock_timeout)) for the whole window, and so does any read of them.
+author: pggit.chaos maintainers (@pggit)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - pggit.chaos.postgres
+  - pggit.chaos.fault
+attributes:
+  check_mode:
+    support: full
+    details: Checks the tables and reports the locks it would take; takes none and starts nothing.
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+options:
+  tables:
+    description:
+      - Tables to lock, as C(pggit.<table>) or C(<table>) (schema C(pggit) is
+        implied). Each must exist and be a table of schema C(pggit); any other
+        is refused, naming it.
+    type: list
+    elements: str
+    default: [pggit.history, pggit.objects]
+  mode:
+    description:
+      - The table lock mode, any of PostgreSQL's eight, case-insensitive
+        (C(ACCESS SHARE), C(ROW SHARE), C(ROW EXCLUSIVE), C(SHARE UPDATE EXCLUSIVE),
+        C(SHARE), C(SHARE ROW EXCLUSIVE), C(EXCLUSIVE), C(ACCESS EXCLUSIVE)); the
+        C(pg_locks) spelling such as C(RowExclusiveLock) is accepted too.
+    type: str
+    default: ACCESS EXCLUSIVE
+  advisory_keys:
+    description:
+      - Transaction-level advisory locks (C(pg_advisory_xact_lock(bigint)))
+        to hold in the same transaction, one per key.
+    type: list
+    elements: int
+    default: []
+  acquire_timeout_ms:
+    description:
+      - How long the holder waits for its locks, from 0 to 60000 ms
+        (C(lock_timeout)); V(0) means C(NOWAIT). When a conflicting lock is
+        held longer, the fault fails and is rolled back.
+    type: int
+    default: 5000
+'''
+
+EXAMPLES = r'''
+- name: Hold ACCESS EXCLUSIVE on pgGit's history and objects for a minute
+  pggit.chaos.pggit_chaos_lock:
+    name: lock-contention
+    ttl: 60
+    db: app
+  register: held
+
+- name: ROW EXCLUSIVE on the history only, plus an advisory lock
+  pggit.chaos.pggit_chaos_lock:
+    name: deadlock-side-a
+    ttl: 30
+    db: app
+    tables: [pggit.history]
+    mode: row exclusive
+    advisory_keys: [4242]
+
+- name: Release the locks
+  pggit.chaos.pggit_chaos_lock:
+    name: lock-contention
+    state: absent
+'''
+
+RETURN = r'''
+holder:
+  description: The lock holder, V(pid) and V(starttime) of the C(pggit-chaos-locker) process, V(backend_pid) and V(application_name) of its session.
+  returned: when the locks were taken, or are already held
+  type: dict
+  sample: {pid: 31337, starttime: 123456, backend_pid: 4242, application_name: pggit-chaos-locker-lock--lock-contention}
+locks:
+  description: The table locks the holder's backend holds, read from C(pg_locks), each with V(relation), V(mode) and V(granted).
+  returned: when the locks were taken, or are already held
+  type: list
+  elements: dict
+  sample: [{relation: pggit.history, mode: AccessExclusiveLock, granted: true}]
+advisory_keys:
+  description: The advisory keys the holder's backend holds, read from C(pg_locks).
+  returned: when the locks were taken, or are already held
+  type: list
+  elements: int
+mode:
+  description: The lock mode, spelled as C(LOCK TABLE) takes it.
+  returned: with state=present
+  type: str
+  sample: ACCESS EXCLUSIVE
+tables:
+  description: The tables locked, or to lock in check mode.
+  returned: with state=present
+  type: list
+  elements: str
+fault_id:
+  description: Ledger id of the fault, C(lock--<name>).
+  returned: always
+  type: str
+'''
+
+import time
+
+from ansible_collections.pggit.chaos.plugins.module_utils import _locker, _pgconn, _results, _steps
+from ansible_collections.pggit.chaos.plugins.module_utils._background import BackgroundFault
+from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
+from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosError, ChaosModule
+from ansible_collections.pggit.chaos.plugins.module_utils.postgres import connect_or_fail, exec_sql, postgres_argument_spec
+
+RANGES = (('acquire_timeout_ms', 0, 60000),)
+# How long past acquire_timeout_ms the module waits for the holder to say it holds its locks.
+LOCKED_MARGIN = 10.0
+POLL = 0.05
+
+
+def check_options(module):
+    """Refuse bad options of state=present before anything connects, naming the option and the value."""
+    fail_on_ranges(module, RANGES)
+    params = module.params
+    for problem in (_locker.tables_problem(params['tables']), _locker.mode_problem(params['mode']),
+                    _locker.keys_problem(params['advisory_keys'])):
+        if problem:
+            module.fail_json(msg=problem, changed=False)
+
+
+class LockFault(BackgroundFault):
+    kind = 'lock'
+    program = _locker.PROC_TAG
+
+    def __init__(self, module):
+        super(LockFault, self).__init__(module)
+        self.held = None
+
+    def validate(self):
+        check_options(self.module)
+
+    def tables(self):
+        return ['%s.%s' % pair for pair in _locker.qualified(self.params['tables'])]
+
+    def app(self):
+        return _locker.application_name(self.fid())
+
+    def observe(self):
+        """The tables as the catalog knows them (a missing one fails, naming it), and the holder's session if any."""
+        conn = connect_or_fail(self.module, application_name='pggit-chaos-lock')
+        try:
+            rows = exec_sql(self.module, conn, _locker.FIND_TABLES, _locker.find_tables_args(self.params['tables']),
+                            what='looking for the tables to lock', option='tables').fetchall()
+            missing = _locker.missing_tables(self.params['tables'], rows)
+            if missing:
+                self.module.fail_json(msg='tables: %s %s not a table of schema pggit (got tables=%s)' % (
+                    ', '.join(missing), 'is' if len(missing) == 1 else 'are', self.params['tables']), changed=False)
+            sessions = exec_sql(self.module, conn, 'SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY pid',
+                                (self.app(),), what="looking for the lock holder's session").fetchall()
+        finally:
+            conn.close()
+        return {'tables': self.tables(), 'holder_backends': [r[0] for r in sessions]}
+
+    def in_place(self, record, current):
+        return self.program_in_place(record) and bool(current['holder_backends'])
+
+    def plan(self, current):
+        detail = {'conn': _pgconn.stored_conn(self.params), 'tables': self.tables(),
+                  'mode': _locker.normalize_mode(self.params['mode']), 'advisory_keys': list(self.params['advisory_keys']),
+                  'acquire_timeout_ms': self.params['acquire_timeout_ms']}
+        return [self.results_undo()], detail, dict(current, locked=detail['tables'], mode=detail['mode'],
+                                                   advisory_keys=detail['advisory_keys'])
+
+    def secret(self):
+        return _pgconn.secret_conn(self.params)
+
+    def apply(self, detail):
+        started = self.start_program(ready_timeout=self.params['connect_timeout'] + 5)
+        connected = self.reader.first('connected')  # written before ready
+        if connected is None:
+            raise ChaosError('the lock holder said ready without naming its backend')
+        backend_pid = connected['backend_pid']
+        # Recorded before the holder may lock: it waits for this very step.
+        self.add_undo_last({'type': 'pg_terminate_backend', 'pid': backend_pid, 'application_name': self.app(),
+                            'conn': _pgconn.stored_conn(self.params)})
+        event = self.await_event(('locked', 'error', 'done'), detail['acquire_timeout_ms'] / 1000.0 + LOCKED_MARGIN)
+        if event is None:
+            raise ChaosError('the lock holder (pid %s) did not report its locks within %gs' % (
+                started['pid'], detail['acquire_timeout_ms'] / 1000.0 + LOCKED_MARGIN))
+        if event['event'] != 'locked':
+            raise ChaosError(event.get('msg') or event.get('reason') or 'the lock holder exited without locking')
+        holder = dict(started, backend_pid=backend_pid, application_name=self.app())
+        return {'holder': holder, 'locks': event['locks'], 'advisory_keys': event['advisory_keys']}
+
+    def await_event(self, names, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            event = self.reader.first(*names)
+            if event is not None:
+                return event
+            if not _steps.same_process(self.started['pid'], self.started['starttime'], self.program):
+                return self.reader.first(*names)
+            time.sleep(POLL)
+        return None
+
+    def finish(self, result):
+        if self.params['state'] != 'present':
+            return
+        result.update(mode=_locker.normalize_mode(self.params['mode']), tables=self.tables())
+        if 'holder' in result or self.module.check_mode or 'record' not in result:
+            if self.module.check_mode and 'planned' in result:
+                result['msg'] = 'would lock %s IN %s MODE%s; locked nothing' % (
+                    ', '.join(self.tables()), result['mode'],
+                    ' and advisory keys %s' % self.params['advisory_keys'] if self.params['advisory_keys'] else '')
+            return
+        self.report_held(result)
+
+    def report_held(self, result):
+        """Already in place: what the holder reported when it took its locks."""
+        try:
+            reader = _results.Reader(_results.path_for(self.state_ledger(), self.fid()))
+        except (OSError, _results.ResultsError):
+            return
+        try:
+            connected, locked = reader.first('connected'), reader.first('locked')
+        finally:
+            reader.close()
+        steps = [s for s in result.get('record', {}).get('undo') or [] if s.get('type') == 'kill_process'] or [{}]
+        if locked:
+            result.update(holder={'pid': steps[0].get('pid'), 'starttime': steps[0].get('starttime'),
+                                  'backend_pid': (connected or {}).get('backend_pid'), 'application_name': self.app()},
+                          locks=locked['locks'], advisory_keys=locked['advisory_keys'])
+
+
+def main():
+    argument_spec = postgres_argument_spec()
+    argument_spec.update(
+        tables=dict(type='list', elements='str', default=['pggit.history', 'pggit.objects']),
+        mode=dict(type='str', default='ACCESS EXCLUSIVE'),
+        advisory_keys=dict(type='list', elements='int', default=[]),
+        acquire_timeout_ms=dict(type='int', default=5000),
+    )
+    chaos = ChaosModule(argument_spec)
+    if chaos.params['state'] == 'present':
+        check_options(chaos.module)  # before the state dir is touched: bad input leaves nothing behind
+    chaos.run(LockFault)
+
+
+if __name__ == '__main__':
+    main()

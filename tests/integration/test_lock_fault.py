@@ -1,0 +1,201 @@
+"""pggit_chaos_lock really holds its locks on a real PostgreSQL, and every way out (revert, TTL, a dead holder) frees them.
+
+A tracked DDL (CREATE TABLE: pgGit's event trigger writes pggit.history in the
+same transaction) must time out on its lock_timeout while the lock is held,
+leaving no table and no history row, and work once the fault is gone.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psycopg2
+import pytest
+
+from background import kill_programs, ledger_ids, programs, record
+from modrun import run_module
+from pgtools import query
+from waiting import wait_for
+from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _steps
+from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_lock
+
+LOCKER = 'pggit-chaos-locker'
+FID = 'lock--held'
+APP = 'pggit-chaos-locker-' + FID
+
+
+@pytest.fixture
+def private_state_dir(state_dir):
+    yield state_dir
+    kill_programs(state_dir)
+
+
+def args(pgdb, state_dir, **extra):
+    base = dict(pgdb, name='held', state_dir=state_dir, ttl=60)
+    base.update(extra)
+    return base
+
+
+def tracked_ddl(pgdb, table, timeout_ms=300):
+    """CREATE TABLE with the client's own lock_timeout: None when it worked, else the error."""
+    conn = psycopg2.connect(host='127.0.0.1', port=pgdb['login_port'], user='postgres', dbname=pgdb['db'], application_name='ddl-client')
+    try:
+        cur = conn.cursor()
+        cur.execute('SET lock_timeout = %s', (timeout_ms,))
+        cur.execute('CREATE TABLE public.%s (id int)' % table)
+        conn.commit()
+        return None
+    except psycopg2.Error as exc:
+        conn.rollback()
+        return exc
+    finally:
+        conn.close()
+
+
+def history_of(pgdb, table):
+    return query(pgdb, "SELECT count(*) FROM pggit.history h JOIN pggit.objects o ON o.id = h.object_id "
+                       "WHERE o.schema_name = 'public' AND o.object_name = %s", (table,))[0][0]
+
+
+def holder_sessions(pgdb):
+    return [r[0] for r in query(pgdb, "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pggit-chaos-locker-%'")]
+
+
+def held_locks(pgdb, pid):
+    return sorted(query(pgdb, "SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                              "WHERE l.pid = %s AND l.granted AND c.relname IN ('history', 'objects')", (pid,)))
+
+
+def assert_freed(pgdb, state_dir, table):
+    assert holder_sessions(pgdb) == []
+    assert tracked_ddl(pgdb, table) is None, 'tracked DDL must work once the lock is gone'
+    assert history_of(pgdb, table) == 1
+    assert wait_for(lambda: programs(state_dir, LOCKER) == [], 5)
+
+
+def test_held_lock_blocks_tracked_ddl_until_the_revert(pgdb, private_state_dir):
+    result, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir, advisory_keys=[4242, -7]))
+    assert not failed, result['msg']
+    holder = result['holder']
+    assert result['changed'] and holder['application_name'] == APP
+    assert holder_sessions(pgdb) == [holder['backend_pid']]
+    assert programs(private_state_dir, LOCKER) == [holder['pid']]
+    assert sorted((lock['relation'], lock['mode'], lock['granted']) for lock in result['locks']) == [
+        ('pggit.history', 'AccessExclusiveLock', True), ('pggit.objects', 'AccessExclusiveLock', True)]
+    assert held_locks(pgdb, holder['backend_pid']) == [('history', 'AccessExclusiveLock'), ('objects', 'AccessExclusiveLock')]
+    assert sorted(result['advisory_keys']) == [-7, 4242]
+    steps = record(private_state_dir, FID)['undo']
+    assert {'type': 'pg_terminate_backend', 'pid': holder['backend_pid'], 'application_name': APP} == dict(
+        (k, v) for k, v in steps[-1].items() if k != 'conn')
+
+    started = time.time()
+    error = tracked_ddl(pgdb, 'blocked_one', timeout_ms=500)
+    waited = time.time() - started
+    assert isinstance(error, psycopg2.errors.LockNotAvailable), error
+    assert 0.45 <= waited < 5, waited
+    assert query(pgdb, "SELECT to_regclass('public.blocked_one')")[0][0] is None, 'never half-tracked: no table'
+    again, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir, advisory_keys=[4242, -7]))
+    assert not failed and again['changed'] is False and again['holder']['backend_pid'] == holder['backend_pid']
+
+    reverted, failed = run_module(pggit_chaos_lock.main, dict(args(pgdb, private_state_dir), state='absent'))
+    assert not failed and reverted['revert']['result'] == 'reverted'
+    assert ledger_ids(private_state_dir) == []
+    assert_freed(pgdb, private_state_dir, 'after_revert')
+    assert history_of(pgdb, 'blocked_one') == 0
+
+
+def bring_expiry_forward(state_dir, seconds):
+    ledger = _ledger.Ledger(state_dir)
+    with ledger.lock():
+        rec = ledger.read(FID)
+        rec['expires_at'] = time.time() + seconds
+        ledger.write(rec)
+
+
+def test_the_ttl_reaper_alone_frees_the_lock(pgdb, private_state_dir):
+    result, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir, tables=['history']))
+    assert not failed, result['msg']
+    assert isinstance(tracked_ddl(pgdb, 'during_ttl'), psycopg2.errors.LockNotAvailable)
+    # The holder stops by itself only at the ttl it was started with (60 s): within the next seconds only the reaper can free it.
+    bring_expiry_forward(private_state_dir, 1.0)
+    assert wait_for(lambda: holder_sessions(pgdb) == [], 10), 'the reaper must free the lock at the TTL'
+    assert wait_for(lambda: ledger_ids(private_state_dir) == [], 5)
+    with open(os.path.join(private_state_dir, 'reaper.log')) as handle:
+        assert FID + ': reverted' in handle.read()
+    assert_freed(pgdb, private_state_dir, 'after_ttl')
+
+
+def test_a_frozen_holder_loses_its_backend_to_the_terminate_step(pgdb, private_state_dir):
+    result, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir))
+    assert not failed, result['msg']
+    holder = result['holder']
+    os.kill(holder['pid'], signal.SIGSTOP)  # a holder that can neither release nor exit
+    try:
+        time.sleep(0.3)
+        assert isinstance(tracked_ddl(pgdb, 'frozen'), psycopg2.errors.LockNotAvailable)
+        step = record(private_state_dir, FID)['undo'][-1]
+        assert step['type'] == 'pg_terminate_backend'
+        assert _steps.run_steps([step], {'state_dir': private_state_dir}) is True
+        assert holder_sessions(pgdb) == [], 'the step alone ended the backend'
+        assert _steps.same_process(holder['pid'], holder['starttime'], LOCKER), 'while the holder process still exists'
+        assert tracked_ddl(pgdb, 'frozen') is None
+        assert _steps.run_steps([step], {'state_dir': private_state_dir}) is False, 'gone is gone: nothing to do'
+    finally:
+        os.kill(holder['pid'], signal.SIGCONT)
+    reverted, failed = run_module(pggit_chaos_lock.main, dict(args(pgdb, private_state_dir), state='absent'))
+    assert not failed and reverted['revert']['result'] == 'reverted'
+    assert ledger_ids(private_state_dir) == [] and programs(private_state_dir, LOCKER) == []
+
+
+def test_a_sigkilled_holder_still_reverts_and_frees_the_lock(pgdb, private_state_dir):
+    result, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir))
+    assert not failed, result['msg']
+    os.kill(result['holder']['pid'], signal.SIGKILL)
+    assert wait_for(lambda: programs(private_state_dir, LOCKER) == [], 5)
+    reverted, failed = run_module(pggit_chaos_lock.main, dict(args(pgdb, private_state_dir), state='absent'))
+    assert not failed and reverted['revert']['result'] == 'reverted', reverted
+    assert ledger_ids(private_state_dir) == []
+    assert_freed(pgdb, private_state_dir, 'after_sigkill')
+
+
+def test_the_terminate_step_leaves_a_session_that_is_not_the_holders_alone(pgdb, private_state_dir):
+    bystander = psycopg2.connect(host='127.0.0.1', port=pgdb['login_port'], user='postgres', dbname=pgdb['db'],
+                                 application_name='bystander')
+    try:
+        step = {'type': 'pg_terminate_backend', 'pid': bystander.get_backend_pid(), 'application_name': APP,
+                'conn': dict((k, pgdb[k]) for k in ('login_host', 'login_port', 'login_user', 'db'))}
+        assert _steps.run_steps([step], {'state_dir': private_state_dir}) is False
+        bystander.cursor().execute('SELECT 1')
+    finally:
+        bystander.close()
+
+
+def test_a_conflicting_lock_fails_the_fault_and_leaves_nothing(pgdb, private_state_dir):
+    other = psycopg2.connect(host='127.0.0.1', port=pgdb['login_port'], user='postgres', dbname=pgdb['db'])
+    try:
+        other.cursor().execute('LOCK TABLE pggit.objects IN SHARE MODE')
+        result, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir, acquire_timeout_ms=300))
+        assert failed and 'canceling statement due to lock timeout' in result['msg'], result['msg']
+        assert 'LOCK TABLE pggit.history, pggit.objects IN ACCESS EXCLUSIVE MODE' in result['msg']
+        assert 'conflicting lock for longer than acquire_timeout_ms=300' in result['msg']
+        assert result['rollback']['result'] == 'reverted'
+    finally:
+        other.close()
+    assert ledger_ids(private_state_dir) == [] and holder_sessions(pgdb) == []
+    assert wait_for(lambda: programs(private_state_dir, LOCKER) == [], 5)
+
+
+@pytest.mark.parametrize('tables, named', [(['pggit.nope'], 'pggit.nope is not a table'),
+                                           (['pggit.history', 'pggit.history_pkey'], 'pggit.history_pkey is not a table')])
+def test_an_unknown_table_fails_naming_it_before_anything_is_recorded(pgdb, private_state_dir, tables, named):
+    result, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir, tables=tables))
+    assert failed and named in result['msg'] and 'tables=' in result['msg'], result['msg']
+    assert ledger_ids(private_state_dir) == [] and programs(private_state_dir) == [] and holder_sessions(pgdb) == []
+
+
+def test_check_mode_locks_nothing(pgdb, private_state_dir):
+    result, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir, mode='row exclusive'), check_mode=True)
+    assert not failed and result['changed'] and 'holder' not in result
+    assert result['msg'] == 'would lock pggit.history, pggit.objects IN ROW EXCLUSIVE MODE; locked nothing'
+    assert ledger_ids(private_state_dir) == [] and holder_sessions(pgdb) == []

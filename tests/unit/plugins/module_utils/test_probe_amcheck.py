@@ -1,0 +1,158 @@
+"""The amcheck check of the probe, against a fake cursor: which function, which transaction, what is reported."""
+from __future__ import annotations
+
+import psycopg2
+import pytest
+
+from ansible_collections.pggit.chaos.plugins.module_utils._probe import Probe, is_corruption
+
+from test_probe import TARGET, FakeConn, FakeCursor, by_name, primary
+
+INDEXES = [(101, 'pggit.history_pkey', True), (102, 'pggit.objects_pkey', True), (103, 'pggit.history_object_id_idx', True)]
+
+
+class Corrupted(psycopg2.errors.IndexCorrupted):
+    """What amcheck raises: SQLSTATE XX002 with its own message (pgcode is read-only on psycopg2 errors)."""
+
+    pgcode = 'XX002'
+
+    def __str__(self):
+        return self.args[0]
+
+
+class DataCorrupted(psycopg2.errors.DataCorrupted):
+    pgcode = 'XX001'
+
+
+class LockTimeout(psycopg2.errors.LockNotAvailable):
+    pgcode = '55P03'
+
+
+class AmcheckConn(FakeConn):
+    """bt_index_*check answers per index oid: an exception to raise, else success."""
+
+    def __init__(self, answers, per_index):
+        super(AmcheckConn, self).__init__(answers)
+        self.per_index = per_index
+        self.calls = []
+
+    def cursor(self):
+        return AmcheckCursor(self)
+
+
+class AmcheckCursor(FakeCursor):
+    def execute(self, query, params=None):
+        if isinstance(query, str) and query.startswith('SELECT bt_index'):
+            self.conn.executed.append(query)
+            self.conn.calls.append((query.split('(')[0][len('SELECT '):], params[0]))
+            answer = self.conn.per_index.get(params[0])
+            if answer is not None:
+                raise answer
+            self.rows = [('',)]
+            return
+        super(AmcheckCursor, self).execute(query, params)
+
+
+def answers(recovery=False, extension='1.3', available=True, **overrides):
+    base = primary(**{
+        'pg_is_in_recovery()': [(recovery, '15.6', 'shop')],
+        "FROM pg_extension WHERE extname = 'amcheck'": [(extension, available)],
+        'CREATE EXTENSION': [],
+        'SET TRANSACTION READ ONLY': [],
+        'SAVEPOINT': [],  # SAVEPOINT, RELEASE SAVEPOINT and ROLLBACK TO SAVEPOINT
+        "a.amname = 'btree'": INDEXES,
+    })
+    base.update(overrides)
+    return base
+
+
+def run(mode, per_index=None, create=True, **kw):
+    conn = AmcheckConn(answers(**kw), per_index or {})
+    probe = Probe(dict(TARGET, amcheck=mode, amcheck_create=create, canary=False, health_check='skip'), connect=lambda: conn)
+    result = probe.run_once()
+    return result, by_name(result).get('amcheck'), conn
+
+
+def test_none_runs_no_amcheck():
+    result, check, conn = run('none')
+    assert check is None and result['amcheck'] is None
+    assert not conn.ran('amcheck') and conn.calls == []
+
+
+def test_clean_indexes_are_ok_in_one_read_only_transaction():
+    result, check, conn = run('check')
+    assert check['status'] == 'ok' and check['critical'] is True and result['healthy']
+    assert check['data']['indexes_checked'] == 3 and check['data']['corrupt'] == [] and check['data']['function'] == 'bt_index_check'
+    assert conn.calls == [('bt_index_check', 101), ('bt_index_check', 102), ('bt_index_check', 103)]
+    assert all(q == 'SELECT bt_index_check(%s::oid::regclass, true)' for q in conn.executed if q.startswith('SELECT bt_'))
+    ordered = [q for q in conn.executed if 'SET TRANSACTION' in q or 'SAVEPOINT' in q]
+    assert ordered[0] == 'SET TRANSACTION READ ONLY'
+    assert ordered.count('SAVEPOINT pggit_chaos_amcheck') == 3 and ordered.count('RELEASE SAVEPOINT pggit_chaos_amcheck') == 3
+    assert 'rollback' in conn.log and 'commit' not in conn.log and conn.autocommit is True
+    assert not conn.ran('CREATE EXTENSION')
+
+
+def test_each_corrupt_index_is_reported_with_amchecks_text_and_does_not_hide_the_others():
+    broken = {101: Corrupted('item order invariant violated for index "history_pkey"'),
+              103: Corrupted('index "history_object_id_idx" contains unexpected zero page at block 1')}
+    result, check, conn = run('check', broken)
+    assert conn.calls == [('bt_index_check', 101), ('bt_index_check', 102), ('bt_index_check', 103)]
+    assert conn.executed.count('ROLLBACK TO SAVEPOINT pggit_chaos_amcheck') == 2
+    assert check['status'] == 'failed' and result['healthy'] is False and 'amcheck' in result['failed_checks']
+    assert [(c['index'], c['error'], c['sqlstate']) for c in check['data']['corrupt']] == [
+        ('pggit.history_pkey', 'item order invariant violated for index "history_pkey"', 'XX002'),
+        ('pggit.history_object_id_idx', 'index "history_object_id_idx" contains unexpected zero page at block 1', 'XX002')]
+    assert check['data']['indexes_checked'] == 3
+    assert result['findings'] == [
+        'amcheck: index pggit.history_pkey is corrupt: item order invariant violated for index "history_pkey"',
+        'amcheck: index pggit.history_object_id_idx is corrupt: index "history_object_id_idx" contains unexpected zero page at block 1']
+    assert result['amcheck']['corrupt'] == check['data']['corrupt']
+
+
+def test_an_index_that_cannot_be_checked_is_an_error_not_corruption():
+    result, check, _conn = run('check', {102: LockTimeout('canceling statement due to lock timeout')})
+    assert check['status'] == 'error' and check['data']['corrupt'] == []
+    assert check['data']['errors'][0]['index'] == 'pggit.objects_pkey' and check['data']['indexes_checked'] == 2
+    assert 'could not be checked' in check['message'] and not result['healthy']
+
+
+def test_parent_on_a_primary_runs_the_parent_check():
+    _result, check, conn = run('parent')
+    assert {c[0] for c in conn.calls} == {'bt_index_parent_check'} and check['data']['function'] == 'bt_index_parent_check'
+    assert 'parent_check' not in check['data']
+
+
+def test_parent_on_a_standby_is_skipped_and_says_why():
+    _result, check, conn = run('parent', recovery=True)
+    assert {c[0] for c in conn.calls} == {'bt_index_check'}
+    assert check['status'] == 'ok'
+    assert check['data']['parent_check'].startswith('bt_index_parent_check skipped: this is a standby')
+    assert 'ShareLock' in check['message']
+
+
+def test_missing_extension_is_created_on_a_primary_only():
+    _result, check, conn = run('check', extension=None)
+    assert conn.ran('CREATE EXTENSION IF NOT EXISTS amcheck') and check['status'] == 'ok' and check['data']['extension_created']
+
+
+@pytest.mark.parametrize('kw, words', [
+    (dict(recovery=True), 'a standby cannot create it'),
+    (dict(create=False), 'check mode does not create it'),
+    (dict(available=False), 'amcheck is not installed on this server (option amcheck=check): install the PostgreSQL contrib'),
+])
+def test_missing_extension_not_creatable_is_an_error_naming_why(kw, words):
+    result, check, conn = run('check', extension=None, **kw)
+    assert check['status'] == 'error' and words in check['message'], check['message']
+    assert not conn.ran('CREATE EXTENSION') and conn.calls == [] and not result['healthy']
+
+
+def test_invalid_indexes_are_listed_not_checked():
+    _result, check, conn = run('check', **{"a.amname = 'btree'": INDEXES[:1] + [(104, 'pggit.broken_idx', False)]})
+    assert conn.calls == [('bt_index_check', 101)] and check['data']['not_checked_invalid'] == ['pggit.broken_idx']
+
+
+def test_corruption_is_class_xx_only():
+    assert is_corruption(Corrupted('x'))
+    assert is_corruption(DataCorrupted('invalid page in block 1'))
+    assert not is_corruption(LockTimeout('timeout'))
+    assert not is_corruption(psycopg2.errors.QueryCanceled('no code'))
