@@ -12,6 +12,8 @@ subnet:
                    default lab ``lab``, otherwise 1 + sha256(name) mod 511, or
                    --subnet-index; index i is 198.(18 + i // 256).(i % 256).0/24
 - host addresses   <subnet>.(10 + N)
+- cgroups          pggit-lab-<name>-lab-<N>, children of lab_up's own cgroups
+                   (see pggit_lab_cgroup.py)
 
 Names are 1 to 10 characters from [a-z0-9]: a Linux interface name has at most
 15, and the veth name adds 5. No name is a prefix of another's interface names
@@ -99,6 +101,7 @@ def plan(name, hosts=None, index=None, lab_dir=None):
         'bridge_address': base + '.1',
         'netns_regex': '^%s-[0-9]$' % prefix,
         'link_regex': '^%s([0-9]h|0)$' % prefix,
+        'cgroup_regex': '^pggit-lab-%s-lab-[0-9]$' % name,
     }
     if hosts is None:
         return result
@@ -129,6 +132,7 @@ def plan(name, hosts=None, index=None, lab_dir=None):
             'host_key': host_dir + '/ssh_host_ed25519_key',
             'sshd_pid': host_dir + '/run/sshd.pid',
             'sshd_log': host_dir + '/sshd.log',
+            'cgroup_name': 'pggit-lab-%s-lab-%d' % (name, i),
         })
     result['nodes'] = nodes
     return result

@@ -15,6 +15,11 @@ alone. Paths match whole: lab dir /x/lab-a does not claim /x/lab-ab.
 This script, its ancestors (the shell and the ansible-playbook that ran it)
 and kernel threads are never touched. Matching processes get SIGKILL, and the
 scan repeats until none are left or --timeout seconds pass. Run as root.
+
+With --cgroup-regex (lab_down passes ^pggit-lab-<name>-lab-[0-9]$) the lab
+hosts' cgroups are thawed first (a frozen process cannot die), and once the
+scan is done, whatever is still in them (they are the lab's own) is killed
+and they are removed (pggit_lab_cgroup.remove, next to this file).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ import re
 import signal
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pggit_lab_cgroup  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _read(path):
@@ -98,12 +106,13 @@ def _why(pid, lab_dirs, netns_inodes):
     return None
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--lab-dir', required=True)
     parser.add_argument('--netns-regex', required=True, help="the lab's namespaces, e.g. ^pgglab-[0-9]$")
     parser.add_argument('--timeout', type=float, default=10.0)
-    args = parser.parse_args()
+    parser.add_argument('--cgroup-regex', help="the lab's cgroups, e.g. ^pggit-lab-lab-lab-[0-9]$")
+    args = parser.parse_args(argv)
 
     lab_dirs = {os.path.normpath(args.lab_dir), os.path.realpath(args.lab_dir)}
     if not os.path.isabs(args.lab_dir) or min(path.count('/') for path in lab_dirs) < 2:
@@ -112,6 +121,15 @@ def main():
         netns_regex = re.compile(args.netns_regex)
     except re.error as exc:
         parser.error('--netns-regex %r: %s' % (args.netns_regex, exc))
+    if args.cgroup_regex is not None:
+        if not args.cgroup_regex.startswith('^pggit-lab-'):
+            parser.error('--cgroup-regex must start with ^pggit-lab- (the lab cgroups only), got %r'
+                         % args.cgroup_regex)
+        try:
+            re.compile(args.cgroup_regex)
+        except re.error as exc:
+            parser.error('--cgroup-regex %r: %s' % (args.cgroup_regex, exc))
+        pggit_lab_cgroup.thaw([path for _fstype, path in pggit_lab_cgroup.find(args.cgroup_regex)])
     spare = _ancestors(os.getpid())
     killed = {}
     deadline = time.monotonic() + args.timeout
@@ -135,14 +153,18 @@ def main():
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        if not found:
+        if not found or time.monotonic() > deadline:
             break
-        if time.monotonic() > deadline:
-            json.dump({'killed': killed, 'survivors': found}, sys.stdout)
-            return 1
         time.sleep(0.2)
-    json.dump({'killed': killed, 'survivors': 0}, sys.stdout)
-    return 0
+    result = {'killed': killed, 'survivors': found}
+    if args.cgroup_regex is not None:
+        cgroups = pggit_lab_cgroup.remove(args.cgroup_regex, max(1.0, deadline - time.monotonic()), spare)
+        for pid, comm in cgroups['killed'].items():
+            killed.setdefault(pid, '%s (cgroup)' % comm)
+        result.update(cgroups_removed=cgroups['removed'], cgroups_thawed=cgroups['thawed'],
+                      cgroups_left=cgroups['left'])
+    json.dump(result, sys.stdout)
+    return 1 if found or result.get('cgroups_left') else 0
 
 
 if __name__ == '__main__':

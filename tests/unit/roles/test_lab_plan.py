@@ -68,6 +68,8 @@ def test_one_labs_patterns_never_match_anothers_names(one, other):
         assert not [link for link in other_links if re.match(mine['link_regex'], link)]
         assert all(re.match(mine['netns_regex'], n['netns']) for n in mine['nodes'])
         assert not [n['netns'] for n in theirs['nodes'] if re.match(mine['netns_regex'], n['netns'])]
+        assert all(re.match(mine['cgroup_regex'], n['cgroup_name']) for n in mine['nodes'])
+        assert not [n['cgroup_name'] for n in theirs['nodes'] if re.match(mine['cgroup_regex'], n['cgroup_name'])]
         assert not (mine['dir'] + '/').startswith(theirs['dir'] + '/')
 
 
