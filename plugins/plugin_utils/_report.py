@@ -340,12 +340,311 @@ def _replicas_behind(raw):
     return reasons, evidence
 
 
+# --- resource and process faults -------------------------------------------------
+# The fill is "near the ask" when the free space measured after it is within
+# this much of the free space asked for: the larger of 1 MiB and 1 % of the
+# filesystem (PostgreSQL keeps writing while the file grows).
+FILL_TOLERANCE_BYTES = 1024 * 1024
+FILL_TOLERANCE_SHARE = 0.01
+# Memory pressure happened when the cgroup's peak reached this share of the
+# memory stress-ng was asked to take (the peak counts PostgreSQL's memory too).
+MEMORY_PEAK_SHARE = 0.9
+# CPU pressure happened when the load measured in the cgroup reached this share
+# of the asked load: whatever else runs on the host takes its share of the
+# cores (a shared 2-core lab machine gave 30-85 % for 100 % asked), while
+# PostgreSQL and the workload alone stay near 10 %.
+CPU_LOAD_SHARE = 0.25
+MIB = 1024.0 * 1024.0
+
+
+def _mb(value):
+    return '?' if value is None else '%.1f MiB' % (value / MIB)
+
+
+def _seconds_text(value):
+    return '?' if value is None else '%.2f s' % value
+
+
+def _rounds(value):
+    """Probe rounds ({at, healthy, failed}) in time order, bad items left out."""
+    rounds = [r for r in value or [] if isinstance(r, dict) and _number(r.get('at')) is not None]
+    return sorted(rounds, key=lambda r: float(r['at']))
+
+
+def _down(round_):
+    return 'connect' in (round_.get('failed') or [])
+
+
+def _outage(rounds):
+    """The first stretch of unhealthy probe rounds: (first unhealthy, last healthy before, first healthy after)."""
+    first = next((n for n, r in enumerate(rounds) if r.get('healthy') is not True), None)
+    if first is None:
+        return None, None, None
+    before = rounds[first - 1] if first > 0 else None
+    after = next((r for r in rounds[first:] if r.get('healthy') is True), None)
+    return rounds[first], before, after
+
+
+def _first_healthy_since(rounds, since):
+    if since is None:
+        return None
+    return next((r for r in rounds if r.get('healthy') is True and float(r['at']) >= since), None)
+
+
+def _workload_failures(raw):
+    """DDL the workload saw fail or end unknown, and its errors by class."""
+    workload = _mapping(raw.get('workload'))
+    check = _mapping(workload.get('check'))
+    failed = int(_number(check.get('failed')) or 0) + int(_number(check.get('unknown')) or 0)
+    return failed, _mapping(workload.get('errors'))
+
+
+def _fill(fault):
+    """The fill file really took the space: fill_bytes above 0, free space after it near the ask."""
+    filesystem = _mapping(fault.get('filesystem'))
+    fill_bytes, asked = _number(fault.get('fill_bytes')), _number(fault.get('asked_free_bytes'))
+    size, after = _number(filesystem.get('size_bytes')), _number(filesystem.get('free_bytes_after'))
+    tolerance = max(FILL_TOLERANCE_BYTES, FILL_TOLERANCE_SHARE * size) if size else FILL_TOLERANCE_BYTES
+    off = after - asked if after is not None and asked is not None else None
+    evidence = dict(fill_file=fault.get('fill_file'), fill_bytes=fill_bytes, mount=filesystem.get('mount'),
+                    size_bytes=size, free_bytes_before=_number(filesystem.get('free_bytes_before')),
+                    asked_free_bytes=asked, free_bytes_after=after, off_bytes=off, tolerance_bytes=tolerance,
+                    enospc=fault.get('enospc'))
+    if not fill_bytes or fill_bytes <= 0:
+        return ['the fault did not happen: the fill file took %s bytes' % _count(fill_bytes)], evidence
+    if off is None:
+        return ['the fill cannot be proven: free space asked %s, measured after the fill %s'
+                % (_mb(asked), _mb(after))], evidence
+    if abs(off) > tolerance:
+        return ['the fill missed its ask: %s free asked, %s free after the fill (off by %s, tolerance %s)'
+                % (_mb(asked), _mb(after), _mb(off), _mb(tolerance))], evidence
+    return [], evidence
+
+
+def _disk_filled(raw):
+    """disk_pressure: the fill file took the space asked for (tracked DDL going on is the steady state's and the workload's)."""
+    return _fill(_mapping(raw.get('fault')))
+
+
+def _disk_full(raw):
+    """disk_full: the filesystem was full, the full disk reached PostgreSQL, and tracked DDL worked again after the revert.
+
+    Reports whether the server went down in the window (a PANIC on a new WAL
+    segment shuts it down: the window's probes could not connect) and the time
+    from the revert of the fill until the first healthy probe (a tracked canary
+    DDL) after it.
+    """
+    fault = _mapping(raw.get('fault'))
+    reasons, evidence = _fill(fault)
+    window, recovery = _rounds(fault.get('window_rounds')), _rounds(fault.get('recovery_rounds'))
+    failed, errors = _workload_failures(raw)
+    unhealthy = [r for r in window if r.get('healthy') is not True]
+    asked_at = _number(_mapping(fault.get('fill_revert')).get('asked_at'))
+    back = _first_healthy_since(recovery, asked_at)
+    evidence.update(ddl_failed=failed, workload_errors=errors, window_probes=len(window), window_probes_unhealthy=len(unhealthy),
+                    panicked=any(_down(r) for r in window),
+                    recovery_s=round(float(back['at']) - asked_at, 3) if back else None)
+    if not window:
+        reasons.append('the full disk cannot be shown to reach PostgreSQL: the window was not probed')
+    elif not failed and not unhealthy:
+        reasons.append('the full disk never reached PostgreSQL: no DDL failed and all %d probes of the window were healthy'
+                       % len(window))
+    if asked_at is None or not recovery:
+        reasons.append('the recovery after the full disk was not timed: no revert of the fill or no probe after it')
+    elif back is None:
+        reasons.append('tracked DDL did not work again within %s of the revert of the fill (%d probes)'
+                       % (_seconds_text(float(recovery[-1]['at']) - asked_at), len(recovery)))
+    return reasons, evidence
+
+
+def _phases(raw):
+    return [p for p in _mapping(raw.get('fault')).get('phases') or [] if isinstance(p, dict)]
+
+
+def _memory_pressed(raw):
+    """memory_pressure: in every phase the cgroup's peak reached the memory stress-ng was asked to take.
+
+    Reports the OOM kills and whether PostgreSQL's sessions were reset (the
+    workload had to reconnect), which says whom the OOM killer chose.
+    """
+    phases, reasons, shown = _phases(raw), [], []
+    for number, phase in enumerate(phases, 1):
+        result = _mapping(phase.get('result'))
+        cgroup, figures = _mapping(result.get('cgroup')), _mapping(result.get('figures'))
+        limit, pct, peak = _number(cgroup.get('limit_bytes')), _number(phase.get('asked')), _number(figures.get('peak_bytes'))
+        asked = limit * pct / 100.0 if limit is not None and pct is not None else None
+        shown.append(dict(phase=number, asked_pct=pct, asked_bytes=asked, limit_bytes=limit, peak_bytes=peak,
+                          usage_bytes_before=_number(cgroup.get('usage_bytes_before')),
+                          peak_share_of_ask=round(peak / asked, 3) if peak is not None and asked else None,
+                          oom_kills=_number(figures.get('oom_kills')), cgroup=cgroup.get('paths'),
+                          stress_pid=_mapping(result.get('stress')).get('pid')))
+        if asked is None or peak is None:
+            reasons.append('memory phase %d cannot be proven: asked %s%% of a limit of %s, peak %s'
+                           % (number, '?' if pct is None else '%g' % pct, _mb(limit), _mb(peak)))
+        elif peak < MEMORY_PEAK_SHARE * asked:
+            reasons.append('the fault did not happen in memory phase %d: the cgroup peaked at %s, under %d%% of the %s asked'
+                           % (number, _mb(peak), int(MEMORY_PEAK_SHARE * 100), _mb(asked)))
+    if not phases:
+        reasons.append('the fault did not happen: no memory phase ran')
+    kills = [p['oom_kills'] for p in shown if p['oom_kills'] is not None]
+    reconnects = _number(_mapping(raw.get('workload')).get('reconnects'))
+    reset = bool(reconnects)
+    oom_kills = sum(kills) if kills else None
+    if not oom_kills:
+        victim = 'none (no OOM kill counted)' if kills else 'unknown (the kernel gave no OOM count)'
+    else:
+        victim = ('PostgreSQL: its sessions were reset (the workload reconnected %d time(s))' % reconnects if reset
+                  else 'stress-ng: PostgreSQL sessions went on untouched')
+    return reasons, dict(phases=shown, oom_kills=oom_kills, postgres_sessions_reset=reset, workload_reconnects=reconnects,
+                         oom_victim=victim)
+
+
+def _cpu_pressed(raw):
+    """cpu_pressure: the CPU load measured reached the asked load; DDL latency before and during for the report."""
+    phases, reasons = _phases(raw), []
+    before = _mapping(_mapping(raw.get('workload_baseline')).get('latency_ms'))
+    during = _mapping(_mapping(raw.get('workload')).get('latency_ms'))
+    evidence = dict(ddl_latency_ms_before=dict(p50=before.get('p50'), p95=before.get('p95')) if before else None,
+                    ddl_latency_ms_during=dict(p50=during.get('p50'), p95=during.get('p95')) if during else None, phases=[])
+    for number, phase in enumerate(phases, 1):
+        result = _mapping(phase.get('result'))
+        asked, measured = _number(phase.get('asked')), _number(_mapping(result.get('figures')).get('cpu_load_measured_pct'))
+        evidence['phases'].append(dict(phase=number, asked_load_pct=asked, measured_load_pct=measured,
+                                       stress=_mapping(result.get('stress')), cgroup=_mapping(result.get('cgroup')).get('paths')))
+        if asked is None or measured is None:
+            reasons.append('cpu phase %d cannot be proven: asked load %s%%, measured %s'
+                           % (number, '?' if asked is None else '%g' % asked, '?' if measured is None else '%g%%' % measured))
+        elif measured < CPU_LOAD_SHARE * asked:
+            reasons.append('the fault did not happen in cpu phase %d: load measured %.1f%%, under %d%% of the %g%% asked'
+                           % (number, measured, int(CPU_LOAD_SHARE * 100), asked))
+    if not phases:
+        reasons.append('the fault did not happen: no cpu phase ran')
+    return reasons, evidence
+
+
+def _signalled(raw, signal):
+    signalled = [s for s in _mapping(raw.get('fault')).get('signalled') or [] if isinstance(s, dict)]
+    shown = [dict((k, s.get(k)) for k in ('pid', 'role', 'backend_type', 'application_name', 'signal', 'exited', 'stopped')
+                  if k in s) for s in signalled]
+    wrong = [s for s in signalled if s.get('signal') not in (None, signal)]
+    # The module confirms the effect: a KILLed process gone, a STOPped one paused.
+    effect = 'stopped' if signal == 'STOP' else 'exited'
+    missed = [s for s in signalled if s.get(effect) is False]
+    reasons = []
+    if not signalled:
+        reasons.append('the fault did not happen: no process was signalled')
+    if wrong:
+        reasons.append('signalled with %s, not %s: %s' % (', '.join(sorted(set(str(s.get('signal')) for s in wrong))), signal,
+                                                          _names(s.get('pid') for s in wrong)))
+    if missed:
+        reasons.append('the signal %s had no effect: pid %s not %s' % (signal, _names(s.get('pid') for s in missed), effect))
+    return reasons, shown
+
+
+def _backend_killed(raw):
+    """backend_crash: a backend was SIGKILLed and the workload had to reconnect; recovery time from the window's probes.
+
+    recovery_s runs from the last healthy probe before the outage to the first
+    healthy one after it (an upper bound); down_seen_s from the first unhealthy
+    probe (a lower bound). An outage shorter than the probe interval may go
+    unseen: then recovery_s_at_most is the widest gap between two probes.
+    """
+    fault = _mapping(raw.get('fault'))
+    reasons, shown = _signalled(raw, 'KILL')
+    reconnects = _number(_mapping(raw.get('workload')).get('reconnects'))
+    rounds = _rounds(fault.get('window_rounds'))
+    first, before, after = _outage(rounds)
+    gaps = [float(b['at']) - float(a['at']) for a, b in zip(rounds, rounds[1:])]
+    evidence = dict(signalled=shown, workload_reconnects=reconnects, window_probes=len(rounds), outage_seen=first is not None,
+                    recovery_s=round(float(after['at']) - float(before['at']), 3) if after and before else None,
+                    down_seen_s=round(float(after['at']) - float(first['at']), 3) if after and first else None,
+                    # No probe failed: the outage fit between two probes, so it was no longer than the widest gap.
+                    recovery_s_at_most=round(max(gaps), 3) if first is None and gaps else None)
+    if shown and not reconnects:
+        reasons.append('the kill did not reach the workload: it never reconnected')
+    if first is not None and after is None:
+        reasons.append('the target did not recover within the window: %d probe(s) unhealthy from the first failure on'
+                       % len([r for r in rounds if float(r['at']) >= float(first['at'])]))
+    return reasons, evidence
+
+
+def _postmaster_killed(raw):
+    """postmaster_crash: the postmaster was SIGKILLed, the server was down, and tracked DDL worked again after the restart.
+
+    first_tracked_ddl_s runs from the moment the restart was asked (the revert
+    of the process fault) to the first healthy probe (a tracked canary DDL).
+    """
+    fault = _mapping(raw.get('fault'))
+    reasons, shown = _signalled(raw, 'KILL')
+    rounds = _rounds(fault.get('window_rounds'))
+    down = [r for r in rounds if _down(r)]
+    asked_at = _number(_mapping(fault.get('restart')).get('asked_at'))
+    back = _first_healthy_since(rounds, asked_at)
+    evidence = dict(signalled=shown, window_probes=len(rounds), probes_down=len(down), restart_asked_at=asked_at,
+                    down_s=round(asked_at - float(down[0]['at']), 3) if down and asked_at is not None else None,
+                    first_tracked_ddl_s=round(float(back['at']) - asked_at, 3) if back else None)
+    if shown and rounds and not down:
+        reasons.append('the fault did not happen: the server never went down (all %d probes of the window connected)' % len(rounds))
+    if not rounds:
+        reasons.append('the crash cannot be proven: the window was not probed')
+    if asked_at is None:
+        reasons.append('the server was not restarted by the revert of the process fault')
+    elif back is None:
+        reasons.append('tracked DDL did not work again after the restart within the window')
+    return reasons, evidence
+
+
+def _history_rows(results):
+    rows = {}
+    for result in results or []:
+        result = _mapping(result)
+        rows[_host(result)] = None if result.get('skipped') else _number(_mapping(result.get('history')).get('rows'))
+    return rows
+
+
+def _replicas_paused(raw):
+    """process_pause: the walreceivers were stopped, and each paused replica's pggit.history did not grow in the window.
+
+    Rows at the window's start (just after the SIGSTOP) must equal the rows at
+    its end, and be fewer than the primary's then; the catch-up after the
+    SIGCONT, row for row, is the convergence check.
+    """
+    fault = _mapping(raw.get('fault'))
+    reasons, shown = _signalled(raw, 'STOP')
+    window_end = _mapping(raw.get('history_at_window_end'))
+    primary_rows = _number(_mapping(window_end.get('primary')).get('rows'))
+    start, end = _history_rows(fault.get('replicas_at_start')), _history_rows(window_end.get('replicas'))
+    evidence = dict(signalled=shown, primary_rows=primary_rows, replica_rows_at_start=start, replica_rows_at_end=end)
+    if primary_rows is None:
+        reasons.append("the pause cannot be proven: the primary's pggit.history was not read at the window's end")
+    if not end:
+        reasons.append('the pause cannot be proven: no paused replica was looked at')
+    for host in sorted(end):
+        if end[host] is None or start.get(host) is None:
+            reasons.append("the pause cannot be proven: %s's pggit.history was not read at the window's %s"
+                           % (host, 'end' if end[host] is None else 'start'))
+        elif end[host] != start[host]:
+            reasons.append('the pause did not happen: the pggit.history of %s grew from %d to %d rows in the window'
+                           % (host, start[host], end[host]))
+        elif primary_rows is not None and end[host] >= primary_rows:
+            reasons.append('the pause cannot be proven: %s holds %d history rows, the primary %d (it did not fall behind)'
+                           % (host, end[host], primary_rows))
+    return reasons, evidence
+
+
 # Fault check -> rule; 'auto' picks the rule by experiment name.
 FAULT_CHECKS = {
     'connections': _kills_hit,
     'trigger': _drift_complete,
     'latency': _latency_mark,
     'partition': _replicas_behind,
+    'disk': _disk_filled,
+    'disk_full': _disk_full,
+    'memory': _memory_pressed,
+    'cpu': _cpu_pressed,
+    'backend_kill': _backend_killed,
+    'postmaster_kill': _postmaster_killed,
+    'pause': _replicas_paused,
 }
 EXPERIMENT_FAULT_CHECKS = {
     'kill_connections': 'connections',
@@ -353,6 +652,13 @@ EXPERIMENT_FAULT_CHECKS = {
     'network_latency': 'latency',
     'packet_loss': 'latency',
     'region_partition': 'partition',
+    'disk_pressure': 'disk',
+    'disk_full': 'disk_full',
+    'memory_pressure': 'memory',
+    'cpu_pressure': 'cpu',
+    'backend_crash': 'backend_kill',
+    'postmaster_crash': 'postmaster_kill',
+    'process_pause': 'pause',
 }
 
 

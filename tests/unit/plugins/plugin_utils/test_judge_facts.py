@@ -162,14 +162,20 @@ def test_skipped_workload_counts_as_none():
 def test_fault_check_is_picked_by_experiment_name():
     assert _report.EXPERIMENT_FAULT_CHECKS == {'kill_connections': 'connections', 'trigger_failure': 'trigger',
                                                'network_latency': 'latency', 'packet_loss': 'latency',
-                                               'region_partition': 'partition'}
-    assert set(_report.FAULT_CHECKS) == {'connections', 'trigger', 'latency', 'partition'}
+                                               'region_partition': 'partition',
+                                               'disk_pressure': 'disk', 'disk_full': 'disk_full',
+                                               'memory_pressure': 'memory', 'cpu_pressure': 'cpu',
+                                               'backend_crash': 'backend_kill', 'postmaster_crash': 'postmaster_kill',
+                                               'process_pause': 'pause'}
+    assert set(_report.FAULT_CHECKS) == {'connections', 'trigger', 'latency', 'partition', 'disk', 'disk_full', 'memory',
+                                         'cpu', 'backend_kill', 'postmaster_kill', 'pause'}
     # A known experiment with no facts cannot prove its fault: never passed.
     for experiment in _report.EXPERIMENT_FAULT_CHECKS:
         entry = _report.judge(raw(experiment=experiment))
         assert entry['status'] == 'failed', experiment
     assert _report.judge(raw(experiment='kill_connections', fault_check='none'))['status'] == 'passed'
-    assert reasons(fault_check='bogus') == ["unknown fault_check 'bogus'; expected one of auto, none, connections, latency, partition, trigger"]
+    assert reasons(fault_check='bogus') == ["unknown fault_check 'bogus'; expected one of auto, none, backend_kill, connections, cpu, "
+                                            "disk, disk_full, latency, memory, partition, pause, postmaster_kill, trigger"]
 
 
 def test_an_error_explains_itself_without_fault_check_noise():
