@@ -262,7 +262,7 @@ def main():
     argument_spec.update(
         tables=dict(type='list', elements='str', default=['pggit.history', 'pggit.objects']),
         mode=dict(type='str', default='ACCESS EXCLUSIVE'),
-        advisory_keys=dict(type='list', elements='int', default=[]),
+        advisory_keys=dict(type='list', elements='int', default=[], no_log=False),
         acquire_timeout_ms=dict(type='int', default=5000),
     )
     chaos = ChaosModule(argument_spec)

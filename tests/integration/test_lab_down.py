@@ -47,7 +47,7 @@ def freeze(paths):
     control = 'freezer.state' if 'freezer' in paths else 'cgroup.freeze'
     with open(os.path.join(path, control), 'w') as handle:
         handle.write('FROZEN' if 'freezer' in paths else '1')
-    for _ in range(100):
+    for _attempt in range(100):
         if cgroup.freezer_state(path) == 'FROZEN':
             return
         time.sleep(0.05)
@@ -149,7 +149,7 @@ def test_lab_down_kills_only_its_own_lab(world, tmp_path):
                 + [sys.executable, '-c', SLEEP])
     world.start('other_cgroup', JOIN + [str(len(other_cg['procs_files']))] + other_cg['procs_files']
                 + [sys.executable, '-c', SLEEP])
-    for _ in range(100):
+    for _attempt in range(100):
         if all(world.procs[key].pid in cgroup._procs(path)
                for key, made in (('lab_cgroup', lab_cg), ('other_cgroup', other_cg))
                for path in made['cgroups'].values()):
