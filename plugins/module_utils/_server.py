@@ -9,7 +9,13 @@ package layouts.  A fault that may stop the server records
 ``pggit_chaos_revert``, the TTL reaper) can start it again the way it was
 started: ``pg_ctl`` as the data directory's owner, with the options of
 ``postmaster.opts``, inside the postmaster's cgroups; or the systemd unit when
-systemd manages it.
+systemd manages it.  A server another program runs (Patroni, pg_autoctl...:
+the postmaster's parent, see :func:`manager_of`) is never started by us: its
+step only looks whether it is back.
+
+Files of the data directory belong to the server's owner and are read as
+root: only regular files of that owner, never through a link, never
+blocking, at most ``_steps.DATA_FILE_MAX`` bytes (``_steps.read_regular``).
 
 Standard library only (plus the cursor the caller passes): the reaper imports
 this file through ``_steps``.
@@ -46,17 +52,34 @@ _UNIT_RE = re.compile(r'^[A-Za-z0-9@._:\\-]+\.service$')
 INFO_SQL = ("SELECT current_setting('data_directory'), current_setting('server_version_num')::int, pg_is_in_recovery()")
 
 
+# Programs that run PostgreSQL themselves and restart it (or fail over) on their own, by the name of the
+# postmaster's parent: such a server is theirs to start, never ours.  Anything else as the parent (PID 1, an init,
+# systemd --user or another subreaper that adopted a daemonized pg_ctl server, a shell) is not a manager.
+MANAGERS = ('patroni', 'pg_autoctl', 'repmgrd', 'stolon-keeper', 'supervisord', 'runsv', 's6-supervise')
+MANAGER_SHOWN = 120
+
+
 def _read(path):
     with open(path) as handle:
         return handle.read()
 
 
-def postmaster_pid(pgdata):
-    """The pid on the first line of <pgdata>/postmaster.pid, or None when there is no such file."""
+def _data_file(pgdata, name):
+    """The text of a file of the data directory owned by the directory's owner (see read_regular), or None."""
     try:
-        first = _read(os.path.join(pgdata, 'postmaster.pid')).split('\n', 1)[0].strip()
-    except (IOError, OSError):
+        owner = os.stat(pgdata).st_uid
+    except (OSError, TypeError, ValueError):
         return None
+    data = _steps.read_regular(os.path.join(pgdata, name), _steps.DATA_FILE_MAX, owner)
+    return None if data is None else data.decode('utf-8', 'replace')
+
+
+def postmaster_pid(pgdata):
+    """The pid on the first line of <pgdata>/postmaster.pid, or None when there is no such file (or it is not a plain file)."""
+    text = _data_file(pgdata, 'postmaster.pid')
+    if text is None:
+        return None
+    first = text.split('\n', 1)[0].strip()
     return int(first) if first.isdigit() else None
 
 
@@ -104,9 +127,8 @@ def start_options(pgdata):
     "-p" "5433"``).  pg_ctl passes ``-o`` to a shell, so each argument is
     quoted again with shlex.quote: what the record holds can only ever be
     literal arguments."""
-    try:
-        text = _read(os.path.join(pgdata, 'postmaster.opts'))
-    except (IOError, OSError):
+    text = _data_file(pgdata, 'postmaster.opts')
+    if text is None:
         return None
     try:
         args = shlex.split(text)[1:]
@@ -167,6 +189,34 @@ def systemd_unit(pid, main_pid=_main_pid):
     return unit if unit and main_pid(unit) == pid else None
 
 
+def manager_of(parent_argv):
+    """The parent's command line (shortened) when it is a program that manages PostgreSQL (MANAGERS), else None.
+
+    Decided by the first two words of the parent's argv (a program, or an
+    interpreter and its script: ``python3 /usr/bin/patroni``), by their file
+    names up to a ':' or space (``pg_autoctl: start/stop postgres``)."""
+    words = [w for w in (parent_argv or []) if w][:2]
+    for word in words:
+        name = os.path.basename(word.split(' ', 1)[0].rstrip(':')).lower()
+        if any(name == mark or name.startswith(mark + '-') or name.startswith(mark + '.') for mark in MANAGERS):
+            shown = ' '.join(' '.join(parent_argv).split())
+            return shown if len(shown) <= MANAGER_SHOWN else shown[:MANAGER_SHOWN - 3] + '...'
+    return None
+
+
+def parent_manager(pid):
+    """What manages the postmaster pid, by its parent (see manager_of); None when nothing does (or it cannot be read)."""
+    fields = _steps._stat_fields(pid)  # pylint: disable=protected-access
+    if fields is None or not fields[1].isdigit() or int(fields[1]) < 1:
+        return None
+    try:
+        with open('/proc/%d/cmdline' % int(fields[1]), 'rb') as handle:
+            raw = handle.read(4096)
+    except (IOError, OSError):
+        return None
+    return manager_of(raw.decode('utf-8', 'replace').split('\x00'))
+
+
 def stdout_log(pid):
     """The file fd 1 of a process writes to, when it is a regular file (pg_ctl -l); else None."""
     try:
@@ -201,6 +251,7 @@ def server_info(cursor):
     except (IOError, OSError) as exc:
         raise ChaosError('cannot read the binary of postmaster %s (/proc/%s/exe: %s); run as root' % (pid, pid, exc))
     owner_uid = os.stat(data_directory).st_uid
+    unit = systemd_unit(pid)
     try:
         owner = pwd.getpwuid(owner_uid).pw_name
     except KeyError:
@@ -217,14 +268,20 @@ def server_info(cursor):
         'cgroups': _cgroup.of_pid(pid),
         'log': stdout_log(pid),
         'options': start_options(data_directory),
-        'systemd_unit': systemd_unit(pid),
+        'systemd_unit': unit,
+        'manager': None if unit else parent_manager(pid),
     }
 
 
 def start_step(info, wait_s=START_WAIT_S):
-    """The ``pg_start`` undo step that starts this server again when it is down (see _steps)."""
+    """The ``pg_start`` undo step that starts this server again when it is down (see _steps).
+
+    A server another program manages (``info['manager']``) gets a step that
+    starts nothing (method ``manager``): that program starts it, or fails over."""
     if info.get('systemd_unit'):
         return {'type': 'pg_start', 'method': 'systemd', 'unit': info['systemd_unit']}
+    if info.get('manager'):
+        return {'type': 'pg_start', 'method': 'manager', 'manager': info['manager'], 'pgdata': info['data_directory']}
     return {'type': 'pg_start', 'method': 'pg_ctl', 'pgdata': info['data_directory'],
             'pg_ctl': os.path.join(info['bin_dir'], 'pg_ctl'), 'user': info['owner'], 'log': info.get('log'),
             'options': info.get('options'), 'cgroups': dict(info.get('cgroups') or {}), 'wait_s': int(wait_s)}
@@ -234,6 +291,8 @@ def start_command(step):
     """How a pg_start step starts the server, as one line (for reports)."""
     if step.get('method') == 'systemd':
         return 'systemctl start %s' % step['unit']
+    if step.get('method') == 'manager':
+        return 'nothing: %s manages the server and starts it' % step['manager']
     argv = [step['pg_ctl'], 'start', '-D', step['pgdata'], '-w', '-t', str(step.get('wait_s') or START_WAIT_S)]
     if step.get('log'):
         argv += ['-l', step['log']]
@@ -247,7 +306,7 @@ def summary(info, step=None):
     step = step or start_step(info)
     return {'data_directory': info['data_directory'], 'postmaster_pid': info['postmaster_pid'],
             'version_num': info['version_num'], 'in_recovery': info['in_recovery'],
-            'start_method': step['method'], 'start_command': start_command(step)}
+            'start_method': step['method'], 'start_command': start_command(step), 'manager': step.get('manager')}
 
 
 def _process_row(pid, role, backend_type, application_name=None, usename=None):

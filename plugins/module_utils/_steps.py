@@ -25,6 +25,7 @@ import shlex
 import signal
 import subprocess
 import time
+from stat import S_ISREG
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn
 from ansible_collections.pggit.chaos.plugins.module_utils._errors import UndoError
@@ -169,7 +170,7 @@ def _check_kill_process(step, state_dir):
 
 
 def _stat_fields(pid):
-    """The fields of /proc/<pid>/stat after the command name (state is [0], pgrp [2], starttime [19]), or None."""
+    """The fields of /proc/<pid>/stat after the command name (state [0], ppid [1], pgrp [2], session [3], starttime [19]), or None."""
     try:
         with open('/proc/%d/stat' % int(pid)) as handle:
             fields = handle.read().rsplit(')', 1)[-1].split()
@@ -178,21 +179,37 @@ def _stat_fields(pid):
     return fields if len(fields) > 19 else None
 
 
+def proc_real_uid(pid):
+    """The real uid of a process (the first figure of the Uid line of /proc/<pid>/status), or None."""
+    try:
+        with open('/proc/%d/status' % int(pid)) as handle:
+            for line in handle:
+                if line.startswith('Uid:'):
+                    return int(line.split()[1])
+    except (IOError, OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def group_members(pgid, members_match, since=None):
     """[(pid, starttime)] of live processes in process group pgid whose command line holds members_match.
 
     ``since``: the group leader's start time; a member never started before its
-    leader, so older processes in a group of that id (pid reuse) are not ours."""
+    leader, so older processes in a group of that id (pid reuse) are not ours.
+    A member must also run as root (real uid 0: our stress program does) and
+    be in the session the group leads (session id == pgid: the program is a
+    session leader), so a user's process in a group of a recycled id, even one
+    named like stress-ng (``exec -a``), is never one."""
     found = []
     for entry in os.listdir('/proc'):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue  # never itself: the stress program sweeps its own group with this
         fields = _stat_fields(entry)
-        if fields is None or fields[0] in ('Z', 'X') or int(fields[2]) != int(pgid):
+        if fields is None or fields[0] in ('Z', 'X') or int(fields[2]) != int(pgid) or int(fields[3]) != int(pgid):
             continue
         if since is not None and int(fields[19]) < int(since):
             continue
-        if members_match in proc_cmdline(int(entry)):
+        if members_match in proc_cmdline(int(entry)) and proc_real_uid(int(entry)) == 0:
             found.append((int(entry), int(fields[19])))
     return found
 
@@ -223,7 +240,7 @@ def stop_group(pgid, members_match, since=None, grace=3.0):
         if not members:
             return True
     raise UndoError('process group %s: %s still running after SIGKILL (pids %s)'
-                    % (pgid, members_match, ' '.join(str(pid) for pid, _ in members)))
+                    % (pgid, members_match, ' '.join(str(member[0]) for member in members)))
 
 
 @_handler('kill_process', _check_kill_process)
@@ -522,7 +539,12 @@ def _undo_drop_schema(step, ctx):
 # The only signal an undo sends (a STOP's undo), and what a paused process's command line holds.
 SIGNAL_UNDO = ('CONT',)
 PG_PROCESS_MATCHES = ('postgres', 'postmaster')
+# How a pg_start step starts a server; 'manager' (Patroni and the like run it) starts nothing, it only looks.
 PG_START_METHODS = ('pg_ctl', 'systemd')
+PG_START_MANAGER = 'manager'
+MANAGER_MAX = 200
+# Files of a data directory (postmaster.pid, postmaster.opts, the log) are read at most this much.
+DATA_FILE_MAX = 65536
 _UNIT_RE = re.compile(r'^[A-Za-z0-9@._:\\-]+\.service$')
 # What a postmaster says while the old one's children still hold its shared memory or lock file.
 _START_BUSY = ('pre-existing shared memory block', 'is still in use', 'lock file', 'another server might be running')
@@ -531,11 +553,7 @@ PG_START_WAIT_MAX = 3600
 
 def proc_state(pid):
     """The state letter of a process (R, S, D, T, t, Z...), or None when it is gone."""
-    try:
-        with open('/proc/%d/stat' % int(pid)) as handle:
-            fields = handle.read().rsplit(')', 1)[-1].split()
-    except (IOError, OSError, ValueError):
-        return None
+    fields = _stat_fields(pid)
     return fields[0] if fields else None
 
 
@@ -588,8 +606,59 @@ def _safe_options(options):
         return False
 
 
+def read_regular(path, limit=DATA_FILE_MAX, owner_uid=None, offset=None):
+    """Bytes of a regular file (at most limit), or None when it is missing or refused; never blocks, never follows a link.
+
+    Files in a data directory (postmaster.pid, postmaster.opts, the server's
+    log) belong to the server's owner, while root reads them holding the
+    ledger lock: a FIFO planted there would block the reaper forever, a link
+    to /etc/shadow would leak it into messages.  So it opens with O_NOFOLLOW
+    and O_NONBLOCK, and reads only a regular file (owned by ``owner_uid`` when
+    given).  ``offset``: read the end of the file after offset (a log's
+    tail: the last ``limit`` bytes); None reads from the start."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, 'O_NOCTTY', 0))
+    except (OSError, TypeError, ValueError):
+        return None
+    try:
+        info = os.fstat(fd)
+        if not S_ISREG(info.st_mode) or (owner_uid is not None and info.st_uid != owner_uid):
+            return None
+        if offset is not None:
+            os.lseek(fd, max(int(offset), info.st_size - limit, 0), os.SEEK_SET)
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b''.join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _check_pg_start_step(step, state_dir):
+    """pg_start's own check: the restartable methods, or 'manager' (start nothing, look whether the server is back)."""
+    if step.get('method') != PG_START_MANAGER:
+        return _check_pg_start(step, state_dir)
+    manager = step.get('manager')
+    if not isinstance(manager, str) or not manager.strip() or len(manager) > MANAGER_MAX or '\n' in manager or '\x00' in manager:
+        return 'manager must name the program that manages the server (one line, at most %d characters), got %r' % (MANAGER_MAX, manager)
+    pgdata = step.get('pgdata')
+    if not _plain_path(pgdata) or os.path.normpath(pgdata) == '/':
+        return 'pgdata must be an absolute data directory, got %r' % (pgdata,)
+    return None
+
+
 def _check_pg_start(step, state_dir):
+    """A step that starts (or restarts) a server: pg_ctl or systemd; never a server another program manages."""
     method = step.get('method')
+    if method == PG_START_MANAGER:
+        return ('the server in %s is managed by %s: pggit.chaos never starts or restarts it itself'
+                % (step.get('pgdata'), step.get('manager')))
     if method not in PG_START_METHODS:
         return 'method must be one of %s, got %r' % (', '.join(PG_START_METHODS), method)
     if method == 'systemd':
@@ -628,24 +697,25 @@ def _check_pg_start(step, state_dir):
 
 def _log_size(path):
     try:
-        return os.path.getsize(path) if path else 0
+        info = os.lstat(path) if path else None
     except OSError:
         return 0
+    return info.st_size if info is not None and S_ISREG(info.st_mode) else 0
 
 
-def _log_since(path, offset, size=1500):
-    """What a log got after offset (the last size bytes of it), as one line."""
+def _log_since(path, offset, owner_uid=None, size=1500):
+    """What a log got after offset (the last size bytes of it), as one line.
+
+    Only a regular file of the server's owner (``owner_uid``), read without
+    following links or blocking (:func:`read_regular`): a log swapped for a
+    link or a FIFO says nothing."""
     if not path:
         return ''
-    try:
-        with open(path, 'rb') as handle:
-            handle.seek(max(offset, _log_size(path) - size))
-            return ' '.join(handle.read().decode('utf-8', 'replace').split())
-    except (IOError, OSError):
-        return ''
+    data = read_regular(path, size, owner_uid, offset=offset)
+    return ' '.join(data.decode('utf-8', 'replace').split()) if data else ''
 
 
-def _as_user(argv, account, cgroups, timeout):
+def _as_user(argv, account, cgroups, timeout, env=None):
     """Run argv as `account`, inside `cgroups` (joined in the child before exec); (rc, output)."""
     from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup  # pylint: disable=import-outside-toplevel
     if os.geteuid() not in (0, account.pw_uid):
@@ -659,12 +729,13 @@ def _as_user(argv, account, cgroups, timeout):
             os.initgroups(account.pw_name, account.pw_gid)
             os.setuid(account.pw_uid)
 
-    env = {'PATH': '/usr/bin:/bin', 'HOME': account.pw_dir or '/', 'USER': account.pw_name, 'LOGNAME': account.pw_name}
+    full = {'PATH': '/usr/bin:/bin', 'HOME': account.pw_dir or '/', 'USER': account.pw_name, 'LOGNAME': account.pw_name}
     for name in ('LANG', 'LC_ALL', 'TZ'):
         if os.environ.get(name):
-            env[name] = os.environ[name]
+            full[name] = os.environ[name]
+    full.update(env or {})
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd='/', env=env,
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd='/', env=full,
                               preexec_fn=prepare, close_fds=True, timeout=timeout, universal_newlines=True, check=False)
     except subprocess.TimeoutExpired as exc:
         return None, '%s (timed out after %ss)' % (exc.output or '', timeout)
@@ -691,8 +762,10 @@ def _start_systemd(step, ctx):
     return True
 
 
-def _start_pg_ctl(step, ctx):
-    """pg_ctl start as the data directory's owner, in the recorded cgroups, when the server is down; confirm it runs."""
+def _start_pg_ctl(step, ctx, env=None):
+    """pg_ctl start as the data directory's owner, in the recorded cgroups, when the server is down; confirm it runs.
+
+    ``env`` is added to the plain environment (the clock fault's restart passes its preload, or the old one's)."""
     import pwd  # pylint: disable=import-outside-toplevel
     from ansible_collections.pggit.chaos.plugins.module_utils import _server  # pylint: disable=import-outside-toplevel
     pgdata = step['pgdata']
@@ -721,11 +794,11 @@ def _start_pg_ctl(step, ctx):
         # The old postmaster's children exit once they see it gone; until then its shared memory is in use.
         while _server.leftovers(pgdata) and time.time() < deadline:
             time.sleep(0.1)
-        rc, out = _as_user(argv, account, cgroups, wait + 15)
+        rc, out = _as_user(argv, account, cgroups, wait + 15, env)
         if _server.running(pgdata):
             return True
         said = ' '.join((out or '').split()) or '(no output)'
-        logged = _log_since(step.get('log'), offset)
+        logged = _log_since(step.get('log'), offset, account.pw_uid)
         if time.time() < deadline and any(mark in said + logged for mark in _START_BUSY):
             time.sleep(0.5)
             continue
@@ -734,9 +807,20 @@ def _start_pg_ctl(step, ctx):
             '; its log says: %s' % logged if logged else ''))
 
 
-@_handler('pg_start', _check_pg_start)
+def _start_manager(step, ctx):
+    """A server another program manages (Patroni...): start nothing; say whether it is back. Never an error."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _server  # pylint: disable=import-outside-toplevel
+    back = _server.running(step['pgdata'])
+    ctx.setdefault('notes', []).append('the server in %s is %s; %s manages it: pggit.chaos started nothing' % (
+        step['pgdata'], 'running' if back else 'not running (yet)', step['manager']))
+    return False
+
+
+@_handler('pg_start', _check_pg_start_step)
 def _undo_pg_start(step, ctx):
-    """Start the PostgreSQL server again when it is down (pg_ctl or systemd); never when it runs."""
+    """Start the PostgreSQL server again when it is down (pg_ctl or systemd); never when it runs, never a managed one."""
+    if step['method'] == PG_START_MANAGER:
+        return _start_manager(step, ctx)
     if step['method'] == 'systemd':
         return _start_systemd(step, ctx)
     return _start_pg_ctl(step, ctx)
@@ -884,6 +968,297 @@ def _undo_pg_setting_restore(step, ctx):
         conn.close()
     if failed:
         raise UndoError('settings not put back: %s' % '; '.join(failed))
+    return changed
+
+
+# -- index pages (pggit_chaos_corrupt) ------------------------------------
+PAGE_SIZE = 8192
+SEGMENT_BLOCKS = 131072
+# Where saved pages live, inside the state dir.
+PAGES_DIR = 'pages'
+# Scratch tablespaces a corrupt fault creates (in place, inside the data directory) to make the server read a page from disk.
+SCRATCH_TABLESPACE_PREFIX = 'pggit_chaos_'
+# The only schema whose indexes a corrupt fault damages, restores or rebuilds.
+CORRUPT_SCHEMA = 'pggit'
+# A relation file under a data directory: base/<db>/<filenode>[.<segment>], or pg_tblspc/<oid>/PG_<version>/<db>/<filenode>
+# [.<segment>] of an in-place tablespace.  Never global/ (the shared catalogs).
+RELATION_FILE_RE = re.compile(r'^(?:base/\d+|pg_tblspc/\d+/PG_[0-9A-Za-z_.]+/\d+)/(\d+)(?:\.(\d+))?$')
+_SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
+_PG_NAME_RE = re.compile(r'^[^\x00]{1,63}$')
+REINDEX_TIMEOUT_S = 3600
+
+
+def relation_file_problem(relative, block=None, offset=None):
+    """None when ``relative`` (relative to a data directory) names a relation file and, when given, ``offset`` in it is where
+    ``block`` of the relation lives; else why not."""
+    match = RELATION_FILE_RE.match(relative) if isinstance(relative, str) else None
+    if not match:
+        return ('%r is not a relation file under the data directory (base/<db>/<filenode> or pg_tblspc/<oid>/PG_*/<db>/<filenode>)'
+                % (relative,))
+    if block is None:
+        return None
+    segment = int(match.group(2) or 0)
+    if block // SEGMENT_BLOCKS != segment or offset != (block % SEGMENT_BLOCKS) * PAGE_SIZE:
+        return 'block %s is not at offset %s of segment %s (%s)' % (block, offset, segment, relative)
+    return None
+
+
+def _inside(path, folder):
+    return os.path.realpath(path).startswith(os.path.realpath(folder).rstrip('/') + '/')
+
+
+def _check_index_name(step):
+    index = step.get('index')
+    if not isinstance(index, str) or not index.startswith(CORRUPT_SCHEMA + '.') or not _PG_NAME_RE.match(index[len(CORRUPT_SCHEMA) + 1:]):
+        return "index must be an index of schema %s ('%s.<name>'), got %r" % (CORRUPT_SCHEMA, CORRUPT_SCHEMA, index)
+    return _check_conn(step)
+
+
+def _index_ident(step):
+    return _pgconn.sql.Identifier(CORRUPT_SCHEMA, step['index'][len(CORRUPT_SCHEMA) + 1:])
+
+
+def _check_restore_page(step, state_dir):
+    data = step.get('data_directory')
+    if not _plain_path(data) or os.path.normpath(data) == '/':
+        return 'data_directory must be an absolute data directory, got %r' % (data,)
+    path = step.get('path')
+    if not _plain_path(path):
+        return 'path must be an absolute path, got %r' % (path,)
+    relative = os.path.relpath(os.path.normpath(path), os.path.normpath(data))
+    for name in ('block', 'offset'):
+        if not _is_int(step.get(name)) or step[name] < 0:
+            return '%s must be an integer >= 0, got %r' % (name, step.get(name))
+    if step['block'] < 1:
+        return 'block must be 1 or more (block 0 is the metapage, never damaged), got %r' % (step['block'],)
+    if step['offset'] % PAGE_SIZE:
+        return 'offset must be a multiple of %d, got %r' % (PAGE_SIZE, step['offset'])
+    problem = relation_file_problem(relative, step['block'], step['offset'])
+    if problem:
+        return 'refusing to write into %s: %s' % (path, problem)
+    if not _inside(path, data):
+        return 'refusing to write into %s: it is not under the data directory %s once links are resolved' % (path, data)
+    saved = step.get('saved')
+    if not _plain_path(saved):
+        return 'saved must be an absolute path, got %r' % (saved,)
+    if not state_dir or not _inside(saved, os.path.join(state_dir, PAGES_DIR)):
+        return 'saved %s must be in the state dir (%s/%s)' % (saved, state_dir, PAGES_DIR)
+    for name in ('sha256', 'damaged_sha256'):
+        if not isinstance(step.get(name), str) or not _SHA256_RE.match(step[name]):
+            return '%s must be a sha256 in lowercase hex, got %r' % (name, step.get(name))
+    if step['sha256'] == step['damaged_sha256']:
+        return 'sha256 and damaged_sha256 are the same: nothing was damaged'
+    start = step.get('start')
+    if not isinstance(start, dict) or start.get('type') != 'pg_start':
+        return 'start must be a pg_start step, got %r' % (start,)
+    problem = _check_pg_start(start, state_dir)
+    if problem:
+        return 'start: %s' % problem
+    return _check_index_name(step)
+
+
+def read_page(path, offset):
+    """The 8 kB at offset of a file, or None when the file is gone or too short; never through a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
+    except OSError:
+        return None
+    try:
+        page = os.pread(fd, PAGE_SIZE, offset)
+    finally:
+        os.close(fd)
+    return page if len(page) == PAGE_SIZE else None
+
+
+def write_page(path, offset, page, owner_uid=None):
+    """Write 8 kB at offset of an existing regular file (never created, never through a link), fsync, read back."""
+    import stat  # pylint: disable=import-outside-toplevel
+    if len(page) != PAGE_SIZE:
+        raise UndoError('refusing to write %d bytes: a page is %d' % (len(page), PAGE_SIZE))
+    fd = os.open(path, os.O_WRONLY | getattr(os, 'O_NOFOLLOW', 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UndoError('%s is not a regular file: not written' % path)
+        if owner_uid is not None and info.st_uid != owner_uid:
+            raise UndoError('%s belongs to uid %d, not to the data directory owner (uid %d): not written' % (path, info.st_uid, owner_uid))
+        if info.st_size < offset + PAGE_SIZE:
+            raise UndoError('%s holds %d bytes: no page at offset %d to write' % (path, info.st_size, offset))
+        if os.pwrite(fd, page, offset) != PAGE_SIZE:
+            raise UndoError('short write into %s at offset %d' % (path, offset))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if read_page(path, offset) != page:
+        raise UndoError('%s at offset %d does not hold the written page afterwards' % (path, offset))
+
+
+def _sha(data):
+    import hashlib  # pylint: disable=import-outside-toplevel
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_saved(path):
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
+    except FileNotFoundError:
+        return None
+    try:
+        return os.read(fd, PAGE_SIZE + 1)
+    finally:
+        os.close(fd)
+
+
+def server_stop(start, ctx):
+    """Stop the server a pg_start step describes (pg_ctl stop -m fast as its owner, or systemctl stop); returns
+    (stopped, environment of the old postmaster or None)."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _restart, _server  # pylint: disable=import-outside-toplevel
+    if start['method'] == 'systemd':
+        systemctl = find_bin('systemctl')
+        rc, out, err = _run(ctx, [systemctl, 'is-active', start['unit']])
+        if rc != 0 or out.strip() != 'active':
+            return False, None
+        argv = [systemctl, 'stop', start['unit']]
+        rc, out, err = _run(ctx, argv)
+        if rc != 0:
+            raise UndoError('could not stop the server: %s' % _said(argv, rc, out, err))
+        return True, None
+    pgdata = start['pgdata']
+    pid = _server.postmaster_pid(pgdata) if _server.running(pgdata) else None
+    env = _restart.environ_of(pid) if pid else None
+    return _restart.stop(start, start.get('wait_s') or _restart.RESTART_WAIT_S), env
+
+
+def server_start(start, env, ctx):
+    """Start it again, as pg_start does, with the environment it had (a clock fault's preload stays)."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _restart  # pylint: disable=import-outside-toplevel
+    if start['method'] == 'systemd' or env is None:
+        return _undo_pg_start(start, ctx)
+    return _restart.start(start, _restart.start_env(env), start.get('wait_s') or _restart.RESTART_WAIT_S)
+
+
+def reindex(step, ctx, timeout_s=REINDEX_TIMEOUT_S):
+    """REINDEX INDEX CONCURRENTLY of the step's pgGit index, as a DBA would; False when the index is gone."""
+    conn, cur = _pg_connect(step, ctx)
+    try:
+        name = step['index'][len(CORRUPT_SCHEMA) + 1:]
+        cur.execute("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+                    "AND c.relkind = 'i'", (CORRUPT_SCHEMA, name))
+        if cur.fetchone() is None:
+            return False
+        cur.execute('SET statement_timeout = %s', (int(timeout_s) * 1000,))
+        statement = _pgconn.sql.SQL('REINDEX INDEX CONCURRENTLY {}').format(_index_ident(step))
+        try:
+            cur.execute(statement)
+        except _pgconn.psycopg2.Error as exc:
+            raise UndoError('%s failed: %s' % (statement.as_string(cur), _pgconn.one_line(exc)))
+        return True
+    finally:
+        conn.close()
+
+
+@_handler('restore_page', _check_restore_page)
+def _undo_restore_page(step, ctx):
+    """Put the saved original bytes of a damaged index page back, byte for byte, and make the server read them.
+
+    Decided by looking at the page in the file: the original already -> done;
+    the damaged page we wrote -> stop the server (a fast stop writes what it
+    holds), look again, write the original while it is down, start it again
+    (a server that reads from disk again forgets the damage).  A page that is
+    neither (written into since, or the file replaced by a rebuild or a move)
+    cannot take the old bytes without losing what was written since: the
+    index is rebuilt instead (REINDEX INDEX CONCURRENTLY).  The saved file
+    goes last, once the page is right."""
+    saved = _read_saved(step['saved'])
+    if saved is None:
+        return False  # never written (the damage follows the save), or already restored
+    if len(saved) != PAGE_SIZE or _sha(saved) != step['sha256']:
+        raise UndoError('the saved page %s is not the recorded original (sha256 %s): nothing was written; rebuild the index '
+                        'with REINDEX INDEX %s' % (step['saved'], step['sha256'], step['index']))
+    path, offset = step['path'], step['offset']
+    owner = os.stat(step['data_directory']).st_uid
+    page = read_page(path, offset)
+    changed, rebuild = False, False
+    if page is not None and _sha(page) == step['sha256']:
+        pass
+    elif page is not None and _sha(page) == step['damaged_sha256']:
+        stopped, env = server_stop(step['start'], ctx)
+        try:
+            page = read_page(path, offset)  # after the stop: what the server held is on disk now
+            if page is not None and _sha(page) == step['damaged_sha256']:
+                write_page(path, offset, saved, owner)
+            elif page is None or _sha(page) != step['sha256']:
+                rebuild = True
+        finally:
+            if stopped:
+                server_start(step['start'], env, ctx)
+        changed = True
+    else:
+        rebuild = True
+    if rebuild:
+        reindex(step, ctx)
+        changed = True
+    try:
+        os.unlink(step['saved'])
+    except FileNotFoundError:
+        pass
+    return changed
+
+
+def _check_pg_reindex(step, state_dir):
+    return _check_index_name(step)
+
+
+@_handler('pg_reindex', _check_pg_reindex)
+def _undo_pg_reindex(step, ctx):
+    """REINDEX INDEX CONCURRENTLY of a damaged pgGit index while it exists.
+
+    A rebuild from the table is right whatever the index holds, so running it
+    again (a retried revert) only costs its time; the file that was damaged
+    cannot tell whether it was rebuilt since, because a reveal by tablespace
+    gives the index a new file too."""
+    return reindex(step, ctx)
+
+
+def _check_pg_scratch_tablespace(step, state_dir):
+    name = step.get('tablespace')
+    if not isinstance(name, str) or not name.startswith(SCRATCH_TABLESPACE_PREFIX) or not _PG_NAME_RE.match(name) \
+            or name == SCRATCH_TABLESPACE_PREFIX:
+        return "tablespace must be a scratch tablespace of ours ('%s...'), got %r" % (SCRATCH_TABLESPACE_PREFIX, name)
+    home = step.get('home')
+    if not isinstance(home, str) or not _PG_NAME_RE.match(home) or home.startswith(SCRATCH_TABLESPACE_PREFIX):
+        return 'home must name the tablespace the index lives in, got %r' % (home,)
+    return _check_index_name(step)
+
+
+@_handler('pg_scratch_tablespace', _check_pg_scratch_tablespace)
+def _undo_pg_scratch_tablespace(step, ctx):
+    """Move the index back home when it is in the scratch tablespace, then drop the scratch tablespace when it exists."""
+    conn, cur = _pg_connect(step, ctx)
+    changed = False
+    try:
+        cur.execute('SET statement_timeout = %s', (REINDEX_TIMEOUT_S * 1000,))
+        cur.execute("SELECT t.spcname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE n.nspname = %s AND c.relname = %s",
+                    (CORRUPT_SCHEMA, step['index'][len(CORRUPT_SCHEMA) + 1:]))
+        row = cur.fetchone()
+        if row is not None and row[0] == step['tablespace']:
+            move = _pgconn.sql.SQL('ALTER INDEX {} SET TABLESPACE {}').format(_index_ident(step), _pgconn.sql.Identifier(step['home']))
+            try:
+                cur.execute(move)
+            except _pgconn.psycopg2.Error as exc:
+                raise UndoError('%s failed: %s' % (move.as_string(cur), _pgconn.one_line(exc)))
+            changed = True
+        cur.execute('SELECT 1 FROM pg_tablespace WHERE spcname = %s', (step['tablespace'],))
+        if cur.fetchone() is not None:
+            drop = _pgconn.sql.SQL('DROP TABLESPACE {}').format(_pgconn.sql.Identifier(step['tablespace']))
+            try:
+                cur.execute(drop)
+            except _pgconn.psycopg2.Error as exc:
+                raise UndoError('%s failed: %s' % (drop.as_string(cur), _pgconn.one_line(exc)))
+            changed = True
+    finally:
+        conn.close()
     return changed
 
 

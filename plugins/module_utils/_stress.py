@@ -65,6 +65,20 @@ def find_stress_ng():
                          '(apt-get install stress-ng, dnf install stress-ng)' % ':'.join(_steps.BIN_DIRS))
 
 
+def oom_policy(unit):
+    """The OOMPolicy of a systemd unit (stop, continue, kill), from ``systemctl show``; None when it cannot be read."""
+    try:
+        systemctl = _steps.find_bin('systemctl')
+    except UndoError:
+        return None
+    try:
+        out = subprocess.run([systemctl, 'show', '-p', 'OOMPolicy', '--value', unit], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, universal_newlines=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip() or None
+
+
 def io_dir(state_dir, fid):
     """The IO scratch folder of a fault: inside the state dir, named after the fault id (never read from the record)."""
     return os.path.join(state_dir, IO_FOLDER, fid.replace('/', '_'))
@@ -135,7 +149,7 @@ def figures(started, samples, cpu_count):
     peak = max(usage) if usage else None
     peaks = [s['peak_bytes'] for s in samples if s.get('peak_bytes') is not None]
     if peaks and started.get('peak_bytes') is not None and max(peaks) > started['peak_bytes']:
-        peak = max(peak or 0, max(peaks))
+        peak = max([peak or 0] + peaks)
     last = samples[-1] if samples else {}
     oom = None
     if last.get('oom_kills') is not None and started.get('oom_kills') is not None:
@@ -183,8 +197,10 @@ def _prepare(program, spec):
 
     Returns (binary, cgroup paths to sample, scratch folder or None)."""
     binary = find_stress_ng()
-    if os.getpgrp() != os.getpid():
-        os.setpgid(0, 0)  # not started by spawn (own session): lead a group anyway
+    if os.getsid(0) != os.getpid():
+        # Lead a session (and so a group) of our own: spawn's double fork leaves us in a session led by a process that
+        # is gone, and the group undo (_steps.group_members) only takes members of the session its group leads.
+        os.setsid()
     paths = spec.get('cgroups') or {}
     if paths:
         try:

@@ -21,8 +21,11 @@ description:
     C(the database system is in recovery mode) for a short while). Of the postmaster, it
     leaves the server down, its children exit by themselves, and it stays down until the
     revert starts it.
-  - V(TERM) (SIGTERM) ends a backend cleanly (like C(pg_terminate_backend)); of the
-    postmaster it is a smart shutdown, which waits for every client to disconnect.
+  - V(TERM) (SIGTERM) ends a backend cleanly (like C(pg_terminate_backend)). Of the
+    postmaster it would be a smart shutdown, which waits for every client to disconnect,
+    so the server runs on past the revert and stops later with nothing to start it
+    again. V(TERM) with O(role=postmaster) is therefore refused. Use V(KILL) to crash
+    the postmaster, or V(TERM) on backends.
   - V(STOP) (SIGSTOP) is a pause. The process keeps its connections and locks but does
     nothing. A stopped postmaster accepts no new connections while existing sessions go
     on; a stopped walreceiver lets its replica fall behind while the primary still says
@@ -36,11 +39,19 @@ description:
     data directory's owner (never root) inside the cgroups the postmaster was in. Where
     systemd manages the server (the postmaster is the main process of a C(.service) unit)
     it is C(systemctl start) of that unit.
+  - A server another program manages is never started by the revert. When the
+    postmaster's parent is Patroni, C(pg_autoctl), C(repmgrd), C(stolon-keeper),
+    C(supervisord), C(runsv) or C(s6-supervise), the undo starts nothing and only looks
+    whether the server is back; that program starts it again, or fails over.
+    C(server.start_method) is then V(manager) and C(server.manager) names the parent.
+    A parent that is PID 1, an init, systemd or another subreaper (which adopts a server
+    started with C(pg_ctl start)) is not a manager.
   - Where it cannot work. A remote server (the data directory is not on the target host),
     a login role that cannot read C(data_directory), or a task not run as root (or as the
     server's owner) fails before anything is signalled. A systemd unit with C(Restart=)
-    restarts the server by itself after a KILL, before the revert. A server run by
-    Patroni or another supervisor is restarted (or failed over) by it. C(pg_ctl) needs a
+    restarts the server by itself after a KILL, before the revert. A supervisor not
+    in the list above, or one that is not the postmaster's parent, is not seen; the revert
+    may then start the server while it does. C(pg_ctl) needs a
     data directory whose owner exists on the host. A process in uninterruptible sleep
     dies only once its I/O ends.
   - A role that matches no process fails, naming the role and the filters, and leaves no
@@ -71,6 +82,7 @@ options:
   signal:
     description:
       - V(KILL) crashes the process, V(TERM) asks it to end, V(STOP) pauses it until the revert.
+      - V(TERM) is refused with O(role=postmaster) (a smart shutdown outlives the revert).
     type: str
     default: KILL
     choices: [KILL, TERM, STOP]
@@ -146,12 +158,15 @@ would_signal:
   elements: dict
 server:
   description:
-    - The server, as found before the signal. C(start_method) is V(pg_ctl) or V(systemd),
-      C(start_command) what the revert runs when the server is down.
+    - The server, as found before the signal. C(start_method) is V(pg_ctl), V(systemd) or
+      V(manager), C(start_command) what the revert runs when the server is down.
+    - V(manager) means another program (C(manager), the postmaster's parent, shortened)
+      manages the server, and the revert starts nothing. C(manager) is null otherwise.
   returned: when the server was found
   type: dict
   sample: {data_directory: /var/lib/postgresql/15/main, postmaster_pid: 812, version_num: 150018, in_recovery: false,
-           start_method: pg_ctl, start_command: 'as postgres: /usr/lib/postgresql/15/bin/pg_ctl start -D /var/lib/postgresql/15/main -w -t 60'}
+           start_method: pg_ctl, start_command: 'as postgres: /usr/lib/postgresql/15/bin/pg_ctl start -D /var/lib/postgresql/15/main -w -t 60',
+           manager: null}
 fault_id:
   description: Ledger id of the fault, C(process--<name>).
   returned: always
@@ -177,6 +192,10 @@ def check_options(module):
     """Refuse bad options of state=present before anything is touched, naming the option and the value."""
     fail_on_ranges(module, RANGES)
     params = module.params
+    if params['signal'] == 'TERM' and params['role'] == 'postmaster':
+        module.fail_json(msg='signal=TERM with role=postmaster is a smart shutdown: the server runs on while clients stay, '
+                             'past the revert, and stops later with nothing to start it; use signal=KILL to crash the '
+                             'postmaster, or signal=TERM with role=backend', changed=False)
     for option in ('application_name', 'user'):
         value = params.get(option)
         if value is not None and not value.strip():
@@ -305,10 +324,16 @@ class ProcessFault(Fault):
                 self.params['signal'], len(result['would_signal']), self.selection())
             return
         result.setdefault('signalled', [])
+        manager = (result.get('server') or {}).get('manager')
+        if self.params['signal'] == 'STOP':
+            after = 'the revert resumes them'
+        elif manager:
+            after = 'the revert starts nothing: %s manages the server' % manager
+        else:
+            after = 'the revert starts the server if it is down'
         result['msg'] = 'sent SIG%s to %d process(es) (%s): %s; %s' % (
             self.params['signal'], len(result['signalled']), self.selection(),
-            ', '.join('%s %s' % (p['role'], p['pid']) for p in result['signalled']),
-            'the revert resumes them' if self.params['signal'] == 'STOP' else 'the revert starts the server if it is down')
+            ', '.join('%s %s' % (p['role'], p['pid']) for p in result['signalled']), after)
 
 
 def main():

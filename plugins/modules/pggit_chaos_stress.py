@@ -19,8 +19,12 @@ description:
     O(resource=cpu) runs O(cpu_workers) C(--cpu) workers at O(cpu_load) percent.
     O(resource=io) runs O(io_workers) C(--hdd) workers that write and remove
     files of 128 MB each in a scratch folder inside O(state_dir), and nowhere
-    else (so the IO lands on the disk of the state dir, which may not be the
-    disk of PostgreSQL's data).
+    else. So that the IO presses on PostgreSQL's own disk, O(resource=io)
+    reads the server's data directory (whatever O(confine) is) and fails,
+    before anything runs, when O(state_dir) is not on the filesystem of the
+    data directory (the message names both filesystems), or when that
+    filesystem has less free space than O(io_workers) times 128 MB plus 10
+    percent.
   - Like every fault, the pressure is a detached program on the target,
     C(pggit-chaos-stress), recorded in the fault ledger before C(stress-ng)
     may run. C(stress-ng) runs in that program's process group, and the undo
@@ -42,6 +46,13 @@ description:
     are not visible (another pid or cgroup namespace, PostgreSQL on another
     host). Where no cgroup of the postmaster is found, O(confine=none) runs
     C(stress-ng) where the module runs, pressing on the whole host.
+  - When systemd manages the server, O(confine=postgres) puts C(stress-ng) in
+    the unit's cgroup, and systemd 243 and later stop the whole unit at the
+    first OOM kill in it (C(OOMPolicy=stop), the default). The module then
+    fails unless the unit's C(OOMPolicy) is C(continue); use O(confine=none),
+    or set C(OOMPolicy=continue) in a drop-in of the unit. With
+    O(confine=postgres) the undo also starts the server again when it is down
+    after C(stress-ng) is gone (the OOM killer may have taken the postmaster).
 author: pggit.chaos maintainers (@pggit)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -59,7 +70,8 @@ options:
   resource:
     description:
       - What to press on. V(memory) and V(cpu) press on the cgroup, V(io) on
-        the disk of O(state_dir).
+        the disk of O(state_dir), which must be the filesystem of the data
+        directory.
       - Required with O(state=present).
     type: str
     choices: [memory, cpu, io]
@@ -90,6 +102,8 @@ options:
   io_workers:
     description:
       - For O(resource=io), the number of stress-ng C(--hdd) workers, from 1 to 64.
+      - Each writes up to 128 MB; the filesystem of the data directory must
+        have O(io_workers) times 128 MB plus 10 percent free.
     type: int
     default: 1
   confine:
@@ -97,8 +111,11 @@ options:
       - V(postgres) runs stress-ng inside every cgroup of the postmaster of the
         server the connection options reach (it must run on this host); the
         task fails when none is found.
+      - V(postgres) fails on a systemd unit whose C(OOMPolicy) is not
+        C(continue) (see above).
       - V(none) runs it where the module runs, without connecting to
-        PostgreSQL; memory then presses on the whole host, and O(memory_pct) is
+        PostgreSQL (except for O(resource=io), which reads the data
+        directory); memory then presses on the whole host, and O(memory_pct) is
         taken of the limit of the module's own memory cgroup.
     type: str
     default: postgres
@@ -177,8 +194,10 @@ figures:
   type: dict
   sample: {peak_bytes: 180355072, oom_kills: 0, cpu_load_measured_pct: 1.2, samples: 40}
 server:
-  description: The server whose postmaster's cgroups were used (data directory, postmaster pid), with O(confine=postgres).
-  returned: with state=present and confine=postgres
+  description:
+    - The server whose postmaster's cgroups were used, or whose data directory's disk takes the IO
+      (data directory, postmaster pid, systemd unit or null).
+  returned: with state=present and confine=postgres, or resource=io
   type: dict
 fault_id:
   description: Ledger id of the fault, C(stress--<name>).
@@ -189,7 +208,7 @@ fault_id:
 import os
 import time
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup, _pgconn, _server, _stress
+from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup, _fill, _pgconn, _server, _stress
 from ansible_collections.pggit.chaos.plugins.module_utils._background import BackgroundFault
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import range_error
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosError, ChaosModule
@@ -202,6 +221,9 @@ RANGES = (('memory_pct', 1, 100, ' percent'), ('memory_mb', 1, None, ' MB'), ('c
 FOR_RESOURCE = (('memory_pct', 'memory'), ('memory_mb', 'memory'), ('cpu_workers', 'cpu'))
 # How long the module waits for stress-ng to be up once its program is ready.
 START_TIMEOUT = 10.0
+# Free space io stress needs on the data directory's filesystem, over what its workers write.
+IO_MARGIN = 1.1
+MB = 1024 * 1024
 
 
 def option_problem(params):
@@ -225,6 +247,29 @@ def option_problem(params):
     return None
 
 
+def io_problem(io_workers, state_dir, data_directory, filesystem=_fill.filesystem, same=_fill.same_filesystem):
+    """None when io stress may write io_workers x IO_BYTES under state_dir, else why not (naming what is wrong).
+
+    The scratch folder is inside the state dir: the IO presses on PostgreSQL's
+    disk only when the state dir is on the data directory's filesystem, and
+    that filesystem must hold what the workers write, plus a margin."""
+    here = _fill.existing_ancestor(state_dir)
+    data_fs = filesystem(data_directory)
+    if not same(here, data_directory):
+        state_fs = filesystem(here)
+        where = (state_dir, state_fs['mount'], state_fs.get('device') or '?', data_directory, data_fs['mount'],
+                 data_fs.get('device') or '?')
+        return ('resource=io writes its scratch files under state_dir %s, on the filesystem %s (%s), but the data '
+                'directory %s is on the filesystem %s (%s): the IO would not press on PostgreSQL\'s disk. Use a state_dir '
+                'on the filesystem of the data directory' % where)
+    need = int(io_workers * _stress.IO_BYTES * IO_MARGIN)
+    if data_fs['free_bytes'] < need:
+        return ('io_workers=%s needs %d MB free (%d MB per worker plus 10%%) on the filesystem %s of the data directory, '
+                'which has %d MB free' % (io_workers, need // MB, _stress.IO_BYTES // MB, data_fs['mount'],
+                                          data_fs['free_bytes'] // MB))
+    return None
+
+
 class StressFault(BackgroundFault):
     kind = 'stress'
     program = _stress.PROC_TAG
@@ -235,6 +280,7 @@ class StressFault(BackgroundFault):
         self.paths = {}
         self.memory = {}
         self.server = None
+        self.info = None
         self.spec = None
         self.stress = None
 
@@ -243,7 +289,15 @@ class StressFault(BackgroundFault):
         problem = option_problem(self.params)
         if problem:
             self.module.fail_json(msg=problem, changed=False)
+        if self.params['confine'] == 'postgres' or self.params['resource'] == 'io':
+            self.info = self.read_server()
         self.paths = self.target_cgroups()
+        if self.params['confine'] == 'postgres':
+            self.check_oom_policy()
+        if self.params['resource'] == 'io':
+            problem = io_problem(self.params['io_workers'], self.params['state_dir'], self.info['data_directory'])
+            if problem:
+                self.module.fail_json(msg=problem, changed=False, server=self.server)
         self.memory = _cgroup.memory(self.paths)
         self.spec = self.build_spec()
         try:
@@ -251,19 +305,40 @@ class StressFault(BackgroundFault):
         except ChaosError as exc:
             self.module.fail_json(msg=str(exc), changed=False)
 
-    def target_cgroups(self):
-        if self.params['confine'] == 'none':
-            return _cgroup.of_pid(os.getpid())
+    def read_server(self):
+        """server_info of the server the connection options reach (confine=postgres, or resource=io)."""
+        why = 'confine=postgres' if self.params['confine'] == 'postgres' else 'resource=io'
         conn = connect_or_fail(self.module, application_name='pggit-chaos-stress')
         try:
             info = _server.server_info(conn.cursor())
         except ChaosError as exc:
-            self.module.fail_json(msg='confine=postgres: %s' % exc, changed=False)
+            self.module.fail_json(msg='%s: %s' % (why, exc), changed=False)
         except _pgconn.psycopg2.Error as exc:
-            self.module.fail_json(msg='confine=postgres: cannot read the server: %s' % _pgconn.one_line(exc), changed=False)
+            self.module.fail_json(msg='%s: cannot read the server: %s' % (why, _pgconn.one_line(exc)), changed=False)
         finally:
             conn.close()
-        self.server = {'data_directory': info['data_directory'], 'postmaster_pid': info['postmaster_pid']}
+        self.server = {'data_directory': info['data_directory'], 'postmaster_pid': info['postmaster_pid'],
+                       'systemd_unit': info.get('systemd_unit')}
+        return info
+
+    def check_oom_policy(self):
+        """Refuse a systemd unit that stops at the first OOM kill in its cgroup: stress-ng's workers are OOM-killed there."""
+        unit = self.info.get('systemd_unit')
+        if not unit:
+            return
+        policy = _stress.oom_policy(unit)
+        if policy != 'continue':
+            self.module.fail_json(
+                msg='confine=postgres would run stress-ng in the cgroup of the systemd unit %s, whose OOMPolicy is %s: one '
+                    'OOM kill of a stress-ng worker would stop the whole unit (PostgreSQL). Use confine=none, or set '
+                    'OOMPolicy=continue for %s (a drop-in with [Service] OOMPolicy=continue)'
+                    % (unit, policy or 'unknown (systemctl show -p OOMPolicy gave nothing)', unit),
+                changed=False, server=self.server)
+
+    def target_cgroups(self):
+        if self.params['confine'] == 'none':
+            return _cgroup.of_pid(os.getpid())
+        info = self.info
         paths = info.get('cgroups') or {}
         if not paths:
             self.module.fail_json(msg='confine=postgres: no cgroup of the postmaster (pid %s) is visible in /proc/%s/cgroup '
@@ -309,7 +384,11 @@ class StressFault(BackgroundFault):
             detail['server'] = self.server
         temp = _stress.io_dir(self.params['state_dir'], self.fid()) if self.spec['resource'] == 'io' else None
         argv = _stress.stress_argv(self.binary, self.spec, self.params['ttl'], temp)
-        return [self.results_undo()], detail, dict(current, stress={'argv': argv})
+        undo = [self.results_undo()]
+        if self.params['confine'] == 'postgres':
+            # First in the list, so undone last: once stress-ng is gone, start the server if the OOM killer took it.
+            undo.insert(0, _server.start_step(self.info))
+        return undo, detail, dict(current, stress={'argv': argv})
 
     def add_undo_last(self, step):
         """The program's kill_process step also kills its whole process group: stress-ng is in it."""

@@ -8,6 +8,8 @@ It runs before anything reaches the target:
   task would reach elsewhere than the inventory says (another ``ansible_host``,
   port or connection plugin) (the rule is in ``_optin``; with ``delegate_to``
   the delegate's inventory decides); reverting is always allowed;
+- refuses, by the same rule, hosts that lack a second opt-in a fault asks for
+  (``EXTRA_OPT_INS``, such as ``pggit_chaos_destructive``);
 - fills ``state_dir`` from the host variable ``pggit_chaos_state_dir``.
 """
 from __future__ import annotations
@@ -23,6 +25,9 @@ class FaultActionModule(ActionBase):
     # Whose opt-in counts under delegate_to: 'delegate' (where the fault lands, the default) or
     # 'target' (inventory_hostname: the workload loads the target's database from a client).
     OPT_IN_OF = 'delegate'
+    # Second opt-ins a fault needs besides pggit_chaos_allowed (pggit_chaos_corrupt: pggit_chaos_destructive), each judged
+    # by the same rule, on the same host: its own inventory and this run must both say true.
+    EXTRA_OPT_INS = ()
     INJECT_STATE_DIR = True
     _supports_check_mode = True
     _supports_async = True
@@ -65,6 +70,11 @@ class FaultActionModule(ActionBase):
                 # checked, and where the load goes is the database login, not the connection.
                 landing = None if delegated else Landing(task_vars, self._templar, self._transport())
             decision = decide(task_vars, host, effective, self._templar, landing)
+            seen = landing_vars if self.OPT_IN_OF == 'delegate' and delegated else task_vars
+            for var in self.EXTRA_OPT_INS:
+                if not decision.allowed:
+                    break
+                decision = decide(task_vars, host, seen.get(var, UNDEFINED), self._templar, None, var=var)
             if not decision.allowed:
                 result.update(failed=True, changed=False, refused=True, msg=decision.msg, opt_in=decision.details())
                 return result

@@ -170,26 +170,34 @@ def _plain(value):
     return value
 
 
-def judge(host, inventory_value, effective_value, in_inventory=True, implicit=False):
-    """The rule, on resolved values: allowed only when the inventory and the run both say true."""
+def how_to(var=OPT_IN_VAR):
+    """What to do to opt a host in to ``var``."""
+    return HOW_TO if var == OPT_IN_VAR else HOW_TO.replace(OPT_IN_VAR, var).replace('may take faults', 'may take faults of that kind')
+
+
+def judge(host, inventory_value, effective_value, in_inventory=True, implicit=False, var=OPT_IN_VAR):
+    """The rule, on resolved values: allowed only when the inventory and the run both say true.
+
+    ``var``: the opt-in judged (``pggit_chaos_allowed``, or a second one such as ``pggit_chaos_destructive``)."""
     inventory_ok, effective_ok = opted_in(inventory_value), opted_in(effective_value)
     if inventory_ok and effective_ok and in_inventory:
         return Decision(host, True, None, inventory_value, effective_value)
+    topic = 'chaos' if var == OPT_IN_VAR else var
     if implicit:
-        msg = ("host %s has not opted in to chaos: it is not in the inventory but Ansible's implicit localhost (the controller), "
+        msg = ("host %s has not opted in to %s: it is not in the inventory but Ansible's implicit localhost (the controller), "
                "which sees the all group's variables without being listed; list localhost in the inventory with "
-               "pggit_chaos_allowed: true only if faults may run on the controller" % host)
+               "%s: true only if faults may run on the controller" % (host, topic, var))
     elif not in_inventory:
-        msg = ('host %s is not in the inventory, so it cannot have opted in to chaos; add it to the inventory and %s'
-               % (host, HOW_TO))
+        msg = ('host %s is not in the inventory, so it cannot have opted in to %s; add it to the inventory and %s'
+               % (host, topic, how_to(var)))
     elif not inventory_ok and effective_ok:
-        msg = ('host %s has not opted in to chaos in its inventory (pggit_chaos_allowed is %s there); an extra-var or play var '
-               'cannot override it; %s' % (host, shown(inventory_value), HOW_TO))
+        msg = ('host %s has not opted in to %s in its inventory (%s is %s there); an extra-var or play var '
+               'cannot override it; %s' % (host, topic, var, shown(inventory_value), how_to(var)))
     elif not inventory_ok:
-        msg = 'host %s has not opted in to chaos: pggit_chaos_allowed is %s in its inventory; %s' % (host, shown(inventory_value), HOW_TO)
+        msg = 'host %s has not opted in to %s: %s is %s in its inventory; %s' % (host, topic, var, shown(inventory_value), how_to(var))
     else:
-        msg = ('host %s opted in to chaos in its inventory, but pggit_chaos_allowed is %s for this run (a play, task or extra var '
-               'lowered it); refusing' % (host, shown(effective_value)))
+        msg = ('host %s opted in to %s in its inventory, but %s is %s for this run (a play, task or extra var '
+               'lowered it); refusing' % (host, topic, var, shown(effective_value)))
     return Decision(host, False, msg, inventory_value, effective_value)
 
 
@@ -227,10 +235,10 @@ def inventory_host(task_vars, host_name):
     return host, inventory_vars(inventory, getattr(hostvars, '_loader', None), host)
 
 
-def _opt_in_of(variables, templar):
-    if OPT_IN_VAR not in variables:
+def _opt_in_of(variables, templar, var=OPT_IN_VAR):
+    if var not in variables:
         return UNDEFINED
-    return _template(variables[OPT_IN_VAR], _inventory_templar(templar, variables))
+    return _template(variables[var], _inventory_templar(templar, variables))
 
 
 def inventory_value(task_vars, host_name, templar=None):
@@ -336,17 +344,19 @@ def connection_mismatch(host_name, variables, landing, templar=None):
     return None
 
 
-def decide(task_vars, host_name, effective_value, templar=None, landing=None):
+def decide(task_vars, host_name, effective_value, templar=None, landing=None, var=OPT_IN_VAR):
     """Apply the rule to one host: its inventory (parsed again from the sources of ``task_vars['hostvars']``) and the value
-    this run sees; with ``landing`` (a ``Landing``), also that the task connects to the inventory's host."""
+    this run sees; with ``landing`` (a ``Landing``), also that the task connects to the inventory's host.
+
+    ``var``: the opt-in variable judged; a second opt-in (``pggit_chaos_destructive``) is judged by the same rule."""
     try:
         host, variables = inventory_host(task_vars, host_name)
     except LookupError as exc:
         return Decision(host_name, False, '%s; refusing' % exc, UNDEFINED, effective_value)
-    inventory = UNDEFINED if host is None else _opt_in_of(variables, templar)
+    inventory = UNDEFINED if host is None else _opt_in_of(variables, templar, var)
     effective_value = _template(effective_value, templar)
     implicit = host is None and host_name in C.LOCALHOST  # not listed, yet get_host() answers: the implicit localhost
-    decision = judge(host_name, inventory, effective_value, host is not None, implicit)
+    decision = judge(host_name, inventory, effective_value, host is not None, implicit, var)
     if decision.allowed and landing is not None:
         mismatch = connection_mismatch(host_name, variables, landing, templar)
         if mismatch is not None:

@@ -3,12 +3,16 @@ reaper alone) really resumes; a KILLed backend makes the server run crash recove
 itself; a KILLed postmaster leaves the server down until the revert (or the TTL reaper) starts it again,
 as its owner, with its own options, log and cgroups; a role that matches nothing fails and records nothing.
 
-The server is private to this file (module scope): these tests crash it.
+The server is private to this file (module scope): these tests crash it.  It is born in cgroups of its own
+(children of this test's cgroups), so a restarted postmaster that joins its recorded cgroups is seen there, not
+merely in the cgroups of the test runner (which the revert and the reaper inherit anyway).
 """
 from __future__ import annotations
 
 import os
+import signal
 import time
+import uuid
 
 import psycopg2
 import pytest
@@ -21,11 +25,59 @@ from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup, _serve
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_process
 
 
+def members(folder):
+    try:
+        with open(os.path.join(folder, 'cgroup.procs')) as handle:
+            return [int(line) for line in handle if line.strip()]
+    except OSError:
+        return []
+
+
 @pytest.fixture(scope='module')
-def server():
-    pg = Postgres().start()
-    yield pg
-    pg.stop()
+def cgroups():
+    """memory, cpu and cpuacct (or the v2) cgroups of our own, children of this process's cgroups; removed after."""
+    mine = _cgroup.of_pid(os.getpid())
+    name = 'pggit-test-pm-' + uuid.uuid4().hex[:10]
+    wanted = [c for c in ('memory', 'cpu', 'cpuacct') if c in mine] or (['unified'] if 'unified' in mine else [])
+    if not wanted:
+        pytest.fail('no cgroup of this process is visible (%s): cannot give the test server cgroups of its own' % mine)
+    made = dict((controller, os.path.join(mine[controller], name)) for controller in wanted)
+    folders = sorted(set(made.values()))
+    try:
+        for folder in folders:
+            os.mkdir(folder)
+        yield made
+    finally:
+        for _ in range(100):
+            pids = [pid for folder in folders for pid in members(folder)]
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        for folder in folders:
+            if os.path.isdir(folder):
+                os.rmdir(folder)
+
+
+@pytest.fixture(scope='module')
+def server(cgroups):
+    """The private server, born in its own cgroups."""
+    pg = Postgres()
+    try:
+        pg.start(cgroups=sorted(set(cgroups.values())))
+        yield pg
+    finally:
+        pg.stop()
+
+
+def in_own_cgroups(pid, cgroups):
+    """True when pid is in every cgroup of the server's own (and so not merely in the test runner's)."""
+    found = _cgroup.of_pid(pid)
+    return all(found.get(controller) == folder for controller, folder in cgroups.items())
 
 
 @pytest.fixture
@@ -160,15 +212,19 @@ def test_kill_of_a_backend_makes_the_server_recover_by_itself(server, pg, state_
         bystander.close()
 
 
-def killed_postmaster(server, pg, state_dir, name, ttl):
+def killed_postmaster(server, pg, state_dir, name, ttl, cgroups):
     old = postmaster(server)
+    assert in_own_cgroups(old, cgroups), 'the test server was not born in its own cgroups'
+    recorded = _cgroup.of_pid(old)
     result, failed = fault(pg, state_dir, name=name, ttl=ttl, role='postmaster')
     assert not failed, result['msg']
     assert [(p['pid'], p['role']) for p in result['signalled']] == [(old, 'postmaster')]
+    assert result['server']['start_method'] == 'pg_ctl' and result['server']['manager'] is None
     step = record(state_dir, 'process--' + name)['undo'][0]
     assert step['type'] == 'pg_start' and step['method'] == 'pg_ctl' and step['user'] == 'postgres'
     assert step['pgdata'] == server.data and '-p %d' % server.port in step['options']
-    assert step['log'] == os.path.join(server.base, 'log') and step['cgroups'] == _cgroup.of_pid(os.getpid())
+    assert step['log'] == os.path.join(server.base, 'log') and step['cgroups'] == recorded
+    assert all(step['cgroups'][controller] == folder for controller, folder in cgroups.items())
     assert _steps.proc_starttime(old) is None
     assert not _server.running(server.data)
     time.sleep(1)
@@ -176,29 +232,40 @@ def killed_postmaster(server, pg, state_dir, name, ttl):
     return old
 
 
-def check_restarted(server, pg, old):
+def check_restarted(server, pg, old, cgroups):
     new = postmaster(server)
     assert new and new != old and _server.running(server.data)
     assert answers(pg)  # same port, same socket dir: started with its own options
     assert os.stat('/proc/%d' % new).st_uid == os.stat(server.data).st_uid != 0  # as the owner, never root
     assert _server.stdout_log(new) == os.path.join(server.base, 'log')
-    assert _cgroup.of_pid(new) == _cgroup.of_pid(os.getpid())
+    # In the server's own cgroups, which neither this test nor the reaper is in: the start joined them.
+    assert in_own_cgroups(new, cgroups), (_cgroup.of_pid(new), cgroups)
+    assert not in_own_cgroups(os.getpid(), cgroups)
 
 
-def test_a_killed_postmaster_is_started_again_by_the_revert(server, pg, state_dir):
-    old = killed_postmaster(server, pg, state_dir, 'pm-crash', 60)
+def test_a_killed_postmaster_is_started_again_by_the_revert(server, pg, state_dir, cgroups):
+    old = killed_postmaster(server, pg, state_dir, 'pm-crash', 60, cgroups)
     reverted, failed = fault(pg, state_dir, name='pm-crash', state='absent')
     assert not failed, reverted['msg']
     assert reverted['revert']['undo_changed'] is True
-    check_restarted(server, pg, old)
+    check_restarted(server, pg, old, cgroups)
     assert ledger_ids(state_dir) == []
 
 
-def test_a_killed_postmaster_is_started_again_by_the_reaper_alone(server, pg, state_dir):
-    old = killed_postmaster(server, pg, state_dir, 'pm-ttl', 5)
+def test_a_killed_postmaster_is_started_again_by_the_reaper_alone(server, pg, state_dir, cgroups):
+    old = killed_postmaster(server, pg, state_dir, 'pm-ttl', 5, cgroups)
     assert wait_for(lambda: ledger_ids(state_dir) == [], 30), 'the reaper did not revert by the TTL'
     assert wait_for(lambda: answers(pg), 10)
-    check_restarted(server, pg, old)
+    check_restarted(server, pg, old, cgroups)
+
+
+def test_term_of_the_postmaster_is_refused_and_nothing_is_signalled(server, pg, state_dir):
+    before = postmaster(server)
+    result, failed = fault(pg, state_dir, name='pm-term', role='postmaster', signal='TERM')
+    assert failed and 'signal=TERM' in result['msg'] and 'role=postmaster' in result['msg'], result['msg']
+    assert ledger_ids(state_dir) == []
+    time.sleep(0.5)
+    assert postmaster(server) == before and _server.running(server.data) and answers(pg)
 
 
 @pytest.mark.parametrize('args, named', [

@@ -10,17 +10,19 @@ revert after the program was SIGKILLed must each leave no stress-ng process.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 import uuid
 
 import pytest
 
-from background import kill_programs, ledger_ids, programs
+from background import kill_programs, ledger_ids, programs, record
 from modrun import run_module
-from pgtools import Postgres
+from pgtools import Postgres, query
 from waiting import wait_for
-from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup, _ledger, _steps
+from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup, _ledger, _server, _steps
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_stress
 
 MB = 1024 * 1024
@@ -71,7 +73,7 @@ def cgroups():
         write(os.path.join(memory_dir, limit_file), str(LIMIT))
         yield made
     finally:
-        for _ in range(100):
+        for _attempt in range(100):
             pids = [pid for folder in folders for pid in members(folder)]
             if not pids:
                 break
@@ -283,3 +285,45 @@ def test_io_stress_writes_only_in_its_scratch_folder_and_cleans_it(cgroups, db, 
         revert(state, 'io')
     assert stress_ng(cgroups, program) == {}
     assert not os.path.exists(scratch)
+
+
+def test_io_stress_refuses_a_state_dir_off_the_data_directory_filesystem(server, cgroups, db):
+    """IO in a scratch folder on another filesystem would never press on PostgreSQL's disk: refused, nothing left."""
+    assert os.stat('/dev/shm').st_dev != os.stat(server.data).st_dev, 'this test needs /dev/shm apart from the data directory'
+    other = tempfile.mkdtemp(dir='/dev/shm', prefix='pggit-chaos-it-')
+    try:
+        state = os.path.join(other, 'state')
+        for confine in ('postgres', 'none'):
+            result, failed = run_module(pggit_chaos_stress.main, dict(db, state_dir=state, ttl=60, name='io', resource='io',
+                                                                      confine=confine))
+            assert failed, result
+            assert 'resource=io' in result['msg'] and server.data in result['msg'] and '/dev/shm' in result['msg']
+            assert not os.path.exists(state)
+        assert stress_ng(cgroups) == {}
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_revert_starts_the_server_again_when_the_oom_killer_took_the_postmaster(server, cgroups, db, state):
+    """confine=postgres: the undo ends with pg_start (first in the list), so a postmaster killed while stress-ng held
+    its cgroup (the OOM killer's pick) runs again after the revert, in its cgroups, and stress-ng is gone first.
+    Last in this file: it kills the module's server."""
+    result = inject(db, state, name='oom', resource='memory', memory_mb=32)
+    program = result['stress']['program']['pid']
+    undo = record(state, 'stress--oom')['undo']
+    assert undo[0]['type'] == 'pg_start' and undo[0]['method'] == 'pg_ctl' and undo[0]['pgdata'] == server.data
+    assert undo[0]['cgroups'] == _cgroup.of_pid(result['server']['postmaster_pid'])
+    assert undo[-1]['type'] == 'kill_process' and undo[-1]['group'] is True
+    postmaster = result['server']['postmaster_pid']
+    os.kill(postmaster, signal.SIGKILL)
+    assert wait_for(lambda: not _server.running(server.data), 5)
+    assert stress_ng(cgroups, program)
+    outcome = revert(state, 'oom')
+    assert outcome['changed'] is True, outcome
+    assert stress_ng(cgroups, program) == {}
+    assert ledger_ids(state) == []
+    assert _server.running(server.data), 'the revert must start the server the OOM killer took'
+    again = _server.postmaster_pid(server.data)
+    assert again != postmaster
+    assert memory_dir(cgroups) in _cgroup.of_pid(again).values(), 'started again inside its cgroups'
+    assert query(db, 'SELECT 1') == [(1,)]

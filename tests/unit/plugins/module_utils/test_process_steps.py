@@ -194,9 +194,8 @@ def fake_install():
     open(log, 'w').close()
     os.chown(log, nobody.pw_uid, nobody.pw_gid)
     yield {'pg_ctl': os.path.join(bin_dir, 'pg_ctl'), 'data': data, 'log': log, 'uid': nobody.pw_uid}
-    try:
-        with open(os.path.join(data, 'postmaster.pid')) as handle:
-            os.kill(int(handle.read().split()[0]), signal.SIGKILL)
+    try:  # never open(): a test plants a FIFO there
+        os.kill(int((_steps.read_regular(os.path.join(data, 'postmaster.pid')) or b'').split()[0]), signal.SIGKILL)
     except (OSError, ValueError, IndexError):
         pass
     shutil.rmtree(base, ignore_errors=True)
@@ -232,3 +231,121 @@ def test_pg_start_fails_naming_the_command_and_the_log(fake_install):
     text = str(failure.value)
     assert 'did not start: as nobody: %s start -D' % fake_install['pg_ctl'] in text
     assert 'exited 1: pg_ctl: could not start server' in text and 'its log says: FATAL: could not load pg_hba.conf' in text
+
+
+# -- files the data directory's owner controls, read as root holding the ledger lock ---------------------------------
+def in_thread(func, seconds=10.0):
+    """(finished, result or exception) of func in a thread: a read blocked on a FIFO never finishes."""
+    out = {}
+
+    def run():
+        try:
+            out['result'] = func()
+        except Exception as exc:  # pylint: disable=broad-except
+            out['result'] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), out.get('result')
+
+
+def unblock(fifo):
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+FAILING_PG_CTL = "#!/bin/sh\necho 'pg_ctl: could not start server'\nexit 1\n"
+
+
+def failing_step(fake_install, **change):
+    with open(fake_install['pg_ctl'], 'w') as handle:
+        handle.write(FAILING_PG_CTL)
+    return dict({'type': 'pg_start', 'method': 'pg_ctl', 'pgdata': fake_install['data'], 'pg_ctl': fake_install['pg_ctl'],
+                 'user': 'nobody', 'log': fake_install['log'], 'options': None, 'cgroups': {}, 'wait_s': 5}, **change)
+
+
+def test_pg_start_with_a_fifo_as_postmaster_pid_never_hangs(fake_install):
+    """A FIFO planted as postmaster.pid by the data directory's owner must not block the reaper (which holds the lock)."""
+    fifo = os.path.join(fake_install['data'], 'postmaster.pid')
+    os.mkfifo(fifo)
+    os.chown(fifo, fake_install['uid'], -1)
+    try:
+        finished, result = in_thread(lambda: _steps.run_steps([failing_step(fake_install)], {}))
+        assert finished, 'pg_start blocked on a FIFO postmaster.pid'
+        assert isinstance(result, UndoError) and 'did not start' in str(result)
+    finally:
+        unblock(fifo)
+        os.unlink(fifo)
+
+
+def test_pg_start_never_shows_a_log_swapped_for_a_link_to_a_secret(fake_install, tmp_path):
+    """The owner (here its pg_ctl run) swaps the log in its data directory for a link to a root-only file while pg_start runs."""
+    secret = tmp_path / 'shadow'
+    secret.write_text('root:$6$SECRETHASH:19000:0:99999:7:::\n')
+    os.chmod(str(secret), 0o600)
+    log = os.path.join(fake_install['data'], 'server.log')
+    open(log, 'w').close()
+    os.chown(log, fake_install['uid'], -1)
+    step = failing_step(fake_install, log=log)
+    with open(fake_install['pg_ctl'], 'w') as handle:
+        handle.write('#!/bin/sh\nrm -f "$8" && ln -s %s "$8"\necho \'pg_ctl: could not start server\'\nexit 1\n' % secret)
+    with pytest.raises(UndoError) as failure:
+        _steps.run_steps([step], {})
+    assert os.path.islink(log)  # the swap happened
+    assert 'could not start server' in str(failure.value)
+    assert 'SECRETHASH' not in str(failure.value) and 'its log says' not in str(failure.value)
+
+
+def test_log_since_reads_only_a_regular_file_of_the_owner_without_blocking(tmp_path):
+    log = tmp_path / 'log'
+    log.write_text('old line\n' + 'x' * 3000 + '\nFATAL:  it broke\n')
+    uid = os.stat(str(log)).st_uid
+    assert _steps._log_since(str(log), 0, uid).endswith('FATAL: it broke')
+    assert len(_steps._log_since(str(log), 0, uid)) <= 1500  # the tail only
+    assert _steps._log_since(str(log), os.path.getsize(str(log)), uid) == ''  # nothing new after offset
+    assert _steps._log_since(str(log), 0, uid + 1) == ''  # not the server owner's
+    link = tmp_path / 'link'
+    os.symlink(str(log), str(link))
+    assert _steps._log_since(str(link), 0, uid) == '' and _steps._log_size(str(link)) == 0
+    fifo = str(tmp_path / 'fifo')
+    os.mkfifo(fifo)
+    try:
+        finished, result = in_thread(lambda: _steps._log_since(fifo, 0, uid))
+        assert finished and result == ''
+    finally:
+        unblock(fifo)
+    assert _steps.read_regular(str(log), 5) == b'old l'  # capped
+
+
+# -- a server another program manages: the step starts nothing ---------------------------------------------------------
+def test_manager_step_passes_its_check_and_is_refused_where_a_restart_is_meant():
+    step = {'type': 'pg_start', 'method': 'manager', 'manager': 'patroni /etc/patroni.yml', 'pgdata': '/var/lib/postgresql/15/main'}
+    _steps.check_steps([step], None)
+    # The steps that restart a server (pg_restart, restore_page's start) share this check: never a managed server.
+    assert 'managed by patroni /etc/patroni.yml' in _steps._check_pg_start(step, None)
+
+
+@pytest.mark.parametrize('change, why', [
+    (dict(manager=''), 'manager must name the program'),
+    (dict(manager='patroni\nrm -rf /'), 'manager must name the program'),
+    (dict(manager='p' * 201), 'manager must name the program'),
+    (dict(manager=None), 'manager must name the program'),
+    (dict(pgdata='data'), 'pgdata must be an absolute'),
+    (dict(pgdata='/'), 'pgdata must be an absolute'),
+])
+def test_manager_step_check_refuses(change, why):
+    step = dict({'type': 'pg_start', 'method': 'manager', 'manager': 'patroni', 'pgdata': '/var/lib/postgresql/15/main'}, **change)
+    with pytest.raises(UndoError, match='refused: %s' % why):
+        _steps.check_steps([step], None)
+
+
+def test_manager_step_starts_nothing_when_the_server_is_down(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(_steps, '_as_user', lambda *args: calls.append(args))
+    monkeypatch.setattr(_steps, '_run', lambda *args: calls.append(args))
+    step = {'type': 'pg_start', 'method': 'manager', 'manager': 'patroni', 'pgdata': str(tmp_path)}
+    ctx = {'state_dir': None}
+    assert _steps.run_steps([step], ctx) is False
+    assert calls == [] and 'not running' in ctx['notes'][0] and 'patroni manages it' in ctx['notes'][0]

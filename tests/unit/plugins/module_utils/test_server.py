@@ -188,3 +188,148 @@ def test_pg_start_refuses_a_data_directory_of_another_user(server):
             'log': None, 'options': None, 'cgroups': {}, 'wait_s': 5}
     with pytest.raises(UndoError, match='not to nobody'):
         _steps.STEP_HANDLERS['pg_start'](step, {})
+
+
+# -- files of the data directory are read as root: never blocking, never through a link, only the owner's ----------
+def finishes(func, seconds=5.0):
+    """(finished, result) of func run in a thread: a read that blocks (a FIFO) never finishes."""
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault('result', func()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), out.get('result')
+
+
+def release(fifo):
+    """Wake a reader still blocked on a FIFO (the unfixed code), so no thread outlives the test."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def test_a_fifo_planted_as_postmaster_pid_never_blocks(server):
+    pid_file = os.path.join(server['data'], 'postmaster.pid')
+    os.unlink(pid_file)
+    os.mkfifo(pid_file)
+    try:
+        finished, result = finishes(lambda: _server.postmaster_pid(server['data']))
+        assert finished, 'reading a FIFO postmaster.pid blocked'
+        assert result is None
+        finished, result = finishes(lambda: _server.running(server['data']))
+        assert finished and result is False
+    finally:
+        release(pid_file)
+
+
+def test_postmaster_pid_through_a_link_or_of_another_owner_is_not_read(server, tmp_path):
+    pid_file = os.path.join(server['data'], 'postmaster.pid')
+    real = tmp_path / 'elsewhere.pid'
+    real.write_text('%d\n' % server['pid'])
+    os.unlink(pid_file)
+    os.symlink(str(real), pid_file)
+    assert _server.postmaster_pid(server['data']) is None  # a link is never followed
+    os.unlink(pid_file)
+    with open(pid_file, 'w') as handle:
+        handle.write('%d\n' % server['pid'])
+    assert _server.postmaster_pid(server['data']) == server['pid']
+    if os.geteuid() != 0:
+        pytest.fail('run the unit tests as root (the owner check needs a file of another user)')
+    os.chown(pid_file, pwd.getpwnam('nobody').pw_uid, -1)
+    assert _server.postmaster_pid(server['data']) is None  # not the data directory owner's
+    (tmp_path / 'opts').write_text(OPTS % server['data'])
+    os.unlink(os.path.join(server['data'], 'postmaster.opts'))
+    os.symlink(str(tmp_path / 'opts'), os.path.join(server['data'], 'postmaster.opts'))
+    assert _server.start_options(server['data']) is None
+
+
+# -- a server another program manages is never started by us ---------------------------------------------------------
+@pytest.mark.parametrize('argv, manager', [
+    (['/usr/bin/python3', '/usr/local/bin/patroni', '/etc/patroni/patroni.yml'],
+     '/usr/bin/python3 /usr/local/bin/patroni /etc/patroni/patroni.yml'),
+    (['patroni', '/etc/patroni.yml'], 'patroni /etc/patroni.yml'),
+    (['pg_autoctl: start/stop postgres'], 'pg_autoctl: start/stop postgres'),
+    (['/usr/bin/repmgrd', '-f', '/etc/repmgr.conf'], '/usr/bin/repmgrd -f /etc/repmgr.conf'),
+    (['stolon-keeper', '--data-dir', '/data'], 'stolon-keeper --data-dir /data'),
+    (['/usr/bin/python3', '/usr/bin/supervisord', '-n'], '/usr/bin/python3 /usr/bin/supervisord -n'),
+    (['runsv', 'postgres'], 'runsv postgres'),
+    # Not managers: PID 1 or a subreaper that adopted a server daemonized by pg_ctl, a shell, the sandbox init.
+    (['/sbin/init'], None),
+    (['/lib/systemd/systemd', '--system', '--deserialize', '31'], None),
+    (['/lib/systemd/systemd', '--user'], None),
+    (['/process_api', '--firecracker-init', '--addr', '0.0.0.0:2024'], None),
+    (['/usr/bin/tini', '--', 'docker-entrypoint.sh'], None),
+    (['bash'], None),
+    (['/usr/lib/postgresql/15/bin/pg_ctl', 'start', '-D', '/data'], None),
+    (['/usr/bin/python3', '/srv/not-patroni-really.py'], None),
+    ([], None),
+    (None, None),
+])
+def test_manager_of_decides_by_the_parent_command_line(argv, manager):
+    assert _server.manager_of(argv) == manager
+
+
+def test_manager_of_shortens_a_long_command_line():
+    shown = _server.manager_of(['patroni'] + ['/etc/patroni/%d.yml' % n for n in range(50)])
+    assert shown.startswith('patroni /etc/patroni/0.yml') and shown.endswith('...') and len(shown) == _server.MANAGER_SHOWN
+
+
+@pytest.fixture
+def managed(tmp_path):
+    """A fake data directory whose 'postmaster' (sleep) is the child of a live process named patroni."""
+    data = tmp_path / 'data'
+    data.mkdir()
+    (data / 'PG_VERSION').write_text('15\n')
+    parent = subprocess.Popen(['bash', '-c', 'exec -a patroni bash -c "sleep 30 & echo \\$!; wait"', 'x'], cwd=str(data),
+                              stdout=subprocess.PIPE, universal_newlines=True, start_new_session=True)
+    threading.Thread(target=parent.wait, daemon=True).start()
+    pid = int(parent.stdout.readline())
+    (data / 'postmaster.pid').write_text('%d\n%s\n' % (pid, data))
+    yield {'data': str(data), 'pid': pid, 'parent': parent}
+    try:
+        os.killpg(parent.pid, 9)
+    except OSError:
+        pass  # the test killed it already
+
+
+def test_a_server_whose_parent_is_patroni_gets_a_step_that_starts_nothing(managed, monkeypatch):
+    monkeypatch.setattr(_server, 'SYSTEMD_RUN', '/nonexistent-systemd')
+    assert _server.parent_manager(managed['pid']).startswith('patroni -c ')
+    info = _server.server_info(Cursor([(managed['data'], 150018, False)]))
+    assert info['manager'].startswith('patroni -c ')
+    step = _server.start_step(info)
+    assert step == {'type': 'pg_start', 'method': 'manager', 'manager': info['manager'], 'pgdata': managed['data']}
+    _steps.check_steps([step], None)
+    summary = _server.summary(info)
+    assert summary['start_method'] == 'manager' and summary['manager'] == info['manager']
+    assert summary['start_command'].startswith('nothing: patroni -c ')
+    # Its handler starts nothing, running or not, and never fails: it says whether the server is back.
+    ctx = {'state_dir': None}
+    assert _steps.run_steps([step], ctx) is False
+    assert 'is running' in ctx['notes'][0] and 'started nothing' in ctx['notes'][0]
+    os.killpg(managed['parent'].pid, 9)
+    assert wait_gone(managed['pid'])
+    ctx = {'state_dir': None}
+    assert _steps.run_steps([step], ctx) is False
+    assert 'not running' in ctx['notes'][0]
+
+
+def wait_gone(pid, seconds=5.0):
+    import time  # pylint: disable=import-outside-toplevel
+    deadline = time.time() + seconds
+    while _steps.proc_starttime(pid) is not None and time.time() < deadline:
+        time.sleep(0.01)
+    return _steps.proc_starttime(pid) is None
+
+
+def test_a_server_daemonized_by_pg_ctl_is_not_managed(server, monkeypatch):
+    """The fixture's 'postmaster' is the child of this test (no manager): pg_ctl it is."""
+    monkeypatch.setattr(_server, 'SYSTEMD_RUN', '/nonexistent-systemd')
+    info = _server.server_info(Cursor([(server['data'], 150018, False)]))
+    assert info['manager'] is None and _server.start_step(info)['method'] == 'pg_ctl'
+
+
+def test_systemd_wins_over_a_manager_parent():
+    step = _server.start_step({'systemd_unit': 'patroni.service', 'manager': 'patroni x', 'data_directory': '/d'})
+    assert step['method'] == 'systemd'

@@ -100,7 +100,8 @@ def test_every_failed_step_is_named(calls):
 @pytest.mark.parametrize('step', [{'type': 'reboot'}, {'kind': 'run'}, {'type': 'run', 'argv': ['true']}])
 def test_unknown_step_type_is_refused_before_anything_runs(calls, step):
     with pytest.raises(UndoError, match=r"undo step 2: unknown type %s; known types: iptables_chain, kill_process, note, "
-                                        r"pg_drop_schema, pg_event_trigger_enable, pg_start, pg_terminate_backend, remove_path, "
+                                        r"pg_drop_schema, pg_event_trigger_enable, pg_reindex, pg_restart, pg_scratch_tablespace, "
+                                        r"pg_setting_restore, pg_start, pg_terminate_backend, remove_path, restore_page, "
                                         r"signal_process, tc_qdisc$"
                                         % re.escape(repr(step.get('type')))):
         _steps.run_steps(note_steps('first') + [step], {})
@@ -205,6 +206,62 @@ def test_kill_process_step():
             tagged.wait()
 
 
+# -- kill_process with group: only root's processes in the session the group leads ---------------------------
+GROUP_LEADER = r'''
+import subprocess, sys
+member = subprocess.Popen(['bash', '-c', 'exec -a stress-ng-vm sleep 60'], cwd='/', user=sys.argv[1] if len(sys.argv) > 1 else None)
+print(member.pid, flush=True)
+'''
+
+
+def orphaned_member(own_session, member_user=None):
+    """(pgid, leader starttime, member pid): a group whose leader exited, with one stress-ng-like member.
+
+    ``own_session``: the leader leads a session of its own (setsid: session id == pgid, as our stress
+    program does) or only a process group in the test's session (setpgid: session id != pgid)."""
+    kwargs = {'start_new_session': True} if own_session else {'process_group': 0}
+    argv = [sys.executable, '-c', GROUP_LEADER] + ([member_user] if member_user else [])
+    leader = subprocess.Popen(argv, stdout=subprocess.PIPE, universal_newlines=True, **kwargs)
+    starttime = _steps.proc_starttime(leader.pid)
+    member = int(leader.stdout.readline())
+    leader.wait()
+    deadline = time.time() + 5
+    while 'stress-ng-vm' not in _steps.proc_cmdline(member) and time.time() < deadline:
+        time.sleep(0.01)
+    return leader.pid, starttime, member
+
+
+def group_step(pgid, starttime):
+    return {'type': 'kill_process', 'pid': pgid, 'starttime': starttime, 'match': 'pggit-chaos-stress', 'group': True,
+            'members_match': 'stress-ng'}
+
+
+@pytest.mark.parametrize('own_session, member_user, killed', [
+    (True, None, True),  # ours: root, in the session the group leads
+    (False, None, False),  # a group that is not a session of its own (a recycled pgid in another session)
+    (True, 'nobody', False),  # a user's process named like stress-ng (exec -a stress-ng)
+])
+def test_group_kill_spares_members_not_root_or_not_in_the_groups_session(own_session, member_user, killed):
+    if os.geteuid() != 0:
+        pytest.fail('run the unit tests as root: the group step kills root-owned members only')
+    pgid, starttime, member = orphaned_member(own_session, member_user)
+    try:
+        assert (_steps.group_members(pgid, 'stress-ng', starttime) != []) is killed
+        assert _steps.run_steps([group_step(pgid, starttime)], {}) is killed
+        assert _steps.same_process(member) is not killed
+    finally:
+        try:
+            os.kill(member, 9)
+        except OSError:
+            pass
+
+
+def test_proc_state_and_real_uid_read_proc():
+    assert _steps.proc_state(os.getpid()) in ('R', 'S')
+    assert _steps.proc_real_uid(os.getpid()) == os.getuid()
+    assert _steps.proc_state(2 ** 22 + 7) is None and _steps.proc_real_uid(2 ** 22 + 7) is None
+
+
 # -- check_steps: records are data, never code ---------------------------------
 STATE = '/var/lib/pggit-chaos'
 CONN = {'login_host': '127.0.0.1', 'db': 'app'}
@@ -235,7 +292,9 @@ def test_check_steps_accepts_what_our_faults_write():
 def test_every_step_type_has_a_check():
     assert sorted(_steps.STEP_HANDLERS) == sorted(_steps.STEP_CHECKS)
     assert sorted(_steps.STEP_HANDLERS) == ['iptables_chain', 'kill_process', 'pg_drop_schema', 'pg_event_trigger_enable',
-                                            'pg_start', 'pg_terminate_backend', 'remove_path', 'signal_process', 'tc_qdisc']
+                                            'pg_reindex', 'pg_restart', 'pg_scratch_tablespace', 'pg_setting_restore',
+                                            'pg_start', 'pg_terminate_backend', 'remove_path', 'restore_page', 'signal_process',
+                                            'tc_qdisc']
 
 
 @pytest.mark.parametrize('step, reason', [

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -249,3 +250,114 @@ def test_plain_kill_process_leaves_the_group_alone(orphaned_group):
     step = {'type': 'kill_process', 'pid': pgid, 'starttime': starttime, 'match': 'pggit-chaos-stress'}
     assert _steps.run_steps([step], {}) is False
     assert _steps.same_process(member)
+
+
+# -- confine=postgres on a systemd unit: OOMPolicy --------------------------------
+UNIT = 'postgresql@15-main.service'
+
+
+class FakeConn(object):
+    def cursor(self):
+        return None
+
+    def close(self):
+        pass
+
+
+def fake_server(monkeypatch, tmp_path, unit=UNIT, data=None):
+    """The module's server look, faked: a server in this process's cgroups, managed by a systemd unit."""
+    data = data or tmp_path / 'data'
+    data.mkdir(exist_ok=True)
+    info = {'data_directory': str(data), 'postmaster_pid': os.getpid(), 'postmaster_starttime': 1, 'owner': 'postgres',
+            'bin_dir': '/usr/lib/postgresql/15/bin', 'cgroups': _cgroup.of_pid(os.getpid()), 'log': None, 'options': None,
+            'systemd_unit': unit, 'version_num': 150000, 'in_recovery': False}
+    monkeypatch.setattr(module, 'connect_or_fail', lambda *args, **kwargs: FakeConn())
+    monkeypatch.setattr(module._server, 'server_info', lambda cursor: info)  # pylint: disable=protected-access
+    return info
+
+
+def fake_systemctl(monkeypatch, tmp_path, policy):
+    """A systemctl in front of the system folders that answers `show -p OOMPolicy --value UNIT` with policy."""
+    folder = tmp_path / 'bin'
+    folder.mkdir()
+    log = tmp_path / 'systemctl.args'
+    script = folder / 'systemctl'
+    script.write_text('#!/bin/sh\necho "$@" > %s\necho %s\n' % (log, policy))
+    script.chmod(0o755)
+    monkeypatch.setattr(_steps, 'BIN_DIRS', (str(folder),) + _steps.BIN_DIRS)
+    return log
+
+
+def test_oom_policy_reads_systemctl(monkeypatch, tmp_path):
+    log = fake_systemctl(monkeypatch, tmp_path, 'continue')
+    assert _stress.oom_policy(UNIT) == 'continue'
+    assert log.read_text().split() == ['show', '-p', 'OOMPolicy', '--value', UNIT]
+
+
+@pytest.mark.parametrize('policy', ['stop', 'kill', ''])
+def test_confine_postgres_refuses_a_unit_that_stops_on_oom(monkeypatch, tmp_path, policy):
+    fake_server(monkeypatch, tmp_path)
+    fake_systemctl(monkeypatch, tmp_path, policy)
+    state = tmp_path / 'state'
+    result, failed = run_module(module.main, dict(name='s', resource='memory', memory_mb=16, state_dir=str(state)),
+                                check_mode=True)
+    assert failed, result
+    for word in ('confine=postgres', UNIT, 'OOMPolicy is %s' % (policy or 'unknown'), 'confine=none', 'OOMPolicy=continue'):
+        assert word in result['msg']
+    assert not state.exists()
+
+
+def test_confine_postgres_accepts_oom_policy_continue_and_confine_none_does_not_ask(monkeypatch, tmp_path):
+    fake_server(monkeypatch, tmp_path)
+    log = fake_systemctl(monkeypatch, tmp_path, 'continue')
+    result, failed = run_module(module.main, dict(name='s', resource='memory', memory_mb=16, state_dir=str(tmp_path / 's')),
+                                check_mode=True)
+    assert not failed, result['msg']
+    assert result['server']['systemd_unit'] == UNIT
+    log.unlink()
+    result, failed = run_module(module.main, dict(name='s', resource='cpu', confine='none', state_dir=str(tmp_path / 's')),
+                                check_mode=True)
+    assert not failed, result['msg']
+    assert not log.exists()
+
+
+# -- resource=io: on the data directory's filesystem, with room -------------------
+def fs(mount, free):
+    return {'mount': mount, 'device': '/dev/' + mount.strip('/').replace('/', '-'), 'free_bytes': free}
+
+
+def test_io_problem_needs_the_state_dir_on_the_data_directory_filesystem(tmp_path):
+    filesystems = {str(tmp_path / 'state'): fs('/', 10 ** 12), str(tmp_path): fs('/', 10 ** 12), '/data': fs('/data', 10 ** 12)}
+    problem = module.io_problem(2, str(tmp_path / 'state' / 'x'), '/data', filesystem=filesystems.get,
+                                same=lambda a, b: False)
+    for word in ('resource=io', 'state_dir %s' % (tmp_path / 'state' / 'x'), 'on the filesystem / (/dev/)',
+                 'data directory /data is on the filesystem /data (/dev/data)'):
+        assert word in problem, problem
+    assert module.io_problem(2, str(tmp_path / 'state'), '/data', filesystem=filesystems.get, same=lambda a, b: True) is None
+
+
+def test_io_problem_needs_room_for_every_worker_and_a_margin():
+    need = int(3 * _stress.IO_BYTES * 1.1)
+    ok = module.io_problem(3, '/', '/data', filesystem=lambda path: fs('/data', need), same=lambda a, b: True)
+    assert ok is None
+    problem = module.io_problem(3, '/', '/data', filesystem=lambda path: fs('/data', need - 1), same=lambda a, b: True)
+    for word in ('io_workers=3', 'needs %d MB free' % (need // MB), 'which has %d MB free' % ((need - 1) // MB), '/data'):
+        assert word in problem, problem
+
+
+@pytest.mark.skipif(not os.path.isdir('/dev/shm') or os.stat('/dev/shm').st_dev == os.stat('/tmp').st_dev,
+                    reason='needs /dev/shm on a filesystem of its own')
+def test_module_io_refuses_a_state_dir_off_the_data_directory_filesystem(monkeypatch, tmp_path):
+    info = fake_server(monkeypatch, tmp_path, unit=None)
+    with tempfile.TemporaryDirectory(dir='/dev/shm') as other:
+        state = os.path.join(other, 'state')
+        for confine in ('none', 'postgres'):
+            result, failed = run_module(module.main, dict(name='io', resource='io', confine=confine, state_dir=state),
+                                        check_mode=True)
+            assert failed, result
+            assert 'resource=io' in result['msg'] and info['data_directory'] in result['msg'] and '/dev/shm' in result['msg']
+            assert not os.path.exists(state)
+        result, failed = run_module(module.main, dict(name='io', resource='io', confine='none',
+                                                      state_dir=str(tmp_path / 'state')), check_mode=True)
+        assert not failed, result['msg']
+        assert '--temp-path' in result['stress']['argv']

@@ -114,6 +114,7 @@ BAD = [
     ('pggit_chaos_process', dict(name='p', role='checkpointer', application_name='app%'), 'application_name=app%', 'role=checkpointer'),
     ('pggit_chaos_process', dict(name='p', role='backend', user=' '), 'user', "' '"),
     ('pggit_chaos_process', dict(name='p'), 'role', 'state is present'),
+    ('pggit_chaos_process', dict(name='p', role='postmaster', signal='TERM'), 'signal=TERM', 'role=postmaster'),
     # pggit_chaos_lock
     ('pggit_chaos_lock', dict(name='l', mode='super exclusive'), 'mode', "'super exclusive'"),
     ('pggit_chaos_lock', dict(name='l', tables=['public.accounts']), 'tables', "'public.accounts'"),
@@ -126,6 +127,8 @@ BAD = [
     # pggit_verify amcheck
     ('pggit_verify', dict(amcheck='yes'), 'amcheck', 'yes'),
     ('pggit_verify', dict(amcheck='check', amcheck_timeout_ms=10), 'amcheck_timeout_ms', '10'),
+    ('pggit_verify', dict(amcheck_create=True), 'amcheck_create', 'amcheck=none'),
+    ('pggit_verify', dict(amcheck='check', amcheck_create='maybe'), 'amcheck_create', 'maybe'),
     # pggit_chaos_stress
     ('pggit_chaos_stress', dict(name='s', resource='disk'), 'resource', 'disk'),
     ('pggit_chaos_stress', dict(name='s'), 'resource', 'state is present'),
@@ -147,6 +150,31 @@ BAD = [
     ('pggit_chaos_stress', dict(name='s', resource='cpu', watch_s=-1), 'watch_s', '-1'),
     ('pggit_chaos_stress', dict(name='s', resource='cpu', ttl=60, watch_s=60), 'watch_s', '60'),
     ('pggit_chaos_stress', dict(name='s', resource='cpu', confine='host'), 'confine', 'host'),
+    # pggit_chaos_clock (missing libfaketime: tests/unit/plugins/modules/test_clock_setting.py, with a monkeypatched path)
+    ('pggit_chaos_clock', dict(name='c'), 'offset_s', 'state is present'),
+    ('pggit_chaos_clock', dict(name='c', offset_s=315576001), 'offset_s', '315576001'),
+    ('pggit_chaos_clock', dict(name='c', offset_s=-4e8), 'offset_s', '-400000000'),
+    ('pggit_chaos_clock', dict(name='c', offset_s=float('nan')), 'offset_s', 'nan'),
+    ('pggit_chaos_clock', dict(name='c', offset_s=60, mode='warp'), 'mode', 'warp'),
+    ('pggit_chaos_clock', dict(name='c', offset_s=60, mode='strobe'), 'mode', 'strobe'),
+    ('pggit_chaos_clock', dict(name='c', offset_s=-600, mode='drift', ttl=300), 'offset_s', '-600'),
+    # pggit_chaos_setting (an unknown name needs the server: test_clock_setting.py, with a fake pg_settings)
+    ('pggit_chaos_setting', dict(name='s'), 'settings', 'state is present'),
+    ('pggit_chaos_setting', dict(name='s', settings={}), 'settings', '{}'),
+    ('pggit_chaos_setting', dict(name='s', settings={'work mem': '4MB'}), 'settings', "'work mem'"),
+    ('pggit_chaos_setting', dict(name='s', settings={'shared_buffers': '1GB'}), 'shared_buffers', "'postmaster'"),
+    ('pggit_chaos_setting', dict(name='s', settings={'search_path': 'a, b'}), 'settings', 'search_path'),
+    ('pggit_chaos_setting', dict(name='s', settings={'work_mem': ['4MB']}), 'work_mem', "['4MB']"),
+    # pggit_chaos_corrupt (an index that is not a btree or not pgGit's, a block past the end and the missing
+    # pggit_chaos_destructive opt-in need a server or the CLI: tests/integration/test_corrupt_fault.py)
+    ('pggit_chaos_corrupt', dict(name='c', mode='shred'), 'mode', 'shred'),
+    ('pggit_chaos_corrupt', dict(name='c', reveal='evict'), 'reveal', 'evict'),
+    ('pggit_chaos_corrupt', dict(name='c', recover='pray'), 'recover', 'pray'),
+    ('pggit_chaos_corrupt', dict(name='c', block=0), 'block', '0'),
+    ('pggit_chaos_corrupt', dict(name='c', block=-3), 'block', '-3'),
+    ('pggit_chaos_corrupt', dict(name='c', index=' '), 'index', "' '"),
+    ('pggit_chaos_corrupt', dict(name='c', index='public.users_pkey'), 'index=public.users_pkey', 'schema pggit'),
+    ('pggit_chaos_corrupt', dict(name='c', index='pggit.'), 'index=pggit.', 'schema pggit'),
 ]
 
 
