@@ -9,9 +9,12 @@ Pure helpers for ``pggit_chaos_disk``:
   while ``st_dev`` stays the same);
 - :func:`asked_free_bytes` and :func:`fill_size`: the size arithmetic;
 - :func:`open_fill_file` and :func:`fill_fd`: create the fill file without
-  following a planted link, then allocate it with ``posix_fallocate``, in zero
-  blocks where the filesystem refuses that, stopping cleanly at ENOSPC, at a
-  deadline, and at a rate when asked.
+  following a planted link, then allocate it with ``posix_fallocate``, or by
+  writing incompressible blocks where the filesystem refuses that, stopping
+  cleanly at ENOSPC, at a deadline, and at a rate when asked;
+- :func:`shortfall`: whether the free space measured after a fill shows that
+  the fill really took (a compressing filesystem stores zero blocks in
+  nothing, and glibc's ``posix_fallocate`` emulation writes zero bytes).
 
 "Free" is what an unprivileged user may still write (``f_bavail``): what
 PostgreSQL, which never runs as root, sees.
@@ -20,13 +23,18 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import time
 
 MIB = 1024 * 1024
 FILL_PREFIX = '.pggit-chaos-fill-'
 # Write-path block: small enough to stop close to ENOSPC, big enough to be fast.
 WRITE_BLOCK = MIB
-# Errors meaning "this filesystem does not do fallocate": write zero blocks instead.
+# Every page of a written block starts with its own offset in the file and a per-fill nonce, over random bytes:
+# no two pages are alike (nothing to deduplicate) and nothing compresses (ZFS, btrfs compression store zeros in nothing).
+PAGE = 4096
+_STAMP = struct.Struct('<QQ')
+# Errors meaning "this filesystem does not do fallocate": write blocks instead.
 _NO_FALLOCATE = frozenset(e for e in (getattr(errno, 'EOPNOTSUPP', None), getattr(errno, 'ENOTSUP', None), errno.EINVAL,
                                       getattr(errno, 'ENOSYS', None)) if e is not None)
 _NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
@@ -96,14 +104,14 @@ def _read_mountinfo():
         return None
 
 
-def figures(path, statvfs=os.statvfs):
+def figures(path, statvfs=None):
     """size_bytes, free_bytes (f_bavail) and block_size of the filesystem holding ``path``."""
-    st = statvfs(path)
+    st = (statvfs or os.statvfs)(path)
     block = st.f_frsize or st.f_bsize
     return {'size_bytes': st.f_blocks * block, 'free_bytes': st.f_bavail * block, 'block_size': block}
 
 
-def filesystem(path, mountinfo=None, statvfs=os.statvfs):
+def filesystem(path, mountinfo=None, statvfs=None):
     """mount, device, fstype, dev_id, size_bytes, free_bytes, block_size of the filesystem holding ``path``.
 
     ``path`` must exist; it is resolved first (a link leads to where it points)."""
@@ -147,6 +155,23 @@ def fill_size(free_bytes, asked_free, block_size):
     return want - want % block
 
 
+def tolerance(size_bytes, block_size):
+    """Free bytes a fill may leave above what it was asked to leave: 1% of the filesystem, at least 16 blocks."""
+    return max(16 * max(1, int(block_size or 1)), int(size_bytes) // 100)
+
+
+def shortfall(free_before, free_after, asked_free, written, size_bytes, block_size):
+    """None when the free space measured after a fill shows that it took; else the bytes free above what was expected.
+
+    Expected free afterwards: what was asked to stay free, or more when the
+    fill wrote less (a deadline cut it).  The space the filesystem kept for
+    itself is allowed for by :func:`tolerance`; the server's own writes only
+    take more."""
+    expected = max(int(asked_free), int(free_before) - int(written))
+    extra = int(free_after) - expected
+    return extra if extra > tolerance(size_bytes, block_size) else None
+
+
 # -- the writer --------------------------------------------------------------------
 def open_fill_file(path):
     """Create the fill file, 0600, failing if anything (a planted link included) is already there."""
@@ -155,26 +180,44 @@ def open_fill_file(path):
     return fd
 
 
+class Blocks(object):
+    """Incompressible, never-repeating blocks: one random buffer, each page stamped with its file offset and a nonce.
+
+    Stamping costs next to nothing (``os.urandom`` per block would be ~300 MiB/s)."""
+
+    def __init__(self, block=WRITE_BLOCK, urandom=os.urandom):
+        self.buf = bytearray(urandom(block))
+        self.nonce = _STAMP.unpack(bytes(urandom(_STAMP.size)))[0]
+
+    def at(self, offset, size):
+        """The ``size`` bytes to write at file ``offset``."""
+        view = memoryview(self.buf)[:size]
+        for page in range(0, size - _STAMP.size + 1, PAGE):
+            _STAMP.pack_into(self.buf, page, offset + page, self.nonce)
+        return view
+
+
 def fill_fd(fd, nbytes, rate_mb_s=None, deadline=None, clock=time.time, sleep=time.sleep,
-            fallocate=None, pwrite=None, block=WRITE_BLOCK):
+            fallocate=None, pwrite=None, block=WRITE_BLOCK, use_fallocate=True):
     """Grow the open file ``fd`` by up to ``nbytes`` allocated bytes.
 
     ``posix_fallocate`` first (one call, or one per chunk of a tenth of a
-    second's worth at ``rate_mb_s``); where the filesystem refuses it, zero
-    blocks are written.  ENOSPC is not an error: the fill stops there and says
-    so.  ``deadline`` (a ``clock()`` time) stops it early.
+    second's worth at ``rate_mb_s``); where the filesystem refuses it, or with
+    ``use_fallocate=False``, incompressible blocks (:class:`Blocks`) are
+    written.  ENOSPC is not an error: the fill stops there and says so.
+    ``deadline`` (a ``clock()`` time) stops it early.
 
     Returns {bytes, enospc, method, complete, stopped, seconds}."""
     fallocate = fallocate or getattr(os, 'posix_fallocate', None)
     pwrite = pwrite or os.pwrite
     started = clock()
     done, enospc, stopped = 0, False, None
-    method = 'fallocate' if fallocate is not None else 'write'
+    method = 'fallocate' if fallocate is not None and use_fallocate else 'write'
     if rate_mb_s:
         chunk = max(block, int(rate_mb_s * MIB / 10) // block * block)
     else:
         chunk = None
-    zeros = b'\0' * block
+    blocks = None
     while done < nbytes:
         if deadline is not None and clock() >= deadline:
             stopped = 'deadline'
@@ -199,7 +242,8 @@ def fill_fd(fd, nbytes, rate_mb_s=None, deadline=None, clock=time.time, sleep=ti
                 if deadline is not None and clock() >= deadline:
                     stopped = 'deadline'
                     break
-                piece = zeros[:min(block, end - done)]
+                blocks = blocks or Blocks(block)
+                piece = blocks.at(done, min(block, end - done))
                 try:
                     written = pwrite(fd, piece, done)
                 except OSError as exc:

@@ -16,10 +16,16 @@ description:
     (C(data_directory)), never guessed, so the task must run on the database
     server's own host, as root (it reads the postmaster's C(/proc) entries).
   - The file is made with C(O_EXCL) and C(O_NOFOLLOW), mode 0600, and
-    allocated with C(posix_fallocate); where the filesystem refuses that, zero
-    blocks are written. A fill that hits C(ENOSPC) half-way (something else
-    wrote meanwhile) stops there, is still recorded and still removed, and
-    says so in RV(enospc).
+    allocated with C(posix_fallocate); where the filesystem refuses that, or
+    where the free space shows that the allocation reserved nothing,
+    incompressible blocks that never repeat are written (a compressing or
+    deduplicating filesystem would store zero blocks in nothing). A fill that
+    hits C(ENOSPC) half-way (something else wrote meanwhile) stops there, is
+    still recorded and still removed, and says so in RV(enospc).
+  - After the fill the free space is measured again. When more is free than
+    asked (beyond 1 percent of the filesystem), the fill did not take, the
+    inject fails with the figures asked and measured, and the fill file is
+    removed.
   - The undo recipe is written to the ledger before the file exists. It
     removes the file first, then starts the server again with the way it was
     started (C(pg_ctl) as the data directory's owner, or its systemd unit) if
@@ -28,6 +34,10 @@ description:
     stops the server; the revert and the TTL reaper bring it back.
   - Free space means what an unprivileged user may still write (C(f_bavail)),
     which is what PostgreSQL sees; root's reserved blocks are not counted.
+  - Refuses a filesystem mounted on the data directory or on C(pg_wal) (or
+    inside one of them), whatever O(allow_root_fs) says; the fill file would
+    be a stray file inside the server's own directories, which
+    C(pg_basebackup), C(pg_rewind) and C(pg_checksums) trip over.
   - Refuses the filesystem of C(/) and the filesystem of O(state_dir) unless
     O(allow_root_fs=true). Filling the root filesystem of a shared machine
     harms everything on it, and filling the ledger's filesystem could stop the
@@ -162,7 +172,7 @@ fill_complete:
   returned: when state=present and changed, not in check mode
   type: bool
 fill_method:
-  description: V(fallocate), or V(write) when zero blocks were written.
+  description: V(fallocate), or V(write) when incompressible blocks were written (no fallocate, or it reserved nothing).
   returned: when state=present and changed, not in check mode
   type: str
 fill_seconds:
@@ -201,6 +211,9 @@ from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosError, ChaosModule, Fault
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import ensure_psycopg2, postgres_argument_spec
 
+# How long to wait for the free space to show a fill (ZFS counts writes at its next transaction group), and how often to look.
+SETTLE_S = 5.0
+SETTLE_POLL_S = 0.2
 RANGES = (('fill_pct', 1, 100, ' percent'), ('free_mb', 0))
 RESULT_KEYS = ('filesystem', 'fill_file', 'fill_bytes', 'asked_free_bytes', 'enospc', 'target', 'target_path')
 
@@ -236,6 +249,31 @@ def protected_problem(fs, state_dir, allow_root_fs, what):
         device = fs.get('device') or '?'
         return ("refusing to fill the filesystem of the state dir %s (%s mounted on %s, holding %s): the ledger must stay "
                 "writable; set allow_root_fs: true to allow it, or use another state_dir" % (state_dir, device, mount, what))
+    return None
+
+
+def _within(path, folder):
+    return path == folder or path.startswith(folder.rstrip('/') + '/')
+
+
+def placement_problem(mount, info, target):
+    """Refuse a filesystem whose mount point is the data directory or pg_wal, or inside one of them.
+
+    The fill file goes at the root of the mount: there it would be a stray
+    root-owned 0600 file inside the server's own directories, which
+    pg_basebackup, pg_rewind and pg_checksums read and choke on."""
+    if not info:
+        return None
+    mount = os.path.realpath(mount)
+    data = os.path.realpath(info['data_directory'])
+    wal = info.get('pg_wal') or os.path.realpath(os.path.join(data, 'pg_wal'))
+    for name, folder in (('pg_wal directory', os.path.realpath(wal)), ('data directory', data)):
+        if _within(mount, folder):
+            return ("refusing target=%s: its filesystem is mounted on %s, %s the server's %s %s, so the fill file %s would "
+                    "land inside it, where pg_basebackup, pg_rewind and pg_checksums would trip over a root-owned file; "
+                    "mount the filesystem one level up and keep %s in a folder of it" % (
+                        target, mount, 'which is' if mount == folder else 'inside', name, folder,
+                        os.path.join(mount, _fill.FILL_PREFIX + '<fault id>'), folder))
     return None
 
 
@@ -308,6 +346,10 @@ class DiskFault(Fault):
         self._ask_server()
         if self.params['target'] != 'path':
             self._locate()
+        if self.fs is not None:
+            problem = placement_problem(self.fs['mount'], self.info, self.params['target'])
+            if problem:
+                self._fail(problem)
 
     def fill_file(self):
         return os.path.join(self.fs['mount'], _fill.fill_name(_ledger.fault_id(self.kind, self.params['name'])))
@@ -360,17 +402,52 @@ class DiskFault(Fault):
         after = dict(current, fill_file_present=True, free_bytes=filesystem['free_bytes_after'])
         return undo, detail, after
 
+    def _measure(self, before, out, asked, deadline):
+        """The figures after a fill, and the bytes free above what it should have left (None when it took).
+
+        Some filesystems count what was written only a moment later (ZFS at its
+        next transaction group): look again for up to SETTLE_S before judging."""
+        until = min(time.time() + SETTLE_S, deadline)
+        while True:
+            after = _fill.figures(self.fs['mount'])
+            extra = None
+            if not out['enospc']:
+                extra = _fill.shortfall(before['free_bytes'], after['free_bytes'], asked, out['bytes'], after['size_bytes'],
+                                        after['block_size'])
+            if extra is None or time.time() >= until:
+                return after, extra
+            time.sleep(SETTLE_POLL_S)
+
     def apply(self, detail):
         before = _fill.figures(self.fs['mount'])
+        asked = detail['asked_free_bytes']
         # Plan from the space free now (PostgreSQL may have written since plan()).
-        nbytes = _fill.fill_size(before['free_bytes'], detail['asked_free_bytes'], before['block_size'])
+        nbytes = _fill.fill_size(before['free_bytes'], asked, before['block_size'])
+        deadline = time.time() + self.remaining_ms() / 1000.0
         fd = _fill.open_fill_file(detail['fill_file'])
         try:
-            out = _fill.fill_fd(fd, nbytes, rate_mb_s=self.params['rate_mb_s'],
-                                deadline=time.time() + self.remaining_ms() / 1000.0)
+            out = _fill.fill_fd(fd, nbytes, rate_mb_s=self.params['rate_mb_s'], deadline=deadline)
+            after, extra = self._measure(before, out, asked, deadline)
+            if extra is not None and out['method'] == 'fallocate':
+                # fallocate said yes and reserved nothing (glibc emulates it with zero bytes, which a compressing
+                # filesystem does not store): write real blocks instead.
+                self.module.warn('posix_fallocate of %d bytes in %s left %d bytes free, not %d: writing blocks instead'
+                                 % (out['bytes'], detail['fill_file'], after['free_bytes'], asked))
+                os.ftruncate(fd, 0)
+                before = _fill.figures(self.fs['mount'])
+                nbytes = _fill.fill_size(before['free_bytes'], asked, before['block_size'])
+                out = _fill.fill_fd(fd, nbytes, rate_mb_s=self.params['rate_mb_s'], deadline=deadline, use_fallocate=False)
+                after, extra = self._measure(before, out, asked, deadline)
         finally:
             os.close(fd)
-        after = _fill.figures(self.fs['mount'])
+        if extra is not None:
+            raise ChaosError('the fill did not take: %s (%s on %s) was to be left with %d bytes free after %d bytes were %s, '
+                             'but statvfs measures %d bytes free (%d more than expected); the filesystem does not store what '
+                             'was written (compression, deduplication, thin provisioning or a quota elsewhere), so the fault '
+                             'would not be what was asked' % (
+                                 self.fs['mount'], self.fs.get('device') or '?', self.fs.get('fstype') or '?', asked,
+                                 out['bytes'], 'allocated' if out['method'] == 'fallocate' else 'written', after['free_bytes'],
+                                 extra))
         filesystem = dict(detail['filesystem'], size_bytes=after['size_bytes'], free_bytes_before=before['free_bytes'],
                           free_bytes_after=after['free_bytes'])
         if out['stopped'] == 'deadline':

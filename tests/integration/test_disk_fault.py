@@ -21,7 +21,7 @@ import pytest
 from modrun import run_module
 from pgtools import PG_BIN, Postgres, kill_reapers
 from waiting import wait_for
-from ansible_collections.pggit.chaos.plugins.module_utils import _server
+from ansible_collections.pggit.chaos.plugins.module_utils import _fill, _server
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_disk
 
 MIB = 1024 * 1024
@@ -147,7 +147,7 @@ def write_wal_until_panic(params, data, limit_mb=200):
     error = None
     try:
         cur = conn.cursor()
-        for _ in range(limit_mb // 4):
+        for _round in range(limit_mb // 4):
             cur.execute("SELECT pg_logical_emit_message(false, 'pggit-chaos', repeat('x', 1000000)) FROM generate_series(1, 4)")
     except psycopg2.Error as exc:
         error = str(exc)
@@ -267,3 +267,74 @@ def test_a_planted_link_is_refused_and_never_followed(tmpfs_pg, params, state_di
         assert records(state_dir) == {}
     finally:
         os.unlink(link)
+
+
+def test_a_fill_the_filesystem_does_not_store_fails_and_is_rolled_back(tmpfs_pg, params, state_dir, monkeypatch):
+    """statvfs shows the fill file taking nothing (as zero blocks on a compressing filesystem): the inject fails, nothing stays."""
+    before = free_bytes(tmpfs_pg.mount)
+    fill = os.path.join(tmpfs_pg.mount, '.pggit-chaos-fill-disk--full')
+    real = os.statvfs
+
+    def stores_nothing(path):
+        st = real(path)
+        if os.path.realpath(path) != tmpfs_pg.mount or not os.path.lexists(fill):
+            return st
+        given_back = os.lstat(fill).st_blocks * 512 // st.f_frsize
+        fields = list(st)
+        fields[4] = st.f_bavail + given_back  # f_bavail
+        return os.statvfs_result(fields)
+    monkeypatch.setattr(os, 'statvfs', stores_nothing)
+    monkeypatch.setattr(pggit_chaos_disk, 'SETTLE_S', 0.5)
+    result, failed = disk(params, state_dir, free_mb=8)
+    assert failed, result
+    msg = result['msg']
+    assert 'did not take' in msg and '%d bytes free after' % (8 * MIB) in msg and tmpfs_pg.mount in msg, msg
+    assert result['rollback']['result'] == 'reverted', result
+    monkeypatch.undo()
+    assert fill_files(tmpfs_pg.mount) == [] and records(state_dir) == {}
+    assert abs(free_bytes(tmpfs_pg.mount) - before) <= 2 * SLACK
+    assert answers(params)
+
+
+def test_a_mount_inside_the_data_directory_is_refused(tmpfs_pg, params, state_dir):
+    """The fill file goes at the root of the mount: inside the data directory it would break pg_basebackup and friends."""
+    inner = os.path.join(tmpfs_pg.data, 'pggit_it_mnt')
+    os.mkdir(inner)
+    try:
+        subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m,mode=0700', 'pggit-chaos-it-inner', inner], check=True, capture_output=True)
+        try:
+            result, failed = disk(params, state_dir, target='path', path=inner, free_mb=0)
+            assert failed, result
+            msg = result['msg']
+            assert 'target=path' in msg and inner in msg and "data directory %s" % tmpfs_pg.data in msg and 'pg_basebackup' in msg, msg
+            assert fill_files(inner) == [] and not os.path.exists(state_dir)
+        finally:
+            _umount(inner)
+    finally:
+        os.rmdir(inner)
+
+
+def test_a_link_planted_after_the_record_fails_the_inject_and_only_the_link_goes(tmpfs_pg, params, state_dir, monkeypatch, tmp_path):
+    """Someone plants a link at the fill file's name between the record and the open: the open refuses it (O_EXCL,
+    O_NOFOLLOW), the rollback's remove_path unlinks the link, and the file it points to is never touched."""
+    victim = tmp_path / 'victim'
+    victim.write_text('keep me')
+    victim.chmod(0o644)
+    seen = {}
+    real_open = _fill.open_fill_file
+
+    def plant_then_open(path):
+        with open(os.path.join(state_dir, 'faults', 'disk--full.json')) as handle:
+            seen['undo'] = json.load(handle)['undo']  # the record is there before the file
+        os.symlink(str(victim), path)
+        seen['link'] = path
+        return real_open(path)
+    monkeypatch.setattr(_fill, 'open_fill_file', plant_then_open)
+    result, failed = disk(params, state_dir, free_mb=8)
+    assert failed and 'File exists' in result['msg'], result
+    assert seen['undo'][-1] == {'type': 'remove_path', 'path': seen['link'], 'root': tmpfs_pg.mount}
+    assert result['rollback']['result'] == 'reverted', result
+    assert not os.path.lexists(seen['link']), 'the rollback left the planted link'
+    assert victim.read_text() == 'keep me' and stat.S_IMODE(victim.stat().st_mode) == 0o644 and victim.stat().st_size == 7
+    assert records(state_dir) == {} and fill_files(tmpfs_pg.mount) == []
+    assert answers(params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import zlib
 from collections import namedtuple
 
 import pytest
@@ -155,7 +156,7 @@ def test_fallocate_really_allocates(fill_fd):
     assert size == 3 * MIB and blocks >= 3 * MIB  # allocated, not a sparse file
 
 
-def test_no_fallocate_writes_zero_blocks(fill_fd):
+def test_no_fallocate_writes_blocks(fill_fd):
     calls = []
 
     def refuse(fd, offset, length):
@@ -187,9 +188,12 @@ def test_enospc_half_way_stops_and_says_so(fill_fd):
 
 
 def test_enospc_on_the_first_write(fill_fd):
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, 'x')
+
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, 'No space left on device')
-    out = _fill.fill_fd(fill_fd, MIB, fallocate=lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, 'x')), pwrite=full)
+    out = _fill.fill_fd(fill_fd, MIB, fallocate=no_room, pwrite=full)
     assert out['bytes'] == 0 and out['enospc'] is True
 
 
@@ -237,3 +241,42 @@ def test_deadline_stops_a_slow_fill(fill_fd):
 def test_deadline_already_past_writes_nothing(fill_fd):
     out = _fill.fill_fd(fill_fd, MIB, deadline=0)
     assert out['bytes'] == 0 and out['stopped'] == 'deadline' and allocated(fill_fd)[0] == 0
+
+
+# -- what is written, and whether it took ------------------------------------------
+def test_written_blocks_are_incompressible_and_never_repeat(fill_fd):
+    """A compressing (ZFS, btrfs) or deduplicating filesystem stores zero or repeated blocks in nothing: write neither."""
+    out = _fill.fill_fd(fill_fd, 3 * MIB + 2 * _fill.PAGE, use_fallocate=False)
+    assert out['method'] == 'write' and out['complete'] and out['bytes'] == 3 * MIB + 2 * _fill.PAGE
+    with open('/proc/self/fd/%d' % fill_fd, 'rb') as handle:
+        data = handle.read()
+    assert len(data) == out['bytes']
+    assert len(zlib.compress(data, 6)) > 0.99 * len(data), 'the fill compresses'
+    pages = [data[i:i + _fill.PAGE] for i in range(0, len(data), _fill.PAGE)]
+    assert len(set(pages)) == len(pages), 'pages repeat: a deduplicating filesystem would store them once'
+
+
+def test_two_fills_do_not_write_the_same_blocks():
+    first, second = _fill.Blocks(MIB), _fill.Blocks(MIB)
+    assert bytes(first.at(0, MIB)) != bytes(second.at(0, MIB))
+    assert bytes(first.at(0, MIB)) != bytes(first.at(MIB, MIB))
+
+
+@pytest.mark.parametrize('before, after, asked, written, short', [
+    (60 * MIB, 8 * MIB, 8 * MIB, 52 * MIB, False),  # took
+    (60 * MIB, 8 * MIB + 300 * 1024, 8 * MIB, 52 * MIB, False),  # within 1% of the 64 MiB
+    (60 * MIB, 60 * MIB, 8 * MIB, 52 * MIB, True),  # stored nothing (zero blocks on ZFS, glibc's fallocate emulation)
+    (60 * MIB, 30 * MIB, 8 * MIB, 52 * MIB, True),  # half of it
+    (60 * MIB, 40 * MIB, 8 * MIB, 20 * MIB, False),  # a deadline cut it at 20 MiB: 40 free is what is expected
+    (60 * MIB, 2 * MIB, 8 * MIB, 52 * MIB, False),  # the server wrote meanwhile: less free is never a shortfall
+])
+def test_shortfall(before, after, asked, written, short):
+    extra = _fill.shortfall(before, after, asked, written, 64 * MIB, 4096)
+    assert (extra is not None) is short
+    if short:
+        assert extra == after - max(asked, before - written)
+
+
+def test_tolerance_is_one_percent_or_sixteen_blocks():
+    assert _fill.tolerance(64 * MIB, 4096) == 64 * MIB // 100
+    assert _fill.tolerance(MIB, 4096) == 16 * 4096
