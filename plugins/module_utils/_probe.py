@@ -25,7 +25,7 @@ DEFAULTS = dict(
     expect_tracking=True, canary=True, zero_footprint=True, canary_schema='public', canary_timeout_ms=5000,
     health_check='auto', check_drift=False, drift_schemas=None, max_replication_lag_bytes=None,
     max_replay_delay_seconds=None, min_replicas=None, max_connections_pct=None, history_digest=False,
-    amcheck='none', amcheck_timeout_ms=30000, amcheck_create=True,
+    amcheck='none', amcheck_timeout_ms=30000, amcheck_create=False, check_mode=False,
 )
 AMCHECK_MODES = ('none', 'check', 'parent')
 # Where amcheck comes from when it is not installed (it is a contrib module).
@@ -60,6 +60,7 @@ class Probe(object):
         self.params.update(params)
         self._connect = connect or (lambda: _pgconn.connect(params, application_name='pggit-chaos-probe'))
         self.clock = clock
+        self.changed = False  # True once the probe created the amcheck extension (amcheck_create), or would have in check mode
 
     def _timed(self, func, *args):
         started = self.clock()
@@ -275,27 +276,47 @@ class Probe(object):
                       data={'rows': rows, 'max_id': max_id, 'digest': digest})
 
     def _amcheck_extension(self, cur):
-        """None when amcheck is usable here (created when missing, on a primary), else the error check."""
+        """(None, created) when amcheck is usable here, else (the error check, False).
+
+        The extension is created only when asked for (amcheck_create), on a
+        primary, outside check mode: CREATE EXTENSION is DDL that pgGit's event
+        triggers record in pggit.history, so the probe never does it by itself."""
+        mode = self.params['amcheck']
         _pgconn.execute(cur, "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'amcheck'), "
                         "EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck')", what='looking for amcheck')
         version, available = cur.fetchone()
         if version is not None:
             return None, False
+        missing = {'extension': None, 'available': bool(available)}
         if not available:
-            return _check('amcheck', ERROR, 'amcheck is not installed on this server (option amcheck=%s): install %s'
-                          % (self.params['amcheck'], AMCHECK_PACKAGE), data={'extension': None}), False
+            return _check('amcheck', ERROR, 'amcheck is not installed on this server (option amcheck=%s): install %s, '
+                          'then create the extension (CREATE EXTENSION amcheck, or amcheck_create=true)'
+                          % (mode, AMCHECK_PACKAGE), data=missing), False
         if self.in_recovery:
             return _check('amcheck', ERROR, 'extension amcheck is not created in this database, and a standby cannot create it '
-                          '(option amcheck=%s): run CREATE EXTENSION amcheck on the primary, it replicates'
-                          % self.params['amcheck'], data={'extension': None}), False
+                          '(option amcheck=%s): run CREATE EXTENSION amcheck on the primary (or amcheck_create=true there), '
+                          'it replicates' % mode, data=missing), False
         if not self.params['amcheck_create']:
+            return _check('amcheck', ERROR, 'extension amcheck is not created in this database (option amcheck=%s) and '
+                          'amcheck_create=false: creating it is DDL that pgGit records in pggit.history, so the probe does not; '
+                          'set amcheck_create=true, or run CREATE EXTENSION amcheck before the baseline (amcheck comes with %s)'
+                          % (mode, AMCHECK_PACKAGE), data=missing), False
+        if self.params['check_mode']:
+            self.changed = True  # it would create it
             return _check('amcheck', ERROR, 'extension amcheck is not created in this database and check mode does not create '
-                          'it (option amcheck=%s)' % self.params['amcheck'], data={'extension': None}), False
-        _pgconn.execute(cur, 'CREATE EXTENSION IF NOT EXISTS amcheck', what='creating extension amcheck', option='amcheck')
+                          'it (option amcheck=%s, amcheck_create=true)' % mode, data=missing), False
+        _pgconn.execute(cur, 'CREATE EXTENSION IF NOT EXISTS amcheck', what='creating extension amcheck', option='amcheck_create')
+        self.changed = True
         return None, True
 
     def check_amcheck(self):
-        """amcheck on every pgGit btree index, each in its own savepoint of one read-only transaction."""
+        """amcheck on every pgGit btree index, each in a read-only transaction of its own.
+
+        One transaction per index, committed before the next: nothing the check
+        takes (bt_index_parent_check's ShareLock blocks tracked DDL writing
+        pggit.history) can outlive that index's check.  amcheck itself also
+        releases its locks when a check ends (PostgreSQL 15 does; the
+        integration test asserts it)."""
         mode = self.params['amcheck']
         cur = self.conn.cursor()
         problem, created = self._amcheck_extension(cur)
@@ -311,23 +332,22 @@ class Probe(object):
         call = AMCHECK_CALLS['parent' if function == 'bt_index_parent_check' else 'check']
         timeout = int(self.params['amcheck_timeout_ms'])
         corrupt, errors, checked, invalid = [], [], [], []
+        _pgconn.execute(cur, AMCHECK_INDEXES, what='listing the pgGit btree indexes')
+        indexes = cur.fetchall()
         conn = self.conn
         conn.autocommit = False
         try:
-            _pgconn.execute(cur, 'SET TRANSACTION READ ONLY', what='starting the read-only amcheck transaction')
-            _pgconn.execute(cur, 'SET LOCAL statement_timeout = %s', (timeout,), what='bounding amcheck', option='amcheck_timeout_ms')
-            _pgconn.execute(cur, 'SET LOCAL lock_timeout = %s', (timeout,), what='bounding amcheck', option='amcheck_timeout_ms')
-            _pgconn.execute(cur, AMCHECK_INDEXES, what='listing the pgGit btree indexes')
-            indexes = cur.fetchall()
             for oid, index, valid in indexes:
                 if not valid:
                     invalid.append(index)
                     continue
-                cur.execute('SAVEPOINT pggit_chaos_amcheck')
+                _pgconn.execute(cur, 'SET TRANSACTION READ ONLY', what='starting the read-only amcheck transaction')
+                _pgconn.execute(cur, 'SET LOCAL statement_timeout = %s', (timeout,), what='bounding amcheck', option='amcheck_timeout_ms')
+                _pgconn.execute(cur, 'SET LOCAL lock_timeout = %s', (timeout,), what='bounding amcheck', option='amcheck_timeout_ms')
                 try:
                     cur.execute(call, (oid,))
                 except _pgconn.psycopg2.Error as exc:
-                    cur.execute('ROLLBACK TO SAVEPOINT pggit_chaos_amcheck')
+                    conn.rollback()
                     diag = getattr(exc, 'diag', None)
                     entry = {'index': index, 'error': _pgconn.one_line(exc), 'sqlstate': exc.pgcode,
                              'detail': getattr(diag, 'message_detail', None)}
@@ -337,10 +357,10 @@ class Probe(object):
                     else:
                         errors.append(entry)
                 else:
-                    cur.execute('RELEASE SAVEPOINT pggit_chaos_amcheck')
+                    conn.commit()  # read-only: ends the transaction and frees this index's locks
                     checked.append(index)
         finally:
-            conn.rollback()  # read-only: nothing to keep
+            conn.rollback()  # nothing open unless a statement above raised
             conn.autocommit = True
         data = {'function': function, 'heapallindexed': True, 'indexes': [i for _o, i, _v in indexes],
                 'indexes_checked': len(checked), 'corrupt': corrupt, 'errors': errors,

@@ -25,8 +25,11 @@ description:
   - With O(watch_duration) the probe repeats for a window and stops early when
     O(abort_after) rounds in a row are unhealthy, which is how experiments
     implement abort conditions.
-  - The module reads and, unless O(zero_footprint=false), leaves no trace; the
-    canary runs in a transaction that is rolled back.
+  - The module reads and, unless O(zero_footprint=false) or
+    O(amcheck_create=true), leaves no trace; the canary runs in a transaction
+    that is rolled back, and amcheck runs in read-only transactions. It
+    reports C(changed) only when it created the amcheck extension (in check
+    mode, when it would have).
   - The probe never fails on a database error; each one is a finding with
     status V(error) whose message names what failed, the option behind it
     and the statement (also in the check's C(data.statement) and
@@ -39,7 +42,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: The probe only reads (its canary is rolled back), so it runs in check mode.
+    details: The probe only reads (its canary is rolled back, and the amcheck extension is never created), so it runs in check mode.
   diff_mode:
     support: none
   platform:
@@ -116,18 +119,30 @@ options:
         blocks writes to the table while it runs. A standby cannot take it, so
         there the parent check is skipped (the check says so and why) and
         C(bt_index_check) runs instead.
-      - Every index is checked in its own savepoint of one read-only
-        transaction, so one corrupt index does not hide the others. A corrupt
-        index makes the critical check C(amcheck) fail; an index that could
-        not be checked (a lock or statement timeout) is an V(error).
-      - The extension is created with C(CREATE EXTENSION amcheck) where it is
-        missing, only on a primary and never in check mode. pgGit tracks that
-        DDL like any other, so create it before a history baseline is taken.
-        Where amcheck is not installed the check fails naming the contrib
-        package to install.
+      - Every index is checked in a read-only transaction of its own, committed
+        before the next index, so its lock is never held beyond that index's
+        check and one corrupt index does not hide the others. A corrupt index makes the
+        critical check C(amcheck) fail; an index that could not be checked (a
+        lock or statement timeout) is an V(error).
+      - The extension C(amcheck) must exist in the database. The probe never
+        creates it unless O(amcheck_create=true); where it is missing the check
+        is an V(error) that says so and names the contrib package.
     type: str
     default: none
     choices: [none, check, parent]
+  amcheck_create:
+    description:
+      - Create the extension with C(CREATE EXTENSION amcheck) where it is
+        missing (on a primary, never in check mode, where C(changed) says it
+        would) and report C(changed).
+        pgGit's event triggers record that DDL in C(pggit.history), so this
+        leaves a trace even with O(zero_footprint=true); create it before a
+        history baseline is taken.
+      - With V(false) (the default) the probe never creates it, and a missing
+        extension is an V(error) finding of the C(amcheck) check.
+      - Only with O(amcheck=check) or O(amcheck=parent).
+    type: bool
+    default: false
   amcheck_timeout_ms:
     description:
       - C(statement_timeout) and C(lock_timeout) of each index's check, from
@@ -194,7 +209,14 @@ EXAMPLES = r'''
     abort_after: 2
   register: during
 
-- name: Every pgGit btree index must be clean (parent check on the primary)
+- name: Create amcheck once, before any history baseline (reports changed when it did)
+  pggit.chaos.pggit_verify:
+    db: app
+    canary: false
+    amcheck: check
+    amcheck_create: true
+
+- name: Every pgGit btree index must be clean (parent check on the primary); creates nothing
   pggit.chaos.pggit_verify:
     db: app
     amcheck: parent
@@ -307,6 +329,7 @@ def main():
         history_digest=dict(type='bool', default=False),
         amcheck=dict(type='str', default='none', choices=['none', 'check', 'parent']),
         amcheck_timeout_ms=dict(type='int', default=30000),
+        amcheck_create=dict(type='bool', default=False),
         max_replication_lag_bytes=dict(type='int'),
         max_replay_delay_seconds=dict(type='float'),
         min_replicas=dict(type='int'),
@@ -319,13 +342,15 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     fail_on_ranges(module, RANGES)
     check_canary_schema(module)
+    if module.params['amcheck_create'] and module.params['amcheck'] == 'none':
+        module.fail_json(msg='amcheck_create=true needs amcheck=check or amcheck=parent, got amcheck=none')
     check_postgres_params(module)
     ensure_psycopg2(module)
     params = dict(module.params)
     params['drift_schemas'] = params['drift_schemas'] or None
     if not params['zero_footprint'] and module.check_mode:
         params['zero_footprint'] = True  # check mode never commits a canary
-    params['amcheck_create'] = not module.check_mode  # nor creates the amcheck extension
+    params['check_mode'] = module.check_mode  # nor creates the amcheck extension
     probe = Probe(params)
     # The probe reports database errors as findings; this only guards against one escaping it.
     with sql_failures(module, what='the steady-state probe'):
@@ -334,7 +359,7 @@ def main():
         else:
             result = probe.run_once()
             result.update(aborted=False, rounds=[{'at': result['at'], 'healthy': result['healthy'], 'failed': result['failed_checks']}])
-    result['changed'] = False
+    result['changed'] = probe.changed  # only the amcheck extension, with amcheck_create=true
     if params['fail_on_unhealthy'] and not result['healthy']:
         module.fail_json(msg='steady state not met: %s' % '; '.join(result['findings'] or result['failed_checks']), **result)
     module.exit_json(**result)

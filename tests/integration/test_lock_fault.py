@@ -6,6 +6,7 @@ leaving no table and no history row, and work once the fault is gone.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
@@ -148,14 +149,53 @@ def test_a_frozen_holder_loses_its_backend_to_the_terminate_step(pgdb, private_s
     assert ledger_ids(private_state_dir) == [] and programs(private_state_dir, LOCKER) == []
 
 
-def test_a_sigkilled_holder_still_reverts_and_frees_the_lock(pgdb, private_state_dir):
+SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture (generic syscall table)
+
+
+def take_sockets(pid):
+    """Duplicates, into this process, of every socket the process pid holds (pidfd_getfd): its connection outlives it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    taken = []
+    try:
+        for fd in os.listdir('/proc/%d/fd' % pid):
+            if os.readlink('/proc/%d/fd/%s' % (pid, fd)).startswith('socket:'):
+                dup = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+                assert dup >= 0, 'pidfd_getfd: %s' % os.strerror(ctypes.get_errno())
+                taken.append(dup)
+    finally:
+        os.close(pidfd)
+    return taken
+
+
+def test_a_sigkilled_holder_whose_backend_lives_on_loses_it_to_the_terminate_step(pgdb, private_state_dir):
+    """A holder that is gone while its session is not (its connection kept open elsewhere): only the revert's
+    pg_terminate_backend step can free the lock, and it does.
+
+    A plain SIGKILL would not prove that: the holder's socket closes and its
+    backend ends by itself. So the holder is stopped, its socket duplicated into
+    this test (it stays open until the end), and only then killed."""
     result, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir))
     assert not failed, result['msg']
-    os.kill(result['holder']['pid'], signal.SIGKILL)
-    assert wait_for(lambda: programs(private_state_dir, LOCKER) == [], 5)
-    reverted, failed = run_module(pggit_chaos_lock.main, dict(args(pgdb, private_state_dir), state='absent'))
-    assert not failed and reverted['revert']['result'] == 'reverted', reverted
-    assert ledger_ids(private_state_dir) == []
+    holder = result['holder']
+    os.kill(holder['pid'], signal.SIGSTOP)  # it can neither release nor exit while its socket is taken
+    taken = take_sockets(holder['pid'])
+    try:
+        assert taken, 'the holder has a connection to the server'
+        os.kill(holder['pid'], signal.SIGKILL)
+        assert wait_for(lambda: not _steps.same_process(holder['pid'], holder['starttime'], LOCKER), 5)
+        time.sleep(0.5)  # time enough for a backend whose client went away to notice and end
+        assert holder_sessions(pgdb) == [holder['backend_pid']], 'the holder is dead, its backend is not'
+        assert held_locks(pgdb, holder['backend_pid']) == [('history', 'AccessExclusiveLock'), ('objects', 'AccessExclusiveLock')]
+        assert isinstance(tracked_ddl(pgdb, 'after_sigkill'), psycopg2.errors.LockNotAvailable), 'still locked: nothing freed it yet'
+
+        reverted, failed = run_module(pggit_chaos_lock.main, dict(args(pgdb, private_state_dir), state='absent'))
+        assert not failed and reverted['revert']['result'] == 'reverted', reverted
+        assert holder_sessions(pgdb) == [], 'the terminate step ended the backend (its socket is still open here)'
+        assert ledger_ids(private_state_dir) == []
+    finally:
+        for fd in taken:
+            os.close(fd)
     assert_freed(pgdb, private_state_dir, 'after_sigkill')
 
 

@@ -48,7 +48,7 @@ def cgroups():
             os.mkdir(folder)
         yield made
     finally:
-        for _ in range(100):
+        for _attempt in range(100):
             pids = [pid for folder in folders for pid in members(folder)]
             if not pids:
                 break

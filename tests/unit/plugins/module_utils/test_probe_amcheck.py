@@ -1,4 +1,4 @@
-"""The amcheck check of the probe, against a fake cursor: which function, which transaction, what is reported."""
+"""The amcheck check of the probe, against a fake cursor: which function, which transactions, what is reported, what is created."""
 from __future__ import annotations
 
 import psycopg2
@@ -39,6 +39,15 @@ class AmcheckConn(FakeConn):
     def cursor(self):
         return AmcheckCursor(self)
 
+    # Also in `executed`, so the order of statements and transaction ends can be asserted.
+    def commit(self):
+        super(AmcheckConn, self).commit()
+        self.executed.append('<commit>')
+
+    def rollback(self):
+        super(AmcheckConn, self).rollback()
+        self.executed.append('<rollback>')
+
 
 class AmcheckCursor(FakeCursor):
     def execute(self, query, params=None):
@@ -59,18 +68,40 @@ def answers(recovery=False, extension='1.3', available=True, **overrides):
         "FROM pg_extension WHERE extname = 'amcheck'": [(extension, available)],
         'CREATE EXTENSION': [],
         'SET TRANSACTION READ ONLY': [],
-        'SAVEPOINT': [],  # SAVEPOINT, RELEASE SAVEPOINT and ROLLBACK TO SAVEPOINT
+        'SET LOCAL': [],
         "a.amname = 'btree'": INDEXES,
     })
     base.update(overrides)
     return base
 
 
-def run(mode, per_index=None, create=True, **kw):
+def run(mode, per_index=None, probe_out=None, check_mode=False, **kw):
+    """kw: answers() overrides, and amcheck_create when given (else the probe's default)."""
+    params = dict(TARGET, amcheck=mode, canary=False, health_check='skip', check_mode=check_mode)
+    if 'create' in kw:
+        params['amcheck_create'] = kw.pop('create')
     conn = AmcheckConn(answers(**kw), per_index or {})
-    probe = Probe(dict(TARGET, amcheck=mode, amcheck_create=create, canary=False, health_check='skip'), connect=lambda: conn)
+    probe = Probe(params, connect=lambda: conn)
     result = probe.run_once()
+    if probe_out is not None:
+        probe_out.append(probe)
     return result, by_name(result).get('amcheck'), conn
+
+
+def amcheck_statements(conn):
+    """What ran from the first amcheck transaction on: SETs, the calls (named by their oid) and the transaction ends."""
+    start = conn.executed.index('SET TRANSACTION READ ONLY')
+    out = []
+    for q in conn.executed[start:]:
+        if q.startswith('SELECT bt_'):
+            out.append('%s %d' % (q.split('(')[0][len('SELECT '):], conn.calls[len([o for o in out if o.startswith('bt_')])][1]))
+        elif q.startswith('SET') or q.startswith('<'):
+            out.append(q.split(' = ')[0])
+    return out
+
+
+def one_index(function, oid, end='<commit>'):
+    return ['SET TRANSACTION READ ONLY', 'SET LOCAL statement_timeout', 'SET LOCAL lock_timeout', '%s %d' % (function, oid), end]
 
 
 def test_none_runs_no_amcheck():
@@ -79,16 +110,15 @@ def test_none_runs_no_amcheck():
     assert not conn.ran('amcheck') and conn.calls == []
 
 
-def test_clean_indexes_are_ok_in_one_read_only_transaction():
-    result, check, conn = run('check')
+@pytest.mark.parametrize('mode, function', [('check', 'bt_index_check'), ('parent', 'bt_index_parent_check')])
+def test_each_index_is_checked_in_a_read_only_bounded_transaction_of_its_own(mode, function):
+    """Committed before the next index: the parent check's ShareLock on a pgGit table never outlives its own index's check."""
+    result, check, conn = run(mode)
     assert check['status'] == 'ok' and check['critical'] is True and result['healthy']
-    assert check['data']['indexes_checked'] == 3 and check['data']['corrupt'] == [] and check['data']['function'] == 'bt_index_check'
-    assert conn.calls == [('bt_index_check', 101), ('bt_index_check', 102), ('bt_index_check', 103)]
-    assert all(q == 'SELECT bt_index_check(%s::oid::regclass, true)' for q in conn.executed if q.startswith('SELECT bt_'))
-    ordered = [q for q in conn.executed if 'SET TRANSACTION' in q or 'SAVEPOINT' in q]
-    assert ordered[0] == 'SET TRANSACTION READ ONLY'
-    assert ordered.count('SAVEPOINT pggit_chaos_amcheck') == 3 and ordered.count('RELEASE SAVEPOINT pggit_chaos_amcheck') == 3
-    assert 'rollback' in conn.log and 'commit' not in conn.log and conn.autocommit is True
+    assert check['data']['indexes_checked'] == 3 and check['data']['corrupt'] == [] and check['data']['function'] == function
+    assert conn.calls == [(function, 101), (function, 102), (function, 103)]
+    assert amcheck_statements(conn)[:15] == one_index(function, 101) + one_index(function, 102) + one_index(function, 103)
+    assert conn.autocommit is True and not conn.ran('SAVEPOINT')
     assert not conn.ran('CREATE EXTENSION')
 
 
@@ -97,7 +127,8 @@ def test_each_corrupt_index_is_reported_with_amchecks_text_and_does_not_hide_the
               103: Corrupted('index "history_object_id_idx" contains unexpected zero page at block 1')}
     result, check, conn = run('check', broken)
     assert conn.calls == [('bt_index_check', 101), ('bt_index_check', 102), ('bt_index_check', 103)]
-    assert conn.executed.count('ROLLBACK TO SAVEPOINT pggit_chaos_amcheck') == 2
+    assert amcheck_statements(conn)[:15] == (one_index('bt_index_check', 101, '<rollback>') + one_index('bt_index_check', 102)
+                                             + one_index('bt_index_check', 103, '<rollback>'))
     assert check['status'] == 'failed' and result['healthy'] is False and 'amcheck' in result['failed_checks']
     assert [(c['index'], c['error'], c['sqlstate']) for c in check['data']['corrupt']] == [
         ('pggit.history_pkey', 'item order invariant violated for index "history_pkey"', 'XX002'),
@@ -130,20 +161,35 @@ def test_parent_on_a_standby_is_skipped_and_says_why():
     assert 'ShareLock' in check['message']
 
 
-def test_missing_extension_is_created_on_a_primary_only():
-    _result, check, conn = run('check', extension=None)
+def test_missing_extension_is_created_only_when_amcheck_create_says_so_and_that_is_a_change():
+    probes = []
+    _result, check, conn = run('check', extension=None, create=True, probe_out=probes)
     assert conn.ran('CREATE EXTENSION IF NOT EXISTS amcheck') and check['status'] == 'ok' and check['data']['extension_created']
+    assert probes[0].changed is True
+
+
+def test_an_existing_extension_is_no_change_even_with_amcheck_create():
+    probes = []
+    _result, check, conn = run('check', create=True, probe_out=probes)
+    assert check['status'] == 'ok' and check['data']['extension_created'] is False
+    assert not conn.ran('CREATE EXTENSION') and probes[0].changed is False
 
 
 @pytest.mark.parametrize('kw, words', [
-    (dict(recovery=True), 'a standby cannot create it'),
-    (dict(create=False), 'check mode does not create it'),
-    (dict(available=False), 'amcheck is not installed on this server (option amcheck=check): install the PostgreSQL contrib'),
+    (dict(), 'amcheck_create=false: creating it is DDL that pgGit records in pggit.history'),
+    (dict(create=False), 'set amcheck_create=true, or run CREATE EXTENSION amcheck before the baseline (amcheck comes with '
+                         'the PostgreSQL contrib modules'),
+    (dict(create=True, recovery=True), 'a standby cannot create it'),
+    (dict(create=True, check_mode=True), 'check mode does not create it (option amcheck=check, amcheck_create=true)'),
+    (dict(create=True, available=False), 'amcheck is not installed on this server (option amcheck=check): install the PostgreSQL contrib'),
 ])
-def test_missing_extension_not_creatable_is_an_error_naming_why(kw, words):
-    result, check, conn = run('check', extension=None, **kw)
+def test_missing_extension_not_created_is_an_error_naming_why(kw, words):
+    """Never created by default (zero footprint: CREATE EXTENSION is tracked DDL), nor on a standby, in check mode, or without contrib."""
+    probes = []
+    result, check, conn = run('check', extension=None, probe_out=probes, **kw)
     assert check['status'] == 'error' and words in check['message'], check['message']
     assert not conn.ran('CREATE EXTENSION') and conn.calls == [] and not result['healthy']
+    assert probes[0].changed is bool(kw.get('check_mode')), 'a change only where it would have created it'
 
 
 def test_invalid_indexes_are_listed_not_checked():
