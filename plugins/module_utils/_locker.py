@@ -177,16 +177,9 @@ class LockBusy(Exception):
 
 def await_terminate_step(ledger, fid, backend_pid, timeout, sleep=time.sleep, clock=time.monotonic):
     """Wait until the standing record holds the pg_terminate_backend step of this backend; False if it never does."""
-    deadline = clock() + timeout
-    while True:
-        record = ledger.read(fid)
-        if _results.standing(record):
-            return False
-        if any(s.get('type') == 'pg_terminate_backend' and s.get('pid') == backend_pid for s in record.get('undo') or []):
-            return True
-        if clock() > deadline:
-            return False
-        sleep(0.05)
+    def holds_step(record):
+        return any(s.get('type') == 'pg_terminate_backend' and s.get('pid') == backend_pid for s in record.get('undo') or [])
+    return _results.await_recorded(ledger, fid, None, timeout, sleep=sleep, clock=clock, predicate=holds_step)
 
 
 def hold(program):

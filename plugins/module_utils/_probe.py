@@ -375,7 +375,13 @@ class Probe(object):
             return _check('amcheck', ERROR, '%d pgGit btree index(es) could not be checked: %s%s' % (
                 len(errors), '; '.join('%s: %s' % (e['index'], e['error']) for e in errors), note), data=data)
         if not checked:
-            return _check('amcheck', WARNING, 'no valid pgGit btree index to check%s' % note, critical=False, data=data)
+            return _check('amcheck', WARNING, 'no valid pgGit btree index to check%s%s' % (
+                ' (%d invalid, not checked: %s)' % (len(invalid), ', '.join(invalid)) if invalid else '', note),
+                critical=False, data=data)
+        if invalid:  # amcheck cannot check an invalid index (a failed CREATE INDEX / REINDEX CONCURRENTLY): say so, never a silent OK
+            return _check('amcheck', WARNING, '%d pgGit btree index(es) invalid, not checked: %s (a failed CREATE INDEX or REINDEX '
+                          'CONCURRENTLY leaves them; drop them); %s found no corruption in the other %d%s' % (
+                              len(invalid), ', '.join(invalid), function, len(checked), note), critical=False, data=data)
         return _check('amcheck', OK, '%s found no corruption in %d pgGit btree index(es)%s' % (function, len(checked), note), data=data)
 
     # -- orchestration ----------------------------------------------------
@@ -444,6 +450,7 @@ def summarize(checks, in_recovery, elapsed, now):
         if corrupt:  # one finding per corrupt index, with amcheck's own words
             findings.extend('amcheck: index %s is corrupt: %s' % (e['index'], e['error']) for e in corrupt)
             findings.extend('amcheck: index %s could not be checked: %s' % (e['index'], e['error']) for e in c['data']['errors'])
+            findings.extend('amcheck: index %s is invalid, not checked' % i for i in c['data'].get('not_checked_invalid') or [])
         else:
             findings.append('%s: %s' % (c['name'], c['message']))
     by_name = dict((c['name'], c) for c in checks)

@@ -126,17 +126,18 @@ def standing(record):
     return None
 
 
-def await_recorded(ledger, fid, pid, timeout, sleep=time.sleep, clock=time.monotonic):
-    """Wait until the fault's standing record names this process in its undo.
+def await_recorded(ledger, fid, pid, timeout, sleep=time.sleep, clock=time.monotonic, predicate=None):
+    """Wait until the fault's standing record names this process in its undo (or satisfies ``predicate(record)``).
 
     False when it never does within ``timeout`` s, or the record is gone or
     being reverted (status ``expired``) meanwhile."""
+    predicate = predicate or (lambda record: recorded(record, pid))
     deadline = clock() + timeout
     while True:
         record = ledger.read(fid)
         if standing(record):
             return False
-        if recorded(record, pid):
+        if predicate(record):
             return True
         if clock() > deadline:
             return False

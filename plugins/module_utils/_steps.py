@@ -879,7 +879,19 @@ def _check_pg_restart(step, state_dir):
     if (not isinstance(names, list) or 'LD_PRELOAD' not in names or
             not all(isinstance(n, str) and RESTART_DROP_RE.match(n) for n in names)):
         return 'unless_env_clean must list LD_PRELOAD and FAKETIME* variable names only, got %r' % (names,)
+    original = step.get('ld_preload')
+    if original is not None and (not isinstance(original, str) or '\x00' in original or any(
+            not os.path.isabs(e) or 'libfaketime' in os.path.basename(e) for e in re.split(r'[:\s]+', original) if e)):
+        return 'ld_preload must be the original LD_PRELOAD (absolute paths, no libfaketime) or null, got %r' % (original,)
     return _check_pg_start(step, state_dir)
+
+
+def _restore_env(step):
+    """(env, drop): the recorded original LD_PRELOAD put back, the faketime variables dropped."""
+    names = tuple(step['unless_env_clean'])
+    if step.get('ld_preload'):
+        return {'LD_PRELOAD': step['ld_preload']}, names
+    return None, names
 
 
 @_handler('pg_restart', _check_pg_restart)
@@ -887,9 +899,10 @@ def _undo_pg_restart(step, ctx):
     """Restart the server without the faketime preload, only while its postmaster's environment holds it; start it when down.
 
     Decided by looking at /proc/<postmaster>/environ before and after: a
-    server without a libfaketime LD_PRELOAD is left alone."""
+    server without a libfaketime LD_PRELOAD is left alone.  An LD_PRELOAD the
+    server had before the fault (``ld_preload``) is put back as it was."""
     from ansible_collections.pggit.chaos.plugins.module_utils import _restart, _server  # pylint: disable=import-outside-toplevel
-    names = tuple(step['unless_env_clean'])
+    restore, names = _restore_env(step)
     if step['method'] == 'systemd':
         pid = _restart._server_pid_systemd(step)  # pylint: disable=protected-access
         if not pid:
@@ -907,11 +920,44 @@ def _undo_pg_restart(step, ctx):
         raise UndoError('cannot read /proc/%s/environ of the postmaster of %s: run as root or as its owner' % (pid, pgdata))
     if not _restart.faketime_preload(env):
         return False
-    new_pid = _restart.restart_step(step, None, names, step.get('wait_s') or _restart.RESTART_WAIT_S)
+    new_pid = _restart.restart_step(step, restore, names, step.get('wait_s') or _restart.RESTART_WAIT_S)
     left = _restart.faketime_preload(_restart.environ_of(new_pid))
     if left:
         raise UndoError('postmaster %s of %s still has LD_PRELOAD %s after the restart' % (new_pid, pgdata, left))
     return True
+
+
+def _check_clock_dir_restore(step, state_dir):
+    mode = step.get('mode')
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+        return 'mode must be a file mode (0 to 0o7777), got %r' % (mode,)
+    if not state_dir or not isinstance(step.get('state_dir'), str) or os.path.normpath(step['state_dir']) != os.path.normpath(state_dir):
+        return 'state_dir must be the ledger\'s state dir %r, got %r' % (state_dir, step.get('state_dir'))
+    return None
+
+
+@_handler('clock_dir_restore', _check_clock_dir_restore)
+def _undo_clock_dir_restore(step, ctx):
+    """Once no clock fault's timestamp file is left: remove <state_dir>/clock and give the state dir its mode back.
+
+    The mode comes back only while the state dir has the recorded mode plus
+    the search bits the clock fault added (nobody changed it since)."""
+    state_dir = step['state_dir']
+    folder = os.path.join(state_dir, 'clock')
+    changed = False
+    if os.path.isdir(folder) and not os.path.islink(folder):
+        if os.listdir(folder):
+            return False  # another clock fault still needs the folder and the search bit
+        os.rmdir(folder)
+        changed = True
+    try:
+        now = os.stat(state_dir).st_mode & 0o7777
+    except OSError:
+        return changed
+    if now != step['mode'] and now == step['mode'] | 0o011:
+        os.chmod(state_dir, step['mode'])
+        changed = True
+    return changed
 
 
 def _check_pg_setting_restore(step, state_dir):
@@ -923,6 +969,10 @@ def _check_pg_setting_restore(step, state_dir):
             return 'setting names must be plain PostgreSQL setting names, got %r' % (name,)
         if value is not None and (not isinstance(value, str) or '\x00' in value):
             return 'setting %s: the previous value must be a string or null, got %r' % (name, value)
+    applied = step.get('applied')
+    if applied is not None and (not isinstance(applied, dict) or set(applied) - set(settings) or not all(
+            isinstance(v, str) and '\x00' not in v for v in applied.values())):
+        return "applied must map the step's settings to the fault's own values (strings), got %r" % (applied,)
     return _check_conn(step)
 
 
@@ -947,14 +997,24 @@ def alter_system(cur, name, value):
 
 @_handler('pg_setting_restore', _check_pg_setting_restore)
 def _undo_pg_setting_restore(step, ctx):
-    """Put the recorded ALTER SYSTEM values back (SET, or RESET for null), only where they differ; then reload."""
+    """Put the recorded ALTER SYSTEM values back (SET, or RESET for null), only where they differ; then reload.
+
+    Only while postgresql.auto.conf still holds the fault's own value
+    (``applied``): a value someone set during the fault is left, with a note."""
     conn, cur = _pg_connect(step, ctx)
     changed, failed = False, []
+    applied = step.get('applied') or {}
     try:
         for name in sorted(step['settings']):
             want = step['settings'][name]
             try:
-                if auto_conf_value(cur, name) == want:
+                now = auto_conf_value(cur, name)
+                if now == want:
+                    continue
+                if name in applied and now != applied[name]:
+                    ctx.setdefault('notes', []).append(
+                        '%s: postgresql.auto.conf holds %r, not the fault\'s %r: someone set it during the fault, so it was left '
+                        'as it is (not put back to %r)' % (name, now, applied[name], want))
                     continue
                 alter_system(cur, name, want)
                 changed = True
@@ -986,6 +1046,8 @@ RELATION_FILE_RE = re.compile(r'^(?:base/\d+|pg_tblspc/\d+/PG_[0-9A-Za-z_.]+/\d+
 _SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
 _PG_NAME_RE = re.compile(r'^[^\x00]{1,63}$')
 REINDEX_TIMEOUT_S = 3600
+# How long REINDEX INDEX CONCURRENTLY (and a corrupt fault's lock waits) may wait for one lock.
+REINDEX_LOCK_TIMEOUT_S = 120
 
 
 def relation_file_problem(relative, block=None, offset=None):
@@ -1048,6 +1110,11 @@ def _check_restore_page(step, state_dir):
             return '%s must be a sha256 in lowercase hex, got %r' % (name, step.get(name))
     if step['sha256'] == step['damaged_sha256']:
         return 'sha256 and damaged_sha256 are the same: nothing was damaged'
+    file_id = step.get('file_id')
+    if file_id is not None and (not isinstance(file_id, list) or len(file_id) != 2 or not all(_is_int(v) and v >= 0 for v in file_id)):
+        return 'file_id must be [st_dev, st_ino] of the damaged file, got %r' % (file_id,)
+    if not isinstance(step.get('standby', False), bool):
+        return 'standby must be true or false, got %r' % (step.get('standby'),)
     start = step.get('start')
     if not isinstance(start, dict) or start.get('type') != 'pg_start':
         return 'start must be a pg_start step, got %r' % (start,)
@@ -1057,40 +1124,81 @@ def _check_restore_page(step, state_dir):
     return _check_index_name(step)
 
 
-def read_page(path, offset):
-    """The 8 kB at offset of a file, or None when the file is gone or too short; never through a link."""
+def _open_data_file(path, flags, owner_uid=None, file_id=None):
+    """(fd, fstat) of a regular file under a data directory, opened never through a link and never blocking (a FIFO
+    planted by the server's owner must not hang the revert with the ledger lock held); UndoError when it is not a
+    regular file, not owned by ``owner_uid`` or, when ``file_id`` ([st_dev, st_ino]) is given, not that very file."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, 'O_NOCTTY', 0) | getattr(os, 'O_CLOEXEC', 0))
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
-    except OSError:
+        info = os.fstat(fd)
+        if not S_ISREG(info.st_mode):
+            raise UndoError('%s is not a regular file: not used' % path)
+        if owner_uid is not None and info.st_uid != owner_uid:
+            raise UndoError('%s belongs to uid %d, not to the data directory owner (uid %d): not used' % (path, info.st_uid, owner_uid))
+        if file_id is not None and [info.st_dev, info.st_ino] != list(file_id):
+            raise UndoError('%s is not the file the fault damaged (device/inode %s, recorded %s): it was replaced; not written'
+                            % (path, [info.st_dev, info.st_ino], list(file_id)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def file_identity(path, owner_uid=None):
+    """[st_dev, st_ino] of a regular data file (checked as _open_data_file does), or None when it is gone or refused."""
+    try:
+        fd, info = _open_data_file(path, os.O_RDONLY, owner_uid)
+    except (OSError, UndoError):
+        return None
+    os.close(fd)
+    return [info.st_dev, info.st_ino]
+
+
+def data_owner(data_directory):
+    """The uid owning a data directory, from lstat (a link there is not followed)."""
+    return os.lstat(data_directory).st_uid
+
+
+def read_page(path, offset, owner_uid=None):
+    """The 8 kB at offset of a regular file, or None when the file is gone, too short or refused (not a regular file,
+    another owner); never through a link, never blocking."""
+    try:
+        fd, _info = _open_data_file(path, os.O_RDONLY, owner_uid)
+    except (OSError, UndoError):
         return None
     try:
         page = os.pread(fd, PAGE_SIZE, offset)
+    except OSError:
+        return None
     finally:
         os.close(fd)
     return page if len(page) == PAGE_SIZE else None
 
 
-def write_page(path, offset, page, owner_uid=None):
-    """Write 8 kB at offset of an existing regular file (never created, never through a link), fsync, read back."""
-    import stat  # pylint: disable=import-outside-toplevel
+def write_page(path, offset, page, owner_uid=None, file_id=None):
+    """Write 8 kB at offset of an existing regular file (never created, never through a link, never blocking on a FIFO;
+    only the very file ``file_id`` names when given), fsync, read back through the same descriptor."""
+    import fcntl  # pylint: disable=import-outside-toplevel
     if len(page) != PAGE_SIZE:
         raise UndoError('refusing to write %d bytes: a page is %d' % (len(page), PAGE_SIZE))
-    fd = os.open(path, os.O_WRONLY | getattr(os, 'O_NOFOLLOW', 0))
+    fd, info = _open_data_file(path, os.O_RDWR, owner_uid, file_id)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UndoError('%s is not a regular file: not written' % path)
-        if owner_uid is not None and info.st_uid != owner_uid:
-            raise UndoError('%s belongs to uid %d, not to the data directory owner (uid %d): not written' % (path, info.st_uid, owner_uid))
         if info.st_size < offset + PAGE_SIZE:
             raise UndoError('%s holds %d bytes: no page at offset %d to write' % (path, info.st_size, offset))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         if os.pwrite(fd, page, offset) != PAGE_SIZE:
             raise UndoError('short write into %s at offset %d' % (path, offset))
         os.fsync(fd)
+        if os.pread(fd, PAGE_SIZE, offset) != page:
+            raise UndoError('%s at offset %d does not hold the written page afterwards' % (path, offset))
     finally:
         os.close(fd)
-    if read_page(path, offset) != page:
-        raise UndoError('%s at offset %d does not hold the written page afterwards' % (path, offset))
+
+
+def same_damage(page, damaged):
+    """True when ``page`` is the ``damaged`` page, pd_lsn and pd_checksum aside (a copy by ALTER INDEX ... SET TABLESPACE
+    gives the page a new LSN and checksum)."""
+    return page is not None and damaged is not None and len(page) == len(damaged) == PAGE_SIZE and page[10:] == damaged[10:]
 
 
 def _sha(data):
@@ -1137,8 +1245,34 @@ def server_start(start, env, ctx):
     return _restart.start(start, _restart.start_env(env), start.get('wait_s') or _restart.RESTART_WAIT_S)
 
 
+# Leftovers of a failed REINDEX INDEX CONCURRENTLY of <index>: invalid indexes <index>_ccnew[N] and <index>_ccold[N].
+LEFTOVER_INDEXES_SQL = (
+    "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = %s AND NOT i.indisvalid AND (left(c.relname, length(%s) + 6) IN (%s || '_ccnew', %s || '_ccold')) "
+    "AND i.indrelid = (SELECT x.indrelid FROM pg_index x JOIN pg_class xc ON xc.oid = x.indexrelid "
+    "JOIN pg_namespace xn ON xn.oid = xc.relnamespace WHERE xn.nspname = %s AND xc.relname = %s)")
+
+
+def drop_reindex_leftovers(cur, name):
+    """DROP INDEX CONCURRENTLY of the invalid <name>_ccnew*/_ccold* indexes a failed REINDEX CONCURRENTLY of pgGit index
+    ``name`` left on its table; returns (dropped names, failures)."""
+    cur.execute(LEFTOVER_INDEXES_SQL, (CORRUPT_SCHEMA, name, name, name, CORRUPT_SCHEMA, name))
+    dropped, failed = [], []
+    for (leftover,) in cur.fetchall():
+        drop = _pgconn.sql.SQL('DROP INDEX CONCURRENTLY IF EXISTS {}').format(_pgconn.sql.Identifier(CORRUPT_SCHEMA, leftover))
+        try:
+            cur.execute(drop)
+            dropped.append(leftover)
+        except _pgconn.psycopg2.Error as exc:
+            failed.append('%s: %s' % (drop.as_string(cur), _pgconn.one_line(exc)))
+    return dropped, failed
+
+
 def reindex(step, ctx, timeout_s=REINDEX_TIMEOUT_S):
-    """REINDEX INDEX CONCURRENTLY of the step's pgGit index, as a DBA would; False when the index is gone."""
+    """REINDEX INDEX CONCURRENTLY of the step's pgGit index, as a DBA would; False when the index is gone.
+
+    Its lock waits (behind long transactions) are bounded by REINDEX_LOCK_TIMEOUT_S, not the 5 s of other revert steps;
+    when it fails, the invalid <index>_ccnew*/_ccold* it left are dropped (each retry would add one more)."""
     conn, cur = _pg_connect(step, ctx)
     try:
         name = step['index'][len(CORRUPT_SCHEMA) + 1:]
@@ -1147,11 +1281,19 @@ def reindex(step, ctx, timeout_s=REINDEX_TIMEOUT_S):
         if cur.fetchone() is None:
             return False
         cur.execute('SET statement_timeout = %s', (int(timeout_s) * 1000,))
+        cur.execute('SET lock_timeout = %s', (REINDEX_LOCK_TIMEOUT_S * 1000,))
         statement = _pgconn.sql.SQL('REINDEX INDEX CONCURRENTLY {}').format(_index_ident(step))
         try:
             cur.execute(statement)
         except _pgconn.psycopg2.Error as exc:
-            raise UndoError('%s failed: %s' % (statement.as_string(cur), _pgconn.one_line(exc)))
+            why = _pgconn.one_line(exc)
+            try:
+                dropped, failed = drop_reindex_leftovers(cur, name)
+            except _pgconn.psycopg2.Error as exc2:
+                dropped, failed = [], ['listing them: %s' % _pgconn.one_line(exc2)]
+            raise UndoError('%s failed: %s; invalid leftovers dropped: %s%s' % (
+                statement.as_string(cur), why, ', '.join(dropped) or 'none',
+                '; not dropped: %s' % '; '.join(failed) if failed else ''))
         return True
     finally:
         conn.close()
@@ -1163,30 +1305,41 @@ def _undo_restore_page(step, ctx):
 
     Decided by looking at the page in the file: the original already -> done;
     the damaged page we wrote -> stop the server (a fast stop writes what it
-    holds), look again, write the original while it is down, start it again
-    (a server that reads from disk again forgets the damage).  A page that is
-    neither (written into since, or the file replaced by a rebuild or a move)
-    cannot take the old bytes without losing what was written since: the
-    index is rebuilt instead (REINDEX INDEX CONCURRENTLY).  The saved file
-    goes last, once the page is right."""
+    holds), look again, write the original while it is down (only into the very
+    file recorded, ``file_id``), start it again (a server that reads from disk
+    again forgets the damage).  A page that is neither (written into since, or
+    the file replaced by a rebuild or a move) cannot take the old bytes without
+    losing what was written since: the index is rebuilt instead (REINDEX INDEX
+    CONCURRENTLY); on a standby (``standby``), where nothing can be rebuilt, such
+    a page was changed by the replay of the primary's WAL, which is the
+    primary's page: done, with a note.  The saved file goes last, once the page
+    is right."""
+    path, offset = step['path'], step['offset']
+    owner = data_owner(step['data_directory'])
+    page = read_page(path, offset, owner)
+    standby = bool(step.get('standby'))
     saved = _read_saved(step['saved'])
     if saved is None:
-        return False  # never written (the damage follows the save), or already restored
+        if page is None or _sha(page) != step['damaged_sha256']:
+            return False  # never written (the damage follows the save), or already restored
+        if standby:
+            raise UndoError('%s still holds the damaged page and the saved original %s is gone; on a standby nothing can '
+                            'rebuild the index: rebuild it on the primary, or re-create the standby' % (path, step['saved']))
+        reindex(step, ctx)  # the original bytes are lost (removed by hand?): a rebuild is right whatever the index holds
+        return True
     if len(saved) != PAGE_SIZE or _sha(saved) != step['sha256']:
         raise UndoError('the saved page %s is not the recorded original (sha256 %s): nothing was written; rebuild the index '
                         'with REINDEX INDEX %s' % (step['saved'], step['sha256'], step['index']))
-    path, offset = step['path'], step['offset']
-    owner = os.stat(step['data_directory']).st_uid
-    page = read_page(path, offset)
+    file_id = step.get('file_id')
     changed, rebuild = False, False
     if page is not None and _sha(page) == step['sha256']:
         pass
     elif page is not None and _sha(page) == step['damaged_sha256']:
         stopped, env = server_stop(step['start'], ctx)
         try:
-            page = read_page(path, offset)  # after the stop: what the server held is on disk now
+            page = read_page(path, offset, owner)  # after the stop: what the server held is on disk now
             if page is not None and _sha(page) == step['damaged_sha256']:
-                write_page(path, offset, saved, owner)
+                write_page(path, offset, saved, owner, file_id)
             elif page is None or _sha(page) != step['sha256']:
                 rebuild = True
         finally:
@@ -1195,7 +1348,11 @@ def _undo_restore_page(step, ctx):
         changed = True
     else:
         rebuild = True
-    if rebuild:
+    if rebuild and standby:
+        ctx.setdefault('notes', []).append(
+            'block %s of %s on this standby is no longer the damaged page (the replay of the primary\'s WAL wrote it since): '
+            'left as the primary made it' % (step['block'], step['index']))
+    elif rebuild:
         reindex(step, ctx)
         changed = True
     try:

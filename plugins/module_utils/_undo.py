@@ -86,9 +86,12 @@ def revert_one(ledger, fid, runner=None, reason='requested'):
         ledger.delete(fid)
         _boot.remove_if_idle(ledger)
     _stop_reaper(record)
-    return {'id': fid, 'result': 'reverted', 'changed': True, 'undo_changed': changed, 'kind': record.get('kind'),
-            'name': record.get('name'), 'experiment': record.get('experiment'), 'reason': reason,
-            'revert_seconds': round(time.time() - started, 4), 'expired': time.time() >= record.get('expires_at', 0)}
+    outcome = {'id': fid, 'result': 'reverted', 'changed': True, 'undo_changed': changed, 'kind': record.get('kind'),
+               'name': record.get('name'), 'experiment': record.get('experiment'), 'reason': reason,
+               'revert_seconds': round(time.time() - started, 4), 'expired': time.time() >= record.get('expires_at', 0)}
+    if ctx.get('notes'):  # what a step chose not to do (a managed server, a setting changed since), said once
+        outcome['notes'] = list(ctx['notes'])
+    return outcome
 
 
 def select(records, ids=None, experiment=None, kinds=None):

@@ -23,7 +23,8 @@ description:
     session (clients see their connection terminated), rolls back open transactions and takes a
     checkpoint. The server is then started again the way it was started (C(pg_ctl start) as the
     data directory's owner, with the options of C(postmaster.opts), its log, inside the
-    postmaster's cgroups), with its own environment plus the preload. Replicas of this server
+    postmaster's cgroups), with its own environment plus the preload. An C(LD_PRELOAD) the server
+    already has (libjemalloc, say) stays, behind libfaketime. Replicas of this server
     lose their stream for the moment of the restart. The revert restarts it once more.
   - Not every process of the server follows the fake clock, and the task reports which do.
     On PostgreSQL 15 with libfaketime 0.9.10, client backends, the checkpointer and the
@@ -31,16 +32,17 @@ description:
     logical replication launcher saw the real one, although all of them have the library
     loaded. So a skewed server has a mixed clock, as real skew often does.
   - The undo is recorded in the fault ledger before the first restart. It is a restart without
-    C(LD_PRELOAD) and libfaketime's variables (only while the postmaster's
-    C(/proc/<pid>/environ) still holds a libfaketime preload; a server that is down is
-    started), then the removal of the timestamp file. The revert (O(state=absent),
+    libfaketime and its variables, with the server's own C(LD_PRELOAD) as it was before the
+    fault (only while the postmaster's C(/proc/<pid>/environ) still holds a libfaketime
+    preload; a server that is down is started), then the removal of the timestamp file. The revert (O(state=absent),
     C(pggit_chaos_revert), the red button) and the TTL reaper run it, so the server gets its
     true clock back even when the controller dies.
   - Where it cannot work. A server that systemd manages (its unit owns the environment) is
     refused. A remote server (the data directory is not on the target host), a login role that
     cannot read C(data_directory), or a task not run as root fails before anything is touched.
     The state dir gets the search (C(x)) bit for others, so that the server's user can read
-    the timestamp file inside it. Its C(faults/) and C(lib/) folders stay private. A statically
+    the timestamp file inside it. Its C(faults/) and C(lib/) folders stay private. The revert of
+    the last clock fault on the host removes C(clock/) and gives the state dir its mode back. A statically
     linked server, or one whose time calls bypass the C library, does not see the fake clock.
     The module then fails, because the measured offset is not the one asked, and rolls back.
     Without the package C(faketime) (C(libfaketime.so.1)) on the host it fails before anything
@@ -125,7 +127,7 @@ timestamp:
   returned: state=present
   type: str
 preload:
-  description: The libfaketime library preloaded into the postmaster.
+  description: The libfaketime library preloaded into the postmaster (in front of the server's own C(LD_PRELOAD), if any).
   returned: state=present
   type: str
 postmaster_pid_before:
@@ -203,6 +205,11 @@ def check_options(module):
         module.fail_json(msg='offset_s=%s cannot be applied: %s' % (params['offset_s'], exc), changed=False)
 
 
+def preload_value(faketime, original=None):
+    """The postmaster's LD_PRELOAD during the fault: libfaketime first, then what it preloaded before (kept as it was)."""
+    return '%s:%s' % (faketime, original) if original else faketime
+
+
 class ClockFault(Fault):
     kind = 'clock'
 
@@ -224,7 +231,7 @@ class ClockFault(Fault):
             conn.close()
         env = _restart.environ_of(self.info['postmaster_pid']) or {}
         return {'server': _server.summary(self.info), 'preload': _restart.faketime_preload(env),
-                'timestamp_file': env.get('FAKETIME_TIMESTAMP_FILE')}
+                'timestamp_file': env.get('FAKETIME_TIMESTAMP_FILE'), 'ld_preload': env.get('LD_PRELOAD') or None}
 
     def in_place(self, record, current):
         detail = record.get('detail') or {}
@@ -247,7 +254,9 @@ class ClockFault(Fault):
         if current.get('preload'):
             raise ChaosError('the postmaster %s already runs with LD_PRELOAD %s (timestamp file %s), which is not this '
                              "fault's: nothing was done" % (self.info['postmaster_pid'], current['preload'], current.get('timestamp_file')))
-        restart = dict(_server.start_step(self.info), type='pg_restart', unless_env_clean=list(_clock.ENV_DROP))
+        # The server's own LD_PRELOAD (say libjemalloc) stays: libfaketime goes in front, and the revert puts the original back.
+        restart = dict(_server.start_step(self.info), type='pg_restart', unless_env_clean=list(_clock.ENV_DROP),
+                       ld_preload=current.get('ld_preload'))
         problem = _steps.STEP_CHECKS['pg_restart'](restart, self.params['state_dir'])
         if problem:
             raise ChaosError('the server in %s cannot be restarted by the revert: %s; nothing was done' % (
@@ -257,8 +266,12 @@ class ClockFault(Fault):
         preview = self.content_for(now, now)
         detail = {'offset_s': self.params['offset_s'], 'mode': self.params['mode'], 'timestamp_file': path,
                   'timestamp': preview.strip(), 'preload': _clock.find_libfaketime(), 'server': current['server'],
-                  'postmaster_pid_before': self.info['postmaster_pid']}
+                  'postmaster_pid_before': self.info['postmaster_pid'], 'ld_preload_before': current.get('ld_preload')}
         undo = [{'type': 'remove_path', 'path': path, 'root': self.params['state_dir']}, restart]
+        state_dir = self.params['state_dir']
+        if os.path.isdir(state_dir):  # not yet in check mode
+            # Runs last: the state dir's own mode back (and clock/ gone) once no clock fault is left.
+            undo.insert(0, {'type': 'clock_dir_restore', 'state_dir': state_dir, 'mode': os.stat(state_dir).st_mode & 0o7777})
         return undo, detail, dict(current, preload=detail['preload'], timestamp_file=path, timestamp=detail['timestamp'])
 
     # -- the file --------------------------------------------------------------
@@ -331,7 +344,8 @@ class ClockFault(Fault):
         text = self.content_for(now, now)
         self._write(path, text)
         self._check_readable(path, text)
-        env = {'LD_PRELOAD': detail['preload'], 'FAKETIME_TIMESTAMP_FILE': path, 'FAKETIME_NO_CACHE': '1'}
+        env = {'LD_PRELOAD': preload_value(detail['preload'], detail.get('ld_preload_before')),
+               'FAKETIME_TIMESTAMP_FILE': path, 'FAKETIME_NO_CACHE': '1'}
         written = time.time()
         new_pid = _restart.restart(self.info, env=env, drop_env=[n for n in _clock.ENV_DROP if n not in env])
         start = _clock.real_start(new_pid) or written

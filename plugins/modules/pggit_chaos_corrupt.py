@@ -32,10 +32,19 @@ description:
     to a scratch tablespace created in place inside the data directory and back again, then
     drops it. Each move copies the whole index under an C(ACCESS EXCLUSIVE) lock on it, which
     blocks every read and write of its table for the time of the copy, and WAL-logs every page
-    (replicas get the damaged page too). It needs no restart. V(restart) stops the server (fast
+    (replicas get the damaged page too). It needs no restart. From before the C(CHECKPOINT) until
+    the moves commit, the table is locked C(IN SHARE MODE) (reads go on, writes wait), so that no
+    backend changes the cached copy of the page, which the move would write over the damage.
+    Each lock is asked for with a short C(lock_timeout), again and again until the TTL is near,
+    so a long transaction delays the fault (or makes it fail, leaving nothing) and never makes
+    every statement on the table queue behind it. After the reveal the page in the file must
+    still be the damage that was written, else the fault fails and is reverted. V(restart) stops the server (fast
     shutdown, every session is cut) before the write and starts it again after it. Clients see
     an outage of a few seconds, and replicas keep their clean copy. V(auto), the default, is
     V(tablespace) on a primary without streaming replicas and V(restart) otherwise.
+  - A server that an HA manager runs (Patroni and the like, seen as the postmaster's parent) is
+    never stopped or started by this module. Only O(reveal=tablespace) with O(recover=reindex) is
+    allowed there; anything else is refused before anything is written.
   - What each O(recover) costs. The revert runs on O(state=absent), C(pggit_chaos_revert),
     the red button or the TTL reaper. With V(restore) it stops the server, writes the saved
     bytes back (only while the page on disk is still the damaged one this fault wrote; a page
@@ -196,6 +205,7 @@ fault_id:
 
 import errno
 import os
+import time
 import uuid
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _pagefile, _pgconn, _server, _steps
@@ -217,6 +227,12 @@ INDEX_SQL = ("SELECT c.oid, n.nspname, c.relname, am.amname, c.relkind, c.relper
              "LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace LEFT JOIN pg_index i ON i.indexrelid = c.oid "
              "WHERE n.nspname = %s AND c.relname = %s")
 REPLICAS_SQL = "SELECT count(*) FROM pg_stat_replication"
+TABLE_SQL = ("SELECT n.nspname, t.relname FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
+             "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE i.indexrelid = %s")
+# One try at a lock of the reveal by tablespace (the SHARE lock of the table, ALTER INDEX's ACCESS EXCLUSIVE one): short, so
+# that a long transaction never makes every later statement on the table queue behind ours; retried until the TTL.
+LOCK_TRY_MS = 2000
+LOCK_NOT_AVAILABLE = '55P03'
 
 
 def check_options(module):
@@ -243,11 +259,7 @@ def saved_path(state_dir, fid, block):
 def save_page(state_dir, path, page):
     """The original page in a 0600 side file, created exclusively (never through a link), fsynced."""
     folder = pages_dir(state_dir)
-    try:
-        os.mkdir(folder, 0o700)
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            raise
+    os.makedirs(folder, 0o700, exist_ok=True)  # the state dir exists (the ledger made and checked it); only pages/ is new
     _ledger.check_private_dir(folder, 'state_dir folder')
     try:
         fd = _ledger.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -312,7 +324,10 @@ class CorruptFault(Fault):
         if _steps.relation_file_problem(relpath) or not _steps._inside(path, data):  # pylint: disable=protected-access
             raise ChaosError('index=%s: its file %s is not under the data directory %s (tablespace %s): only files under the '
                              'data directory are written' % (shown, relpath, data, home))
-        return {'oid': oid, 'index': '%s.%s' % (schema, relname), 'relpath': relpath, 'blocks': int(size) // PAGE, 'home': home}
+        cur.execute(TABLE_SQL, (oid,))
+        table = list(cur.fetchone())
+        return {'oid': oid, 'index': '%s.%s' % (schema, relname), 'relpath': relpath, 'blocks': int(size) // PAGE, 'home': home,
+                'table': table}
 
     def _choose_block(self, found):
         """(block, page, problem): the block asked for, or the first leaf from block 1 on, read from the file."""
@@ -322,7 +337,7 @@ class CorruptFault(Fault):
         reasons, unflushed = [], None
         for block in candidates:
             relative, offset = _pagefile.location(found['relpath'], block)
-            page = _steps.read_page(os.path.join(data, relative), offset)
+            page = _steps.read_page(os.path.join(data, relative), offset, _steps.data_owner(data))
             problem = 'block %s cannot be read from %s' % (block, relative) if page is None else _pagefile.leaf_problem(page, block)
             if problem is None:
                 return block, page, None
@@ -368,6 +383,12 @@ class CorruptFault(Fault):
         if self.info['in_recovery'] and self.params['recover'] == 'reindex':
             self.module.fail_json(msg='recover=reindex: the server in %s is a standby, where REINDEX cannot run; use '
                                       'recover=restore' % self.info['data_directory'], changed=False)
+        if self.info.get('manager') and (reveal == 'restart' or self.params['recover'] == 'restore'):
+            self.module.fail_json(msg='reveal=%s, recover=%s: the server in %s is managed by %s, which starts it (or fails over) '
+                                      'by itself: this fault never stops or starts it. Use reveal=tablespace and recover=reindex '
+                                      '(no restart), or run it where pggit.chaos may restart the server; nothing was written'
+                                      % (reveal, self.params['recover'], self.info['data_directory'], self.info['manager']),
+                                  changed=False)
         if reveal == 'tablespace' and replicas and self.params['recover'] == 'restore':
             self.module.fail_json(msg='reveal=tablespace with recover=restore: %d streaming replica(s) would get the damaged page '
                                       'through the WAL of the move, and the byte-exact restore writes only this host; use '
@@ -402,7 +423,7 @@ class CorruptFault(Fault):
         detail = record.get('detail') or {}
         if not detail.get('sha256_after') or not detail.get('relation_file'):
             return False
-        page = _steps.read_page(detail['relation_file'], detail['offset'])
+        page = _steps.read_page(detail['relation_file'], detail['offset'], _steps.data_owner(self.info['data_directory']))
         return page is not None and _pagefile.sha256(page) == detail['sha256_after']
 
     # -- planning -------------------------------------------------------------------
@@ -414,15 +435,21 @@ class CorruptFault(Fault):
             raise ChaosError('%s: nothing was written and nothing recorded' % current['problem'])
         fid = _ledger.fault_id(self.kind, self.params['name'])
         found = self.found
-        undo = [self._start()]
+        saved = saved_path(self.params['state_dir'], fid, current['block'])
+        # A restart reveal stops the server: the revert starts it again. A reveal by tablespace stops nothing.
+        undo = [self._start()] if found['reveal'] == 'restart' else []
+        # The side file goes even when the fault dies between saving it and recording its restore_page step; once that
+        # step is recorded it owns the file and this removal is dropped (see _damage).
+        undo.append({'type': 'remove_path', 'path': saved})
         scratch = None
         if found['reveal'] == 'tablespace':
             scratch = '%s%s' % (_steps.SCRATCH_TABLESPACE_PREFIX, uuid.uuid4().hex[:12])
             undo.append({'type': 'pg_scratch_tablespace', 'tablespace': scratch, 'home': found['home'], 'index': found['index'],
                          'conn': _pgconn.stored_conn(self.params)})
+        self._check_steps(undo)  # a step the revert would refuse is refused now, before anything is damaged
         detail = {'index': found['index'], 'relation_file': current['relation_file'], 'block': current['block'],
                   'offset': current['offset'], 'mode': self.params['mode'], 'reveal': found['reveal'], 'recover': self.params['recover'],
-                  'checksums': found['checksums'], 'saved_file': saved_path(self.params['state_dir'], fid, current['block']),
+                  'checksums': found['checksums'], 'saved_file': saved, 'table': found['table'],
                   'sha256_before': current.get('sha256'), 'scratch_tablespace': scratch, 'home_tablespace': found['home'],
                   'replicas': self._replicas(), 'server': current['server']}
         after = dict(current, damaged={'block': current['block'], 'mode': self.params['mode'], 'reveal': found['reveal']})
@@ -441,6 +468,16 @@ class CorruptFault(Fault):
     def secret(self):
         return _pgconn.secret_conn(self.params)
 
+    def _check_steps(self, steps):
+        try:
+            _steps.check_steps(steps, self.params['state_dir'])
+        except _steps.UndoError as exc:
+            raise ChaosError('%s: the revert would refuse it, so nothing is damaged' % exc)
+
+    def _add_undo(self, step, index):
+        self._check_steps([step])  # checked before it is recorded, and so before the damage it undoes
+        super(CorruptFault, self)._add_undo(step, index)
+
     # -- applying -------------------------------------------------------------------
     def _update(self, detail_changes=None, step_type=None, step_changes=None):
         """Change the record on disk (the truth) and our copy: detail keys, and keys of our undo step of step_type."""
@@ -453,87 +490,162 @@ class CorruptFault(Fault):
             self.ledger.write(record)
             self.record.update(detail=record['detail'], undo=record['undo'])
 
+    def _drop_removal(self, path):
+        with self.ledger.lock():
+            record = self.ledger.read(self.record['id']) or self.record
+            record['undo'] = [st for st in record.get('undo') or [] if not (st.get('type') == 'remove_path' and st.get('path') == path)]
+            self.ledger.write(record)
+            self.record['undo'] = record['undo']
+
     def _relpath_now(self, cur):
         cur.execute('SELECT pg_relation_filepath(%s::regclass)', (self.found['index'],))
         return cur.fetchone()[0]
 
+    def _undo_step(self, detail, path, offset, before, written, file_id):
+        """The undo of the damage, built and checked before the original is saved."""
+        conn_rec = _pgconn.stored_conn(self.params)
+        if detail['recover'] == 'restore':
+            step = {'type': 'restore_page', 'path': path, 'data_directory': self.info['data_directory'], 'block': detail['block'],
+                    'offset': offset, 'saved': detail['saved_file'], 'sha256': before, 'damaged_sha256': written,
+                    'start': self._start(), 'index': detail['index'], 'conn': conn_rec, 'file_id': file_id,
+                    'standby': bool(self.info['in_recovery'])}
+        else:
+            step = {'type': 'pg_reindex', 'index': detail['index'], 'conn': conn_rec}
+        self._check_steps([step])
+        return step
+
+    def _damage(self, detail, path, offset, owner):
+        """Read the page, save it, record its undo, write the damaged copy; returns (page, damaged)."""
+        block = detail['block']
+        page = _steps.read_page(path, offset, owner)
+        problem = 'block %s cannot be read from %s' % (block, path) if page is None else _pagefile.leaf_problem(page, block)
+        if problem:
+            raise ChaosError(problem)
+        file_id = _steps.file_identity(path, owner)
+        if file_id is None:
+            raise ChaosError('%s is not a regular file of the data directory owner: nothing written' % path)
+        damaged = _pagefile.damage(page, block, detail['mode'], detail['checksums'])
+        before, written = _pagefile.sha256(page), _pagefile.sha256(damaged)
+        step = self._undo_step(detail, path, offset, before, written, file_id)
+        save_page(self.params['state_dir'], detail['saved_file'], page)
+        self.add_undo_last(step)
+        if step['type'] == 'restore_page':
+            # restore_page owns the saved bytes now (it removes them once the page is back, keeps them while it
+            # cannot): the plain removal, which covered a death before this point, must not run after a failed restore.
+            self._drop_removal(detail['saved_file'])
+        self._update({'sha256_before': before, 'sha256_after': written})
+        _steps.write_page(path, offset, damaged, owner, file_id)
+        return page, damaged
+
+    def _revealed(self, path, offset, owner, damaged, how):
+        """After the reveal: the page in the file must still be the damage we wrote (pd_lsn and pd_checksum aside), else the
+        inject fails (and the lifecycle reverts it): a page written over since is never recorded as damaged."""
+        page = _steps.read_page(path, offset, owner)
+        if not _steps.same_damage(page, damaged):
+            raise ChaosError('after the reveal by %s, block %s of %s is no longer the damaged page (%s): the server wrote '
+                             'its own copy over it, so the damage did not take; nothing is claimed'
+                             % (how, self.found['index'] if self.found else '?', path,
+                                'unreadable' if page is None else 'sha256 %s' % _pagefile.sha256(page)))
+        return page
+
     def apply(self, detail):
         data = self.info['data_directory']
-        start = self._start()
+        owner = _steps.data_owner(data)
         block, path, offset = detail['block'], detail['relation_file'], detail['offset']
         conn = self._connect()
         try:
-            cur = conn.cursor()
-            relative = _pagefile.location(self._relpath_now(cur), block)[0]
-            if os.path.join(data, relative) != path:
-                raise ChaosError('index %s moved to another file since the plan (%s): run again' % (detail['index'], relative))
-            if detail['reveal'] != 'restart':
-                cur.execute('CHECKPOINT')  # the file must hold the current page before it is read and saved
+            relative = _pagefile.location(self._relpath_now(conn.cursor()), block)[0]
         finally:
             conn.close()
-        env, stopped = None, False
+        if os.path.join(data, relative) != path:
+            raise ChaosError('index %s moved to another file since the plan (%s): run again' % (detail['index'], relative))
         if detail['reveal'] == 'restart':
+            start = self._start()
             stopped, env = _steps.server_stop(start, {})  # a fast stop writes every page the server holds
-        try:
-            page = _steps.read_page(path, offset)
-            problem = 'block %s cannot be read from %s' % (block, path) if page is None else _pagefile.leaf_problem(page, block)
-            if problem:
-                raise ChaosError(problem)
-            damaged = _pagefile.damage(page, block, detail['mode'], detail['checksums'])
-            before, written = _pagefile.sha256(page), _pagefile.sha256(damaged)
-            saved = detail['saved_file']
-            save_page(self.params['state_dir'], saved, page)
-            conn_rec = _pgconn.stored_conn(self.params)
-            if detail['recover'] == 'restore':
-                self.add_undo_last({'type': 'restore_page', 'path': path, 'data_directory': data, 'block': block, 'offset': offset,
-                                    'saved': saved, 'sha256': before, 'damaged_sha256': written, 'start': start,
-                                    'index': detail['index'], 'conn': conn_rec})
-            else:
-                self.add_undo_last({'type': 'remove_path', 'path': saved})
-                self.add_undo_last({'type': 'pg_reindex', 'index': detail['index'], 'conn': conn_rec})
-            self._update({'sha256_before': before, 'sha256_after': written})
-            _steps.write_page(path, offset, damaged, os.stat(data).st_uid)
-        finally:
-            if stopped:
-                _steps.server_start(start, env, {})
-        result = {'index': detail['index'], 'block': block, 'offset': offset, 'mode': detail['mode'], 'reveal': detail['reveal'],
-                  'recover': detail['recover'], 'bytes_written': PAGE, 'saved_file': saved, 'sha256_before': before,
-                  'checksums': detail['checksums'], 'replicas': detail['replicas'], 'server': detail['server']}
-        if detail['reveal'] == 'tablespace':
-            path, offset = self._reveal_by_tablespace(detail)
-            page = _steps.read_page(path, offset)
-            written = _pagefile.sha256(page or b'')
+            try:
+                page, damaged = self._damage(detail, path, offset, owner)
+            finally:
+                if stopped:
+                    _steps.server_start(start, env, {})
+            self._revealed(path, offset, owner, damaged, 'restart')  # a standby's replay may have written it since
+        else:
+            page, damaged, path, offset = self._damage_and_reveal_by_tablespace(detail, path, offset, owner)
+            written = _pagefile.sha256(_steps.read_page(path, offset, owner) or b'')
             self._update({'relation_file': path, 'offset': offset, 'sha256_after': written}, 'restore_page',
-                         {'path': path, 'offset': offset, 'damaged_sha256': written})
-        result.update(relation_file=path, offset=offset, sha256_after=written)
-        return result
+                         {'path': path, 'offset': offset, 'damaged_sha256': written, 'file_id': _steps.file_identity(path, owner)})
+        return {'index': detail['index'], 'block': block, 'offset': offset, 'mode': detail['mode'], 'reveal': detail['reveal'],
+                'recover': detail['recover'], 'bytes_written': PAGE, 'saved_file': detail['saved_file'],
+                'sha256_before': _pagefile.sha256(page), 'checksums': detail['checksums'], 'replicas': detail['replicas'],
+                'server': detail['server'], 'relation_file': path, 'sha256_after': self.record['detail']['sha256_after']}
 
-    def _reveal_by_tablespace(self, detail):
-        """Move the index to a scratch tablespace (in place, in the data directory) and back, then drop it.
+    def _retrying(self, conn, cur, statement, what):
+        """Run ``statement`` in the open transaction with a short lock_timeout, again after each lock timeout (rolled back to a
+        savepoint), until the TTL is near: a long transaction on the table delays the fault, never the table's users."""
+        while True:
+            cur.execute('SAVEPOINT pggit_chaos_try')
+            cur.execute('SET LOCAL lock_timeout = %s', (LOCK_TRY_MS,))
+            try:
+                cur.execute(statement)
+            except _pgconn.psycopg2.Error as exc:
+                if getattr(exc, 'pgcode', None) != LOCK_NOT_AVAILABLE:
+                    raise
+                cur.execute('ROLLBACK TO SAVEPOINT pggit_chaos_try')
+                if self.remaining_ms() <= 2 * LOCK_TRY_MS:
+                    raise ChaosError('%s: its lock was not granted before the ttl (tried every %d ms): a long transaction '
+                                     'holds the table; nothing is left behind' % (what, LOCK_TRY_MS))
+                time.sleep(0.2)
+                continue
+            cur.execute('RELEASE SAVEPOINT pggit_chaos_try')
+            return
+
+    def _damage_and_reveal_by_tablespace(self, detail, path, offset, owner):
+        """Damage the page and move the index to a scratch tablespace (in place, in the data directory) and back, then drop
+        it, all while the index's table is locked IN SHARE MODE (readers go on, writers wait).
 
         Each move copies the index from disk (damaged page included) into a new
         file, and the server's cached pages of the old file are dropped: the
-        next read of the page comes from the new file.  Returns where the page
-        is now."""
+        next read of the page comes from the new file.  The SHARE lock, taken
+        before the CHECKPOINT and held until the moves commit, keeps backends
+        from dirtying the cached (clean) copy of the page in between, which the
+        move would flush over the damage.  Returns (page, damaged, path, offset)
+        of the page now."""
         sql = _pgconn.sql
         index = sql.Identifier(SCHEMA, detail['index'].partition('.')[2])
+        table = sql.Identifier(*detail['table'])
         scratch = sql.Identifier(detail['scratch_tablespace'])
-        conn = self._connect()
+        admin = self._connect()
         try:
-            cur = conn.cursor()
-            budget = self.remaining_ms()
-            cur.execute('SET lock_timeout = %s', (budget,))
-            cur.execute('SET statement_timeout = %s', (budget,))
-            cur.execute('SET allow_in_place_tablespaces = on')
-            cur.execute(sql.SQL("CREATE TABLESPACE {} LOCATION ''").format(scratch))
-            cur.execute(sql.SQL('ALTER INDEX {} SET TABLESPACE {}').format(index, scratch))
-            cur.execute(sql.SQL('ALTER INDEX {} SET TABLESPACE {}').format(index, sql.Identifier(detail['home_tablespace'])))
-            cur.execute(sql.SQL('DROP TABLESPACE {}').format(scratch))
-            cur.execute('CHECKPOINT')
-            relative, offset = _pagefile.location(self._relpath_now(cur), detail['block'])
+            acur = admin.cursor()
+            acur.execute('SET statement_timeout = %s', (self.remaining_ms(),))
+            acur.execute('SET allow_in_place_tablespaces = on')
+            acur.execute(sql.SQL("CREATE TABLESPACE {} LOCATION ''").format(scratch))
+            conn = self._connect()
+            try:
+                conn.autocommit = False
+                cur = conn.cursor()
+                cur.execute('SET LOCAL statement_timeout = %s', (self.remaining_ms(),))
+                self._retrying(conn, cur, sql.SQL('LOCK TABLE {} IN SHARE MODE').format(table),
+                               'LOCK TABLE %s IN SHARE MODE' % '.'.join(detail['table']))
+                cur.execute('CHECKPOINT')  # the file must hold the current page before it is read and saved
+                page, damaged = self._damage(detail, path, offset, owner)
+                for home in (detail['scratch_tablespace'], detail['home_tablespace']):
+                    self._retrying(conn, cur, sql.SQL('ALTER INDEX {} SET TABLESPACE {}').format(index, sql.Identifier(home)),
+                                   'ALTER INDEX %s SET TABLESPACE %s' % (detail['index'], home))
+                conn.commit()
+            finally:
+                conn.close()
+            acur.execute(sql.SQL('DROP TABLESPACE {}').format(scratch))
+            acur.execute('CHECKPOINT')
+            relative, offset = _pagefile.location(self._relpath_now(acur), detail['block'])
         finally:
-            conn.close()
-        return os.path.join(self.info['data_directory'], relative), offset
+            admin.close()
+        path = os.path.join(self.info['data_directory'], relative)
+        if not _steps.same_damage(_steps.read_page(path, offset, owner), damaged):
+            # Point the undo at the page as it is: restore_page then finds it is not the damage and rebuilds the index.
+            self._update({'relation_file': path, 'offset': offset}, 'restore_page',
+                         {'path': path, 'offset': offset, 'file_id': _steps.file_identity(path, owner)})
+        self._revealed(path, offset, owner, damaged, 'tablespace')
+        return page, damaged, path, offset
 
     def finish(self, result):
         if self.params['state'] != 'present' or 'planned' not in result:

@@ -15,13 +15,19 @@ description:
   - Before anything is changed, the fault ledger records what C(ALTER SYSTEM) held for each
     setting (its line in C(postgresql.auto.conf), read from C(pg_file_settings)), or that it
     held nothing. The undo puts exactly that back (C(ALTER SYSTEM SET) of the old value, or
-    C(ALTER SYSTEM RESET)) and reloads. It is run by the revert (O(state=absent),
+    C(ALTER SYSTEM RESET)) and reloads, but only while C(postgresql.auto.conf) still holds the
+    value the fault set. A value someone set during the fault is left as it is, with a note in
+    the revert. It is run by the revert (O(state=absent),
     C(pggit_chaos_revert), the red button) and by the TTL reaper, so the settings come back
     even when the controller dies. Setting names are quoted as identifiers and values passed as
     literals.
   - A reload costs nothing in production. No session ends, and each session applies the new
-    values between statements. A value set in C(postgresql.conf) or on the server's command
-    line stays where it is, and C(ALTER SYSTEM) overrides it, as it does for a DBA.
+    values between statements. A value set in C(postgresql.conf) stays where it is, and
+    C(ALTER SYSTEM) overrides it, as it does for a DBA. A value given on the server's command
+    line (C(pg_settings.source) is C(command line)) overrides C(ALTER SYSTEM), so such a setting
+    is refused. A value set for the login role or its database (C(ALTER ROLE ... SET)) overrides
+    it in sessions too. The inject then fails, because the value after the reload is not the one
+    asked, and rolls back.
   - Where it cannot work. A setting that needs a restart (C(pg_settings.context) is
     C(postmaster)), or cannot be changed at all (C(internal)), is refused, as is a name the
     server does not know. Refused too are settings whose values are lists of quoted names
@@ -102,7 +108,10 @@ KNOWN_POSTMASTER = frozenset((
     'unix_socket_permissions', 'wal_buffers', 'wal_level', 'wal_log_hints'))
 REFUSED_CONTEXTS = {'postmaster': 'needs a server restart', 'internal': 'cannot be changed'}
 SETTLE_S = 5.0
-LOOK_SQL = 'SELECT name, context, setting FROM pg_settings WHERE name = ANY(%s)'
+LOOK_SQL = 'SELECT name, context, setting, source FROM pg_settings WHERE name = ANY(%s)'
+# Where a new session's value of each setting comes from, after the reload.
+SOURCE_SQL = 'SELECT name, source, sourcefile FROM pg_settings WHERE name = ANY(%s)'
+AUTO_CONF = '/postgresql.auto.conf'
 
 
 def value_text(value):
@@ -146,7 +155,9 @@ class SettingFault(Fault):
         try:
             cur = conn.cursor()
             cur.execute(LOOK_SQL, (sorted(self.wanted),))
-            known = dict((row[0], row[1]) for row in cur.fetchall())
+            rows = cur.fetchall()
+            known = dict((row[0], row[1]) for row in rows)
+            sources = dict((row[0], row[3]) for row in rows)
         finally:
             conn.close()
         for name in sorted(self.wanted):
@@ -157,15 +168,17 @@ class SettingFault(Fault):
                 self.module.fail_json(msg="settings: %s has context '%s' in pg_settings: it %s, so this fault refuses it "
                                           '(value %s)' % (name, known[name], REFUSED_CONTEXTS[known[name]], self.wanted[name]),
                                       changed=False)
+            if sources[name] == 'command line':
+                self.module.fail_json(msg="settings: %s is set on the server's command line (pg_settings.source is 'command "
+                                          "line'), which overrides ALTER SYSTEM, so this fault refuses it (value %s)"
+                                          % (name, self.wanted[name]), changed=False)
 
     def observe(self):
         conn = connect_or_fail(self.module, application_name=APP)
         try:
             cur = conn.cursor()
-            current = {}
-            for name in sorted(self.wanted):
-                cur.execute('SELECT current_setting(%s)', (name,))
-                current[name] = {'value': cur.fetchone()[0], 'altered': _steps.auto_conf_value(cur, name)}
+            values = current_settings(cur, self.wanted)
+            current = dict((n, {'value': values[n], 'altered': _steps.auto_conf_value(cur, n)}) for n in sorted(self.wanted))
         finally:
             conn.close()
         return current
@@ -176,7 +189,8 @@ class SettingFault(Fault):
 
     def plan(self, current):
         previous = dict((n, current[n]['altered']) for n in self.wanted)
-        undo = [{'type': 'pg_setting_restore', 'settings': previous, 'conn': _pgconn.stored_conn(self.params)}]
+        undo = [{'type': 'pg_setting_restore', 'settings': previous, 'applied': dict(self.wanted),
+                 'conn': _pgconn.stored_conn(self.params)}]
         detail = {'wanted': dict(self.wanted), 'previous': previous,
                   'before': dict((n, current[n]['value']) for n in self.wanted)}
         after = dict((n, {'value': v, 'altered': v}) for n, v in self.wanted.items())
@@ -200,16 +214,19 @@ class SettingFault(Fault):
         return {'settings': settings}
 
     def _settled(self, before):
-        """current_setting() of each in a new session, once the reload shows (a value unchanged by design counts too)."""
+        """current_setting() of each in a new session, once the reload shows the asked values; ChaosError when it never does.
+
+        A value counts as the asked one when it reads the same, or when it
+        changed and comes from postgresql.auto.conf (the server's own spelling
+        of it, such as 16MB for 16384kB)."""
         deadline = time.time() + SETTLE_S
         while True:
             conn = connect_or_fail(self.module, application_name=APP)
             try:
                 cur = conn.cursor()
-                after = {}
-                for name in sorted(self.wanted):
-                    cur.execute('SELECT current_setting(%s)', (name,))
-                    after[name] = cur.fetchone()[0]
+                after = current_settings(cur, self.wanted)
+                cur.execute(SOURCE_SQL, (sorted(self.wanted),))
+                sources = dict((row[0], row[1:]) for row in cur.fetchall())
                 cur.execute("SELECT name, error FROM pg_file_settings WHERE name = ANY(%s) AND error IS NOT NULL",
                             (sorted(self.wanted),))
                 errors = cur.fetchall()
@@ -217,8 +234,14 @@ class SettingFault(Fault):
                 conn.close()
             if errors:
                 raise ChaosError('the reload refused %s' % '; '.join('%s: %s' % e for e in errors))
-            if all(after[n] != before[n] or _same(after[n], self.wanted[n]) for n in self.wanted) or time.time() > deadline:
+            wrong = [n for n in sorted(self.wanted) if not _took(after[n], before[n], self.wanted[n], sources.get(n))]
+            if not wrong:
                 return after
+            if time.time() > deadline:
+                shown = '; '.join('%s: asked %r, shows %r (pg_settings.source %r)' % (
+                    n, self.wanted[n], after[n], (sources.get(n) or [None])[0]) for n in wrong)
+                raise ChaosError('after ALTER SYSTEM and the reload, a new session does not show the asked value of %s (a '
+                                 'value set for the role or database, or on the command line, overrides ALTER SYSTEM)' % shown)
             time.sleep(0.1)
 
     def finish(self, result):
@@ -237,6 +260,23 @@ class SettingFault(Fault):
 
 def _same(shown, asked):
     return shown.strip().lower() == asked.strip().lower()
+
+
+def _took(shown, before, asked, source):
+    """Whether a session shows the asked value: the same text, or a changed value read from postgresql.auto.conf."""
+    if _same(shown, asked):
+        return True
+    origin, sourcefile = source or (None, None)
+    return shown != before and origin == 'configuration file' and (sourcefile or '').endswith(AUTO_CONF)
+
+
+def current_settings(cur, names):
+    """current_setting() of each name, in this session."""
+    values = {}
+    for name in sorted(names):
+        cur.execute('SELECT current_setting(%s)', (name,))
+        values[name] = cur.fetchone()[0]
+    return values
 
 
 def main():

@@ -15,7 +15,7 @@ import pytest
 
 from background import ledger_ids
 from modrun import run_module
-from pgtools import Postgres, kill_reapers, query
+from pgtools import Postgres, connection, kill_reapers, query
 from waiting import wait_for
 from ansible_collections.pggit.chaos.plugins.module_utils import _restart, _server
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_clock
@@ -67,6 +67,8 @@ def preload_of(server):
 def test_offset_moves_now_a_new_offset_needs_no_restart_and_the_revert_restarts_clean(server, pg, state_dir):
     args = dict(pg, name='skew', ttl=120, offset_s=-3600, state_dir=state_dir)
     first_pid = postmaster(server)
+    os.makedirs(state_dir, 0o700)
+    os.chmod(state_dir, 0o700)
     assert abs(skew(pg)) < 1.0 and preload_of(server) is None
 
     result, failed = run_module(pggit_chaos_clock.main, args)
@@ -82,9 +84,13 @@ def test_offset_moves_now_a_new_offset_needs_no_restart_and_the_revert_restarts_
     with open(result['timestamp_file']) as handle:
         assert handle.read() == '-3600\n'
     assert oct(os.stat(result['timestamp_file']).st_mode & 0o777) == '0o644'
-    # Which clock each part of the server used, as measured (client backends follow the file).
-    assert result['clocks']['client_backend'] == 'fake' and result['clocks']['postmaster'] == 'fake'
-    assert set(result['clocks'].values()) <= {'fake', 'real', 'mixed', 'unknown'}
+    # Which clock each part of the server used, as measured: client backends and the checkpointer follow the file, the
+    # walwriter and the autovacuum launcher keep the real clock (lab-notes); without the preload all would be real.
+    clocks = result['clocks']
+    assert clocks['client_backend'] == 'fake' and clocks['postmaster'] == 'fake' and clocks['checkpointer'] == 'fake', clocks
+    assert clocks['walwriter'] == 'real' and clocks['autovacuum_launcher'] == 'real', clocks
+    # The state dir got the search bit, so that the server's user reaches the timestamp file.
+    assert oct(os.stat(state_dir).st_mode & 0o777) == '0o711'
 
     again, failed = run_module(pggit_chaos_clock.main, dict(args, offset_s=1800))
     assert not failed, again.get('msg')
@@ -103,6 +109,35 @@ def test_offset_moves_now_a_new_offset_needs_no_restart_and_the_revert_restarts_
     assert abs(skew(pg)) < 1.0
     assert not os.path.exists(result['timestamp_file'])
     assert ledger_ids(state_dir) == []
+    # The last clock fault gone: the state dir has its own mode back, and clock/ is gone.
+    assert oct(os.stat(state_dir).st_mode & 0o777) == '0o700'
+    assert not os.path.exists(os.path.join(state_dir, 'clock'))
+
+
+def test_the_servers_own_ld_preload_stays_during_the_fault_and_after_the_revert(server, pg, state_dir):
+    """A server started with an LD_PRELOAD of its own (libz here, which PostgreSQL links anyway: harmless) keeps it."""
+    own = os.path.realpath('/lib/x86_64-linux-gnu/libz.so.1')
+    assert os.path.isfile(own)
+    with connection(pg) as conn:
+        info = _server.server_info(conn.cursor())
+    _restart.restart(info, env={'LD_PRELOAD': own})
+    try:
+        assert _restart.environ_of(postmaster(server))['LD_PRELOAD'] == own
+        args = dict(pg, name='skew', ttl=120, offset_s=-3600, state_dir=state_dir)
+        result, failed = run_module(pggit_chaos_clock.main, args)
+        assert not failed, result.get('msg')
+        assert _restart.environ_of(postmaster(server))['LD_PRELOAD'] == result['preload'] + ':' + own
+        assert abs(skew(pg) + 3600) < 1.0
+        reverted, failed = run_module(pggit_chaos_clock.main, dict(args, state='absent'))
+        assert not failed and reverted['changed'], reverted.get('msg')
+        env = _restart.environ_of(postmaster(server))
+        assert env.get('LD_PRELOAD') == own and not any(k.startswith('FAKETIME') for k in env)
+        assert abs(skew(pg)) < 1.0
+    finally:
+        with connection(pg) as conn:
+            info = _server.server_info(conn.cursor())
+        _restart.restart(info, drop_env=['LD_PRELOAD'])
+    assert 'LD_PRELOAD' not in _restart.environ_of(postmaster(server))
 
 
 def test_the_ttl_reaper_alone_restarts_the_server_without_the_preload(server, pg, state_dir):

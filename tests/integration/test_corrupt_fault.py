@@ -138,8 +138,12 @@ def postmaster(pg):
 def test_check_mode_shows_the_plan_and_writes_nothing(plain, state):
     pg, params = plain
     path = relation_file(pg, params)
-    unflushed, failed = corrupt(params, state, check_mode=True)  # the leaf is still only in the server's memory
-    assert not failed and unflushed['block'] == 1 and unflushed['sha256_before'] is None, unflushed['msg']
+    early, failed = corrupt(params, state, check_mode=True)  # no CHECKPOINT: the leaf may be only in the server's memory
+    assert not failed and early['block'] == 1, early['msg']
+    # Either the server has not written the leaf yet (judged when the fault runs) or the plan shows the file's page: never
+    # an assumption about when the checkpointer or the background writer ran.
+    assert early['sha256_before'] in (None, sha_of(path, 8192)), early
+    assert early['sha256_before'] is not None or 'unflushed' in early['current'], early['current']
     query(params, 'CHECKPOINT')
     before = sha_of(path, 8192)
     result, failed = corrupt(params, state, check_mode=True)
@@ -165,7 +169,13 @@ def test_scramble_is_reported_by_amcheck_and_the_byte_exact_restore_makes_it_cle
     assert saved.startswith(os.path.join(state, 'pages') + '/') and stat.S_IMODE(os.stat(saved).st_mode) == 0o600
     with open(saved, 'rb') as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == result['sha256_before']
-    step = [s for s in record(state, 'corrupt--pkey')['undo'] if s['type'] == 'restore_page'][0]
+    undo = record(state, 'corrupt--pkey')['undo']
+    # No pg_start: nothing stopped the server; restore_page owns the side file (it removes it once the page is back),
+    # so no plain removal of it is left to run after a failed restore.
+    assert [s['type'] for s in undo] == ['pg_scratch_tablespace', 'restore_page'], undo
+    assert undo[-1]['saved'] == saved
+    step = undo[-1]
+    assert step['file_id'] == [os.stat(step['path']).st_dev, os.stat(step['path']).st_ino] and step['standby'] is False
     assert step['saved'] == saved and step['sha256'] == result['sha256_before'] and step['damaged_sha256'] == result['sha256_after']
     # The tablespace move gave the index a new file: the step follows it, and the page there is the damaged one.
     assert step['path'] == result['relation_file'] == relation_file(pg, params)
@@ -247,6 +257,50 @@ def test_bad_input_fails_naming_the_option_and_leaves_nothing(plain, state, args
     result, failed = corrupt(params, state, **args)
     assert failed and text in result['msg'], result['msg']
     assert not os.path.exists(state)
+
+
+def test_a_non_btree_pggit_index_is_refused_and_leaves_nothing(plain, state):
+    pg, params = plain
+    query(params, 'CREATE INDEX history_id_hash ON pggit.history USING hash (id)')
+    try:
+        result, failed = corrupt(params, state, index='pggit.history_id_hash')
+        assert failed and 'index=pggit.history_id_hash: pggit.history_id_hash is a hash index, not a btree index' in result['msg'], result['msg']
+        assert not os.path.exists(state)
+    finally:
+        query(params, 'DROP INDEX pggit.history_id_hash')
+
+
+@pytest.mark.parametrize('args', [dict(), dict(reveal='restart', recover='reindex')])
+def test_a_server_an_ha_manager_runs_is_refused_before_anything(plain, state, monkeypatch, args):
+    pg, params = plain
+    real = pggit_chaos_corrupt._server.server_info
+    monkeypatch.setattr(pggit_chaos_corrupt._server, 'server_info', lambda cur: dict(real(cur), manager='/usr/bin/patroni /etc/p.yml'))
+    before = sha_of(relation_file(pg, params), 8192)
+    result, failed = corrupt(params, state, **args)
+    assert failed and 'is managed by /usr/bin/patroni /etc/p.yml' in result['msg'], result['msg']
+    assert not os.path.exists(state) and sha_of(relation_file(pg, params), 8192) == before
+
+
+def test_a_writer_holding_the_table_keeps_the_reveal_out_and_the_fault_leaves_nothing(plain, state):
+    """The page is damaged and revealed only under LOCK TABLE ... IN SHARE MODE: a backend that can write the table (and dirty
+    the cached page, which the move would flush over the damage) keeps it out; the fault gives up by the TTL."""
+    pg, params = plain
+    query(params, 'CHECKPOINT')
+    path = relation_file(pg, params)
+    before = sha_of(path, 8192)
+    writer = psycopg2.connect(host='127.0.0.1', port=params['login_port'], user='postgres', dbname=params['db'])
+    try:
+        writer.cursor().execute('LOCK TABLE pggit.history IN ROW EXCLUSIVE MODE')
+        result, failed = corrupt(params, state, ttl=8, reveal='tablespace')
+    finally:
+        writer.rollback()
+        writer.close()
+    assert failed and 'LOCK TABLE pggit.history IN SHARE MODE: its lock was not granted before the ttl' in result['msg'], result['msg']
+    assert sha_of(relation_file(pg, params), 8192) == before and relation_file(pg, params) == path
+    pages = os.path.join(state, 'pages')
+    assert ledger_ids(state) == [] and (not os.path.isdir(pages) or os.listdir(pages) == [])
+    assert query(params, "SELECT count(*) FROM pg_tablespace WHERE spcname LIKE 'pggit_chaos_%'")[0][0] == 0
+    assert amcheck(params) == [] and index_lookup(params) == (ROWS, ROWS)
 
 
 def test_without_the_destructive_opt_in_the_cli_refuses_and_writes_nothing(plain, tmp_path):

@@ -115,3 +115,30 @@ def test_unknown_and_restart_only_settings_are_refused_and_nothing_changes(pg, t
         assert failed and said in result['msg'], result['msg']
     assert auto_conf(pg) == {'work_mem': '8MB'}
     assert not (tmp_path / 'state').exists()
+
+
+def test_the_revert_leaves_a_value_a_dba_set_during_the_fault(pg, tmp_path):
+    state_dir = str(tmp_path / 'state')
+    args = dict(pg, name='mem', ttl=60, state_dir=state_dir, settings={'work_mem': '16MB', 'maintenance_work_mem': '100MB'})
+    result, failed = run_module(pggit_chaos_setting.main, args)
+    assert not failed, result.get('msg')
+    query(pg, "ALTER SYSTEM SET work_mem = '64MB'")  # a DBA, during the window
+    reverted, failed = run_module(pggit_chaos_setting.main, dict(args, state='absent'))
+    assert not failed and reverted['changed'], reverted.get('msg')
+    # The DBA's value stays; the setting the fault still owned is put back (RESET: it held nothing before).
+    assert auto_conf(pg) == {'work_mem': '64MB'}
+    assert ledger_ids(state_dir) == []
+
+
+def test_a_value_that_never_takes_fails_the_inject_and_changes_nothing(pg, tmp_path):
+    """A value set for the login role overrides ALTER SYSTEM in every new session: after == before is a failure."""
+    state_dir = str(tmp_path / 'state')
+    query(pg, "ALTER ROLE postgres SET work_mem = '1MB'")
+    try:
+        result, failed = run_module(pggit_chaos_setting.main, dict(pg, name='mem', ttl=60, state_dir=state_dir,
+                                                                   settings={'work_mem': '32MB'}))
+        assert failed and 'work_mem' in result['msg'] and "'32MB'" in result['msg'] and "'user'" in result['msg'], result['msg']
+        assert auto_conf(pg) == {'work_mem': '8MB'}  # rolled back
+        assert ledger_ids(state_dir) == []
+    finally:
+        query(pg, 'ALTER ROLE postgres RESET work_mem')

@@ -165,6 +165,18 @@ def test_the_holder_gives_up_when_never_recorded_or_reverted():
     assert _locker.await_terminate_step(Ledger([None]), 'lock--x', 555, 3, sleep=lambda s: None) is False
 
 
+def test_the_wait_for_the_terminate_step_is_the_shared_await_recorded_with_a_predicate(monkeypatch):
+    from ansible_collections.pggit.chaos.plugins.module_utils import _results
+    # await_recorded takes a predicate: the record's undo, not only a kill_process of this pid, decides.
+    assert _results.await_recorded(Ledger([rec(KILL), rec(KILL, TERM)]), 'lock--x', None, 5, sleep=lambda s: None,
+                                   predicate=lambda r: len(r['undo']) == 2) is True
+    calls = []
+    monkeypatch.setattr(_results, 'await_recorded', lambda *a, **kw: calls.append((a, kw)) or 'shared')
+    assert _locker.await_terminate_step(Ledger([rec(KILL, TERM)]), 'lock--x', 555, 5) == 'shared'
+    predicate = calls[0][1]['predicate']
+    assert predicate(rec(KILL, TERM)) and not predicate(rec(KILL, dict(TERM, pid=556)))
+
+
 @pytest.mark.parametrize('step, reason', [
     (dict(TERM, application_name='psql'), "application_name must be a lock holder's ('pggit-chaos-locker-...'), got 'psql'"),
     (dict(TERM, application_name='pggit-chaos-locker-'), 'application_name must be'),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import struct
 
 import pytest
@@ -170,11 +171,20 @@ def test_a_data_file_reached_through_a_link_out_of_the_data_directory_is_refused
 
 
 @pytest.fixture
-def server(monkeypatch):
-    calls = []
-    monkeypatch.setattr(_steps, 'server_stop', lambda start, ctx: calls.append('stop') or (True, {'LANG': 'C'}))
-    monkeypatch.setattr(_steps, 'server_start', lambda start, env, ctx: calls.append(('start', env)))
+def server(monkeypatch, world):
+    """Fake stop/start/reindex; each stop and start notes the sha256 of the page in the file at that moment."""
+    calls, seen = [], []
+
+    def page_now():
+        try:
+            return sha(world['path'].read_bytes()[PAGE:2 * PAGE])
+        except OSError:
+            return None
+
+    monkeypatch.setattr(_steps, 'server_stop', lambda start, ctx: calls.append('stop') or seen.append(('stop', page_now())) or (True, {'LANG': 'C'}))
+    monkeypatch.setattr(_steps, 'server_start', lambda start, env, ctx: calls.append(('start', env)) or seen.append(('start', page_now())))
     monkeypatch.setattr(_steps, 'reindex', lambda step, ctx: calls.append(('reindex', step['index'])) or True)
+    world['seen'] = seen
     return calls
 
 
@@ -182,6 +192,8 @@ def test_the_damaged_page_is_restored_byte_for_byte_while_the_server_is_down(wor
     assert _steps.run_steps([world['step']], {'state_dir': world['state']}) is True
     assert world['path'].read_bytes()[PAGE:2 * PAGE] == world['original']
     assert server == ['stop', ('start', {'LANG': 'C'})]  # stopped before the write, started with its environment after
+    # The write happened while the server was down: still damaged when it stopped, already the original when it started.
+    assert world['seen'] == [('stop', sha(world['damaged'])), ('start', sha(world['original']))]
     assert not world['saved'].exists()
     assert _steps.run_steps([world['step']], {'state_dir': world['state']}) is False  # idempotent: nothing left to do
     assert server == ['stop', ('start', {'LANG': 'C'})]
@@ -230,3 +242,115 @@ def test_write_page_refuses_links_and_short_files(tmp_path):
         _steps.write_page(str(target), PAGE, leaf())
     _steps.write_page(str(target), 0, leaf())
     assert target.read_bytes() == leaf()
+
+
+# -- files the server's owner can plant or swap under the data directory -------------------------
+@pytest.fixture
+def deadline():
+    """Fail (instead of hanging the test run) when something blocks: an open of a FIFO would wait for a writer forever."""
+    def hung(_signum, _frame):
+        raise AssertionError('blocked: a FIFO was opened without O_NONBLOCK')
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fifo_planted_as_the_relation_file_never_hangs_the_restore(world, server, deadline):
+    world['path'].unlink()
+    os.mkfifo(str(world['path']))
+    assert _steps.read_page(str(world['path']), PAGE) is None
+    with pytest.raises(UndoError, match='not a regular file'):
+        _steps.write_page(str(world['path']), PAGE, world['original'])
+    assert _steps.run_steps([world['step']], {'state_dir': world['state']}) is True
+    assert server == [('reindex', 'pggit.history_pkey')]  # not the damaged page: rebuilt, nothing written, no restart
+
+
+def test_a_relation_file_swapped_after_the_inject_is_not_written(world, server):
+    path = world['path']
+    step = dict(world['step'], file_id=_steps.file_identity(str(path)))
+    _steps.check_steps([step], world['state'])
+    content = path.read_bytes()
+    os.rename(str(path), str(path) + '.old')
+    path.write_bytes(content)  # the same bytes, another file (a hard link to somewhere else would be the same)
+    with pytest.raises(UndoError, match='is not the file the fault damaged'):
+        _steps.run_steps([step], {'state_dir': world['state']})
+    assert path.read_bytes()[PAGE:2 * PAGE] == world['damaged'] and world['saved'].exists()
+    assert server == ['stop', ('start', {'LANG': 'C'})]  # the server is started again all the same
+
+
+def test_a_relation_file_of_another_owner_is_neither_read_nor_written(world, server):
+    os.chown(str(world['path']), 4242, 4242)
+    assert _steps.read_page(str(world['path']), PAGE) is not None and _steps.read_page(str(world['path']), PAGE, os.getuid()) is None
+    with pytest.raises(UndoError, match='belongs to uid 4242'):
+        _steps.write_page(str(world['path']), PAGE, world['original'], os.getuid())
+    assert _steps.run_steps([world['step']], {'state_dir': world['state']}) is True
+    assert server == [('reindex', 'pggit.history_pkey')] and world['path'].read_bytes()[PAGE:2 * PAGE] == world['damaged']
+
+
+def test_the_owner_is_the_data_directorys_own_not_a_links_target(world, tmp_path):
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    os.chown(str(elsewhere), 4242, 4242)
+    link = tmp_path / 'datalink'
+    os.symlink(str(elsewhere), str(link))
+    assert _steps.data_owner(str(link)) == os.lstat(str(link)).st_uid != 4242
+
+
+def test_a_forged_file_id_is_refused(world):
+    with pytest.raises(UndoError, match=r'file_id must be \[st_dev, st_ino\]'):
+        _steps.check_steps([dict(world['step'], file_id='1:2')], world['state'])
+
+
+def test_on_a_standby_a_page_changed_by_replay_is_done_with_a_note(world, server):
+    newer = P.scramble(leaf(keys=(1, 2, 3, 4)), 1, False)
+    world['path'].write_bytes(bytes(PAGE) + newer)
+    ctx = {'state_dir': world['state']}
+    assert _steps.run_steps([dict(world['step'], standby=True)], ctx) is False
+    assert server == [] and world['path'].read_bytes()[PAGE:] == newer and not world['saved'].exists()
+    assert 'replay' in ctx['notes'][0]
+
+
+def test_a_damaged_page_whose_saved_original_is_gone_is_rebuilt_not_left(world, server):
+    world['saved'].unlink()  # e.g. removed by the plan's remove_path step after a failed restore
+    assert _steps.run_steps([world['step']], {'state_dir': world['state']}) is True
+    assert server == [('reindex', 'pggit.history_pkey')]
+
+
+def test_same_damage_ignores_only_the_lsn_and_the_checksum():
+    damaged = P.scramble(leaf(checksums=True), 1, True)
+    moved = bytes(b'\x01' * 10) + damaged[10:]
+    assert _steps.same_damage(moved, damaged) and not _steps.same_damage(leaf(checksums=True), damaged)
+    assert not _steps.same_damage(None, damaged) and not _steps.same_damage(damaged[:PAGE - 1] + b'\x07', damaged)
+
+
+class FakeRevertCursor(object):
+    def __init__(self, fail_reindex=True, leftovers=('history_pkey_ccnew', 'history_pkey_ccnew1')):
+        self.executed, self.rows, self.fail, self.leftovers = [], [], fail_reindex, list(leftovers)
+
+    def execute(self, query, params=None):
+        text = query if isinstance(query, str) else repr(query)
+        self.executed.append((text, params))
+        if 'REINDEX' in text and self.fail:
+            raise _steps._pgconn.psycopg2.errors.LockNotAvailable('canceling statement due to lock timeout')
+        self.rows = [(1,)] if 'relkind' in text else [(n,) for n in self.leftovers] if '_ccnew' in text else []
+
+    def fetchone(self):
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self):
+        return self.rows
+
+
+def test_a_failed_reindex_drops_its_invalid_leftovers_and_waits_longer_than_5s(monkeypatch):
+    cur = FakeRevertCursor()
+    conn = type('C', (), {'close': lambda self: None})()
+    monkeypatch.setattr(_steps, '_pg_connect', lambda step, ctx: (conn, cur))
+    monkeypatch.setattr(_steps._pgconn.sql.Composed, 'as_string', lambda self, ctx: repr(self))
+    with pytest.raises(UndoError, match='invalid leftovers dropped: history_pkey_ccnew, history_pkey_ccnew1'):
+        _steps.reindex({'index': 'pggit.history_pkey', 'conn': {}}, {})
+    texts = [t for t, _p in cur.executed]
+    assert ('SET lock_timeout = %s', (_steps.REINDEX_LOCK_TIMEOUT_S * 1000,)) in cur.executed and _steps.REINDEX_LOCK_TIMEOUT_S > 5
+    drops = [t for t in texts if 'DROP INDEX CONCURRENTLY' in t]
+    assert len(drops) == 2 and "Identifier('pggit', 'history_pkey_ccnew1')" in drops[1]

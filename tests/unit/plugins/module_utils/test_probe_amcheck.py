@@ -192,9 +192,19 @@ def test_missing_extension_not_created_is_an_error_naming_why(kw, words):
     assert probes[0].changed is bool(kw.get('check_mode')), 'a change only where it would have created it'
 
 
-def test_invalid_indexes_are_listed_not_checked():
-    _result, check, conn = run('check', **{"a.amname = 'btree'": INDEXES[:1] + [(104, 'pggit.broken_idx', False)]})
-    assert conn.calls == [('bt_index_check', 101)] and check['data']['not_checked_invalid'] == ['pggit.broken_idx']
+def test_invalid_indexes_are_a_warning_finding_not_a_silent_ok():
+    result, check, conn = run('check', **{"a.amname = 'btree'": INDEXES[:1] + [(104, 'pggit.history_pkey_ccnew', False)]})
+    assert conn.calls == [('bt_index_check', 101)] and check['data']['not_checked_invalid'] == ['pggit.history_pkey_ccnew']
+    # A failed REINDEX CONCURRENTLY leaves an invalid index: a warning that names it (not critical: the valid ones are clean).
+    assert check['status'] == 'warning' and check['critical'] is False and 'pggit.history_pkey_ccnew' in check['message']
+    assert result['healthy'] and 'amcheck: index pggit.history_pkey_ccnew is invalid, not checked' not in result['findings']
+    assert any('pggit.history_pkey_ccnew' in f for f in result['findings'])
+
+
+def test_invalid_indexes_are_findings_next_to_corrupt_ones():
+    per_index = {101: Corrupted('item order invariant violated for index "history_pkey"')}
+    result, _check, _conn = run('check', per_index, **{"a.amname = 'btree'": INDEXES[:1] + [(104, 'pggit.history_pkey_ccnew', False)]})
+    assert 'amcheck: index pggit.history_pkey_ccnew is invalid, not checked' in result['findings']
 
 
 def test_corruption_is_class_xx_only():

@@ -87,6 +87,19 @@ def test_revert_one_deletes_record_and_secret_on_success(ledger, monkeypatch):
     assert os.listdir(ledger.faults_dir) == []
 
 
+def test_revert_one_says_what_a_step_chose_not_to_do(ledger, monkeypatch):
+    """A step that leaves something alone on purpose (a managed server, a setting changed since) says so in the result."""
+    def note(step, ctx):
+        ctx.setdefault('notes', []).append('left %s alone' % step['tag'])
+        return False
+    monkeypatch.setitem(_steps.STEP_HANDLERS, 'note', note)
+    fid = add(ledger, 'noted', 1000.0, note_steps('a', 'b'))
+    result = _undo.revert_one(ledger, fid)
+    assert result['result'] == 'reverted' and result['notes'] == ['left b alone', 'left a alone']
+    quiet = _undo.revert_one(ledger, add(ledger, 'quiet', 1000.0, []))
+    assert 'notes' not in quiet
+
+
 def test_revert_one_keeps_a_failed_record_with_its_error(ledger, calls):
     fid = add(ledger, 'broken', 1000.0, note_steps('x', fail=True))
     for attempt in (1, 2):

@@ -178,8 +178,11 @@ class FakeConn(object):
 
 @pytest.mark.parametrize('settings, rows, option, value', [
     ({'nope_setting': '1'}, [], 'nope_setting', 'not a setting this server knows'),
-    ({'wal_decode_buffer_size': '1MB'}, [('wal_decode_buffer_size', 'postmaster', '524288')], 'wal_decode_buffer_size', "'postmaster'"),
-    ({'server_version': '99'}, [('server_version', 'internal', '15')], 'server_version', "'internal'"),
+    ({'wal_decode_buffer_size': '1MB'}, [('wal_decode_buffer_size', 'postmaster', '524288', 'default')], 'wal_decode_buffer_size',
+     "'postmaster'"),
+    ({'server_version': '99'}, [('server_version', 'internal', '15', 'default')], 'server_version', "'internal'"),
+    # A value given on the command line (-c work_mem=...) overrides ALTER SYSTEM: the fault could never take.
+    ({'work_mem': '64MB'}, [('work_mem', 'user', '4096', 'command line')], 'work_mem', "command line"),
 ])
 def test_setting_refuses_what_the_server_refuses(nothing_left, monkeypatch, settings, rows, option, value):
     monkeypatch.setattr(_pgconn.psycopg2, 'connect', lambda **kw: FakeConn({'SELECT': rows}))
@@ -191,3 +194,124 @@ def test_setting_refuses_what_the_server_refuses(nothing_left, monkeypatch, sett
 @pytest.mark.parametrize('value, text', [(True, 'on'), (False, 'off'), (4, '4'), (2.0, '2'), (0.5, '0.5'), ('FIRST 1 (r)', 'FIRST 1 (r)')])
 def test_setting_value_text(value, text):
     assert pggit_chaos_setting.value_text(value) == text
+
+
+# -- the clock fault keeps the server's own LD_PRELOAD ----------------------------------------
+JEMALLOC = '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2'
+
+
+def test_the_preload_goes_in_front_of_the_servers_own():
+    assert pggit_chaos_clock.preload_value(LIB, None) == LIB
+    assert pggit_chaos_clock.preload_value(LIB, JEMALLOC) == LIB + ':' + JEMALLOC
+
+
+@pytest.mark.parametrize('original, ok', [
+    (None, True), (JEMALLOC, True), (JEMALLOC + ' /lib/libz.so.1', True), ('/a.so:/b.so', True),
+    ('libjemalloc.so.2', False), (LIB, False), (JEMALLOC + ':' + LIB, False), (5, False), ('/a.so\x00', False)])
+def test_pg_restart_check_of_the_recorded_ld_preload(original, ok):
+    said = _steps.STEP_CHECKS['pg_restart'](_restart_step(ld_preload=original), '/var/lib/pggit-chaos')
+    assert (said is None) is ok, said
+    if not ok:
+        assert 'ld_preload' in said
+
+
+def test_the_revert_restarts_with_the_original_ld_preload_back(monkeypatch):
+    from ansible_collections.pggit.chaos.plugins.module_utils import _server
+    calls = []
+    monkeypatch.setattr(_server, 'running', lambda pgdata: True)
+    monkeypatch.setattr(_server, 'postmaster_pid', lambda pgdata: 42)
+    envs = {42: {'LD_PRELOAD': LIB + ':' + JEMALLOC, 'FAKETIME_NO_CACHE': '1', 'PATH': '/bin'}, 43: {'LD_PRELOAD': JEMALLOC}}
+    monkeypatch.setattr(_restart, 'environ_of', envs.get)
+    monkeypatch.setattr(_restart, 'restart_step', lambda step, env, drop, wait=60: calls.append((env, drop)) or 43)
+    assert _steps.STEP_HANDLERS['pg_restart'](_restart_step(ld_preload=JEMALLOC), {}) is True
+    env, drop = calls[0]
+    assert env == {'LD_PRELOAD': JEMALLOC} and 'LD_PRELOAD' in drop
+    # What start_env makes of it: the original back, libfaketime's variables gone.
+    assert _restart.start_env(envs[42], env, drop) == {'LD_PRELOAD': JEMALLOC, 'PATH': '/bin'}
+    # A record without an original LD_PRELOAD drops it entirely.
+    calls[:] = []
+    envs[43] = {}
+    assert _steps.STEP_HANDLERS['pg_restart'](_restart_step(), {}) is True
+    assert calls[0][0] is None and _restart.start_env(envs[42], None, calls[0][1]) == {'PATH': '/bin'}
+
+
+# -- the clock fault's state dir: its mode back once the last clock fault is gone --------------
+def test_clock_dir_restore_check(tmp_path):
+    state = str(tmp_path / 'state')
+    check = _steps.STEP_CHECKS['clock_dir_restore']
+    assert check({'type': 'clock_dir_restore', 'state_dir': state, 'mode': 0o700}, state) is None
+    assert check({'type': 'clock_dir_restore', 'state_dir': state + '/', 'mode': 0o700}, state) is None
+    assert 'state_dir' in check({'type': 'clock_dir_restore', 'state_dir': '/etc', 'mode': 0o700}, state)
+    assert 'mode' in check({'type': 'clock_dir_restore', 'state_dir': state, 'mode': 0o17777}, state)
+    assert 'mode' in check({'type': 'clock_dir_restore', 'state_dir': state, 'mode': '0700'}, state)
+
+
+def test_clock_dir_restore_only_once_no_clock_fault_is_left(tmp_path):
+    state = tmp_path / 'state'
+    clock = state / 'clock'
+    clock.mkdir(parents=True)
+    os.chmod(str(state), 0o711)
+    other = clock / 'clock--other.faketime'
+    other.write_text('+60\n')
+    step = {'type': 'clock_dir_restore', 'state_dir': str(state), 'mode': 0o700}
+    undo = _steps.STEP_HANDLERS['clock_dir_restore']
+    assert undo(step, {}) is False  # another clock fault still reads its file through the state dir
+    assert oct(os.stat(str(state)).st_mode & 0o777) == '0o711' and clock.is_dir()
+    other.unlink()
+    assert undo(step, {}) is True
+    assert oct(os.stat(str(state)).st_mode & 0o777) == '0o700' and not clock.exists()
+    assert undo(step, {}) is False  # idempotent
+    # A mode someone changed since (not the recorded one plus the search bits) is left alone.
+    os.chmod(str(state), 0o755)
+    assert undo(step, {}) is False and oct(os.stat(str(state)).st_mode & 0o777) == '0o755'
+
+
+# -- the setting fault's undo leaves a value someone set during the window ----------------------
+def _restore_with(monkeypatch, auto_conf, step):
+    log = []
+
+    class Cur(object):
+        def execute(self, query, args=None):
+            log.append(query if isinstance(query, str) else repr(query))
+            self.last = args
+
+        def fetchone(self):
+            value = auto_conf.get(self.last[0]) if self.last else None
+            return None if value is None else (value,)
+
+    monkeypatch.setattr(_steps, '_pg_connect', lambda step, ctx: (FakeConn({}), Cur()))
+    monkeypatch.setattr(_steps, 'alter_system', lambda cur, name, value: log.append(('alter', name, value)) or auto_conf.update({name: value}))
+    ctx = {}
+    changed = _steps.STEP_HANDLERS['pg_setting_restore'](step, ctx)
+    return changed, [e for e in log if isinstance(e, tuple)], ctx
+
+
+def test_setting_restore_leaves_a_value_set_during_the_fault(monkeypatch):
+    step = {'type': 'pg_setting_restore', 'settings': {'work_mem': '8MB', 'synchronous_standby_names': None},
+            'applied': {'work_mem': '16MB', 'synchronous_standby_names': 'FIRST 1 (r)'}, 'conn': {}}
+    assert _steps.STEP_CHECKS['pg_setting_restore'](step, None) is None
+    changed, alters, ctx = _restore_with(monkeypatch, {'work_mem': '64MB', 'synchronous_standby_names': 'FIRST 1 (r)'}, step)
+    assert alters == [('alter', 'synchronous_standby_names', None)] and changed
+    assert len(ctx['notes']) == 1 and 'work_mem' in ctx['notes'][0] and "'64MB'" in ctx['notes'][0], ctx
+    # The fault's own value still there: put back.
+    changed, alters, ctx = _restore_with(monkeypatch, {'work_mem': '16MB', 'synchronous_standby_names': 'FIRST 1 (r)'}, step)
+    assert alters == [('alter', 'synchronous_standby_names', None), ('alter', 'work_mem', '8MB')] and 'notes' not in ctx
+
+
+@pytest.mark.parametrize('applied', [['work_mem'], {'shared_buffers': '1GB'}, {'work_mem': 16}])
+def test_setting_restore_check_of_applied(applied):
+    said = _steps.STEP_CHECKS['pg_setting_restore']({'type': 'pg_setting_restore', 'settings': {'work_mem': '8MB'},
+                                                      'applied': applied, 'conn': {}}, None)
+    assert said and 'applied' in said
+
+
+@pytest.mark.parametrize('shown, before, asked, source, took', [
+    ('16MB', '8MB', '16MB', ('configuration file', '/d/postgresql.auto.conf'), True),
+    ('16MB', '8MB', '16384kB', ('configuration file', '/d/postgresql.auto.conf'), True),
+    ('on', 'off', 'true', ('configuration file', None), False),
+    ('1MB', '1MB', '16MB', ('user', None), False),
+    ('4MB', '4MB', '16MB', ('command line', None), False),
+    ('8MB', '8MB', '16384kB', ('configuration file', '/d/postgresql.auto.conf'), False),
+])
+def test_a_value_counts_as_taken_only_when_the_session_shows_it(shown, before, asked, source, took):
+    assert pggit_chaos_setting._took(shown, before, asked, source) is took
