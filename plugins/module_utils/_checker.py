@@ -3,30 +3,37 @@
 """Jepsen-style checker for tracked DDL.
 
 Every DDL the workload issues carries a unique token and ends with one of
-three outcomes: ``ok`` (commit acknowledged), ``fail`` (definitely not
-committed) or ``unknown`` (the connection died around the commit).  pgGit's
+four outcomes: ``ok`` (commit acknowledged), ``fail`` (definitely not
+committed), ``unknown`` (the connection died around the commit) or ``maybe``
+(the server answered the commit, but with the warning that its wait for a
+synchronous standby was cancelled and the transaction "has already committed
+locally, but might not have been replicated": Jepsen's ``:info``, an
+indeterminate outcome the client must not take as acknowledged).  pgGit's
 invariant is: a history row exists if and only if the DDL committed.
 
-An unknown outcome is resolved with the catalog: the table exists if and only
-if the DDL committed.
+Unknown and maybe outcomes are resolved with the catalog: the table exists if
+and only if the DDL committed.
 """
 from __future__ import annotations
 
-OUTCOMES = ('ok', 'fail', 'unknown')
+OUTCOMES = ('ok', 'fail', 'unknown', 'maybe')
+# Outcomes the client cannot decide: the catalog resolves them.
+INDETERMINATE = ('unknown', 'maybe')
 
 
 def check(ops, history_counts, catalog=None, expect_tracked=True):
     """Compare client outcomes with history rows.
 
-    ``ops``: list of ``{'token': str, 'outcome': 'ok'|'fail'|'unknown'}``.
+    ``ops``: list of ``{'token': str, 'outcome': 'ok'|'fail'|'unknown'|'maybe'}``.
     ``history_counts``: token -> number of CREATE history rows (tokens with
     none may be absent).  ``catalog``: set of tokens whose object exists, or
     None when unknown.  With ``expect_tracked=False`` (tracking deliberately
     off) a committed DDL must have no row; one that has a row is unexpected.
     """
     lost, duplicated, unexpected, phantom = [], [], [], []
-    counts = {'ok': 0, 'fail': 0, 'unknown': 0}
+    counts = dict((name, 0) for name in OUTCOMES)
     resolved = {'committed': 0, 'not_committed': 0}
+    maybe_resolved = {'committed': 0, 'not_committed': 0}
     issued = set()
     for op in ops:
         token, outcome = op['token'], op['outcome']
@@ -42,7 +49,7 @@ def check(ops, history_counts, catalog=None, expect_tracked=True):
             committed = False
         elif catalog is not None:
             committed = token in catalog
-            resolved['committed' if committed else 'not_committed'] += 1
+            (resolved if outcome == 'unknown' else maybe_resolved)['committed' if committed else 'not_committed'] += 1
         if outcome == 'ok' and catalog is not None and token not in catalog:
             phantom.append(token)
         if committed is True and not expect_tracked:
@@ -61,6 +68,8 @@ def check(ops, history_counts, catalog=None, expect_tracked=True):
         'failed': counts['fail'],
         'unknown': counts['unknown'],
         'unknown_resolved': resolved,
+        'maybe': counts['maybe'],
+        'maybe_resolved': maybe_resolved,
         'tracked': sum(1 for op in ops if history_counts.get(op['token'], 0) > 0),
         'expect_tracked': expect_tracked,
         'lost': lost,

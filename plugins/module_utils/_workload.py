@@ -21,6 +21,19 @@ gone, past ``expires_at`` plus a grace, or on SIGTERM (the revert, the TTL
 reaper): SIGTERM is taken by a thread with ``sigwait`` that cancels the
 statement in flight, so the workload reports ``stopped`` and cleans up
 within the revert's grace period.
+
+A commit whose wait for a synchronous standby is cancelled (the workload
+cancels a commit that outlasts ``statement_timeout_ms``, since the server's
+statement_timeout does not end that wait) is answered with the warning that the
+transaction "has already committed locally, but might not have been
+replicated": that DDL's outcome is ``maybe`` (Jepsen's ``:info``), resolved
+against the catalog like an ``unknown`` one, never counted as acknowledged.
+
+Besides the checker's verdict the result holds each DDL's start and duration
+(``op_times``, for the blocked time of a lock window), an ordering audit of
+the ``pggit.history`` rows written since the run prepared (``history_order``:
+rows whose ``created_at`` runs backwards against their ids, as a skewed clock
+leaves them) and the server's clock against this host's (``server_clock``).
 """
 from __future__ import annotations
 
@@ -31,15 +44,40 @@ import time
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn, _program, _steps
 from ansible_collections.pggit.chaos.plugins.module_utils._errors import UndoError
-from ansible_collections.pggit.chaos.plugins.module_utils._checker import check, percentile
+from ansible_collections.pggit.chaos.plugins.module_utils._checker import INDETERMINATE, check, percentile
 
 PROC_TAG = 'pggit-chaos-workload'
 APP = 'pggit-chaos-workload'
 MARK = 'pggit.chaos workload'
 RUN_ID_RE = re.compile(r'^[a-z0-9_]{1,24}$')
 PROTECTED = ('public', 'pggit', 'information_schema')
+# The warning of a commit whose wait for a synchronous standby was cancelled (PostgreSQL's syncrep.c).
+SYNC_CANCELLED = ('already committed locally', 'canceling wait for synchronous replication')
+# At most this many DDL keep their start and duration in the result.
+OP_TIMES_MAX = 5000
 OPTIONS = ('run_id', 'duration', 'interval', 'max_ops', 'schema', 'statement_timeout_ms', 'settle_timeout', 'cleanup',
            'expect_tracking')
+
+
+# Rows after %(start)s, each against the latest created_at of the rows before it (the 1000 rows before the run
+# included): backwards when earlier; "missed" by a filter created_at >= the run's first row; "in the future" of
+# this host's clock (%(real_now)s, in the server's TimeZone, as created_at is a timestamp without time zone).
+AUDIT_SQL = (
+    "WITH base AS (SELECT max(created_at) AS m FROM pggit.history WHERE id <= %(start)s AND id > %(start)s - 1000), "
+    "r AS (SELECT id, created_at, max(created_at) OVER (ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev "
+    "FROM pggit.history WHERE id > %(start)s), "
+    "first AS (SELECT created_at AS f FROM r ORDER BY id LIMIT 1), "
+    "j AS (SELECT r.id, r.created_at, greatest(r.prev, base.m) AS latest, first.f FROM r CROSS JOIN base CROSS JOIN first) "
+    "SELECT count(*), count(*) FILTER (WHERE created_at < latest), "
+    "max(extract(epoch FROM latest - created_at)) FILTER (WHERE created_at < latest), "
+    "min(id) FILTER (WHERE created_at < latest), count(*) FILTER (WHERE created_at < f), "
+    "count(*) FILTER (WHERE created_at > (to_timestamp(%(real_now)s) AT TIME ZONE current_setting('TimeZone'))) FROM j")
+
+
+# The rows that were there when the run prepared, digested as pggit_verify's history_digest digests the whole
+# table: equal to the digest the probe took then means that history is intact.
+PREFIX_SQL = ("SELECT count(*), coalesce(max(id), 0), md5(coalesce(string_agg(concat_ws('|', id, object_id, change_type, "
+              "change_severity, sql_executed), E'\\n' ORDER BY id), '')) FROM pggit.history WHERE id <= %(start)s")
 
 
 class WorkloadError(RuntimeError):
@@ -116,6 +154,27 @@ def drop_own_schema(params, run_id):
                     % (schema, comment, run_id, mark(run_id)))
 
 
+class CommitTimer(object):
+    """A timer that cancels the statement in flight on ``conn`` after ``seconds``; ``fired`` says whether it did."""
+
+    def __init__(self, conn, seconds):
+        self.fired = False
+        self.conn = conn
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _fire(self):
+        self.fired = True
+        try:
+            self.conn.cancel()
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+    def cancel(self):
+        self.timer.cancel()
+
+
 class Workload(object):
     def __init__(self, params, connect=None, clock=time.time, sleep=time.sleep, should_stop=None):
         self.params = params
@@ -128,6 +187,11 @@ class Workload(object):
         self.errors = {}
         self.ops = []
         self.latencies = []
+        self.op_times = []
+        self.history_start = None
+        self.audit = None
+        self.prefix = None
+        self.server_clock = None
 
     def sleep(self, seconds):
         self.check_stop()
@@ -174,9 +238,28 @@ class Workload(object):
                 pass
 
     def one(self, token):
-        """Issue one tracked DDL; return its outcome."""
-        ident = _pgconn.sql.Identifier(self.params['schema'], 't_' + token)
+        """Issue one tracked DDL; return its outcome (and keep its start and duration)."""
         started = self.clock()
+        outcome = self._one(token, started)
+        if len(self.op_times) < OP_TIMES_MAX:
+            self.op_times.append([round(started, 3), round((self.clock() - started) * 1000.0, 1), outcome])
+        return outcome
+
+    def commit_timer(self, conn):
+        """Cancel a commit that outlasts statement_timeout_ms, as a client with a timeout does.
+
+        PostgreSQL's statement_timeout does not end a commit's wait for a
+        synchronous standby (the wait only yields to a cancel or a
+        termination), so the client cancels it: the server then answers the
+        commit with the warning that makes its outcome ``maybe``."""
+        return CommitTimer(conn, self.params['statement_timeout_ms'] / 1000.0)
+
+    def _sync_cancelled(self):
+        notices = getattr(self.conn, 'notices', None) or []
+        return any(mark in str(notice) for notice in notices for mark in SYNC_CANCELLED)
+
+    def _one(self, token, started):
+        ident = _pgconn.sql.Identifier(self.params['schema'], 't_' + token)
         try:
             cur = self.conn.cursor()
             cur.execute('SET LOCAL statement_timeout = %s', (int(self.params['statement_timeout_ms']),))
@@ -185,7 +268,11 @@ class Workload(object):
             self._error(exc)
             self._rollback_or_drop()
             return 'fail'
+        timer = self.commit_timer(self.conn)
         try:
+            notices = getattr(self.conn, 'notices', None)
+            if notices:
+                del notices[:]
             self.conn.commit()
         except _pgconn.psycopg2.OperationalError as exc:
             self._error(exc)
@@ -194,7 +281,14 @@ class Workload(object):
         except _pgconn.psycopg2.Error as exc:
             self._error(exc)
             self._rollback_or_drop()
-            return 'fail'
+            # Our own cancel of a commit in flight: whether it committed is for the catalog to say.
+            return 'unknown' if timer.fired else 'fail'
+        finally:
+            timer.cancel()
+        if self._sync_cancelled():
+            # Committed here, perhaps not on the synchronous standby: the client cannot call it acknowledged.
+            self.errors['SyncRepCancelled'] = self.errors.get('SyncRepCancelled', 0) + 1
+            return 'maybe'
         self.latencies.append((self.clock() - started) * 1000.0)
         return 'ok'
 
@@ -237,6 +331,8 @@ class Workload(object):
                     if used:
                         raise WorkloadError("run_id '%s' was already used in this database (%d pggit.objects rows); "
                                             "every run needs a new one" % (self.params['run_id'], used))
+                    cur.execute('SELECT coalesce(max(id), 0) FROM pggit.history')
+                    self.history_start = int(cur.fetchone()[0])
                     self._claim_schema(cur)
                     self.conn.commit()
                     return
@@ -297,12 +393,34 @@ class Workload(object):
         cur.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE n.nspname = %s AND starts_with(c.relname, %s)", (self.params['schema'], prefix))
         catalog = set(row[0][2:] for row in cur.fetchall())
+        if self.history_start is not None:
+            self.audit = self._audit(cur, self.history_start)
+            cur.execute(PREFIX_SQL, {'start': self.history_start})
+            rows, max_id, digest = cur.fetchone()
+            self.prefix = dict(rows=int(rows), max_id=int(max_id), digest=digest)
+        self.server_clock = self._server_clock(cur)
         return history, catalog
 
+    def _audit(self, cur, start):
+        """Ordering audit of the pggit.history rows after id ``start``: rows whose created_at runs backwards."""
+        cur.execute(AUDIT_SQL, {'start': start, 'real_now': time.time()})
+        rows, backwards, worst, first_back, since_missed, future = cur.fetchone()
+        return dict(since_id=start, rows=int(rows), backwards=int(backwards), max_backwards_s=float(worst or 0),
+                    first_backwards_id=first_back, missed_by_time_filter=int(since_missed), in_the_future=int(future))
+
+    def _server_clock(self, cur):
+        """The server's clock_timestamp() against this host's clock, read around it: (offset_s, at)."""
+        before = time.time()
+        cur.execute('SELECT extract(epoch FROM clock_timestamp())::float8')
+        server = float(cur.fetchone()[0])
+        after = time.time()
+        middle = (before + after) / 2.0
+        return dict(offset_s=round(server - middle, 3), at=round(middle, 3), uncertainty_s=round((after - before) / 2.0, 3))
+
     def committed(self, catalog):
-        """Every table this run committed: acknowledged, or unknown and found in the catalog."""
+        """Every table this run committed: acknowledged, or indeterminate (unknown, maybe) and found in the catalog."""
         return ['%s.t_%s' % (self.params['schema'], op['token']) for op in self.ops
-                if op['outcome'] == 'ok' or (op['outcome'] == 'unknown' and op['token'] in catalog)]
+                if op['outcome'] == 'ok' or (op['outcome'] in INDETERMINATE and op['token'] in catalog)]
 
     def cleanup(self):
         """Drop the schema while it carries this run's mark (the rule of the undo step in its record): (outcome, message)."""
@@ -315,12 +433,13 @@ class Workload(object):
             latency_ms=dict(p50=percentile(self.latencies, 50), p95=percentile(self.latencies, 95),
                             max=max(self.latencies) if self.latencies else None),
             seconds=round(self.clock() - started, 3), tables=tables, table_count=len(tables),
+            op_times=self.op_times, history_order=self.audit, history_prefix=self.prefix, server_clock=self.server_clock,
         )
 
 
 def summary(verdict):
-    return '%d DDL: %d ok, %d failed, %d unknown, %d tracked; lost %d, duplicated %d, unexpected %d' % (
-        verdict['ops'], verdict['ok'], verdict['failed'], verdict['unknown'], verdict['tracked'],
+    return '%d DDL: %d ok, %d failed, %d unknown, %d maybe, %d tracked; lost %d, duplicated %d, unexpected %d' % (
+        verdict['ops'], verdict['ok'], verdict['failed'], verdict['unknown'], verdict.get('maybe', 0), verdict['tracked'],
         len(verdict['lost']), len(verdict['duplicated']), len(verdict['unexpected']))
 
 

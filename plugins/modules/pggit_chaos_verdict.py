@@ -101,12 +101,46 @@ options:
       - V(partition) needs each replica in O(history_at_window_end) to hold
         fewer C(pggit.history) rows than the primary; not checked when
         C(full_isolation) in O(parameters) is true.
+      - V(disk) needs the fill file of O(fault) to have taken space, and the
+        free space measured after it near the free space asked (within the
+        larger of 1 MiB and 1 % of the filesystem).
+      - V(disk_full) needs the filesystem full and the full disk to have
+        reached PostgreSQL, and reports the time from the revert to the first
+        healthy probe.
+      - V(memory) needs, in every phase of O(fault), the cgroup's peak at 90 %
+        of the memory asked; V(cpu) the CPU load measured at 25 % of the load
+        asked.
+      - V(backend_kill) needs a SIGKILLed backend and a reconnect of
+        O(workload); V(postmaster_kill) needs the server down in the window and
+        tracked DDL working again after the restart; V(pause) needs each paused
+        replica's C(pggit.history) not to grow in the window.
+      - V(lock) needs the locks granted on every table of O(fault), and at
+        least one DDL of O(workload) started while they were held that
+        blocked for 250 ms or more; it reports the blocked time per DDL
+        (p50, p95, max) and the count that timed out.
+      - V(corrupt) needs the page written (its sha256 changed), amcheck to
+        report the damaged index on the target during the window, amcheck clean
+        on every host after the recovery, and the C(pggit.history) rows there
+        before the fault unchanged (count, last id and digest).
+      - V(clock) needs the offset measured on the server within 5 s of the one
+        asked in each phase, at least one row of the ordering audit of
+        C(pggit.history) running backwards, and the server's clock within 2 s of
+        the host's after the revert.
+      - V(dependency) needs C(synchronous_standby_names) naming the standby
+        after the change, the standby cut off, and at least one commit whose
+        wait was cancelled (outcome C(maybe) of the workload, resolved in the
+        catalog).
       - V(auto) picks the check from O(experiment) (V(kill_connections),
         V(trigger_failure), V(network_latency), V(packet_loss),
-        V(region_partition)); V(none) for any other experiment.
+        V(region_partition), V(disk_pressure), V(disk_full), V(memory_pressure),
+        V(cpu_pressure), V(backend_crash), V(postmaster_crash), V(process_pause),
+        V(lock_contention), V(index_corruption), V(clock_skew),
+        V(dependency_failure)); any other experiment fails unless it passes
+        V(none) or a check itself.
     type: str
     default: auto
-    choices: [auto, none, connections, trigger, latency, partition]
+    choices: [auto, none, connections, trigger, latency, partition, disk, disk_full, memory, cpu, backend_kill,
+              postmaster_kill, pause, lock, corrupt, clock, dependency]
   fault:
     description: Result of the module that injected the fault, reported as given.
     type: dict

@@ -117,6 +117,9 @@ options:
   statement_timeout_ms:
     description:
       - C(statement_timeout) of each DDL, from 100 to 600000 ms.
+      - It also bounds the commit. PostgreSQL's C(statement_timeout) does not end a commit's wait for a
+        synchronous standby, so the workload cancels a commit that outlasts it, as a client with a timeout would;
+        the server then says the transaction was already committed locally, and the outcome is V(maybe).
     type: int
     default: 10000
   settle_timeout:
@@ -163,10 +166,12 @@ EXAMPLES = r'''
 RETURN = r'''
 check:
   description: >-
-    Checker verdict with V(ops), V(ok), V(failed), V(unknown), V(tracked) and
+    Checker verdict with V(ops), V(ok), V(failed), V(unknown), V(maybe), V(tracked) and
     the token lists V(lost), V(duplicated), V(unexpected) and V(phantom)
     (acknowledged but absent from the catalog); V(valid) is true when all four
-    lists are empty.
+    lists are empty. V(maybe) counts commits the client cancelled while they waited
+    for a synchronous standby ("already committed locally", Jepsen's C(:info));
+    V(maybe_resolved) says how the catalog resolved them.
   returned: always
   type: dict
 tables:
@@ -200,6 +205,27 @@ fault_id:
   description: Ledger id of the workload, C(workload--<name>).
   returned: always
   type: str
+op_times:
+  description: >-
+    C([start, duration_ms, outcome]) of each DDL (at most a few thousand), for per-window latency
+    and blocked-time figures.
+  returned: when state=present
+  type: list
+  elements: list
+history_order:
+  description: >-
+    Ordering audit of C(pggit.history) since the run began: rows whose timestamps run
+    backwards against their ids, and rows in the future of the real clock.
+  returned: when state=present
+  type: dict
+history_prefix:
+  description: Row count and digest of the C(pggit.history) rows that existed when the run began.
+  returned: when state=present
+  type: dict
+server_clock:
+  description: The server's C(now()) against the client's clock when the run ended.
+  returned: when state=present
+  type: dict
 '''
 
 import time

@@ -269,7 +269,8 @@ def _drift_complete(raw):
     tables = workload.get('tables')
     check = _mapping(workload.get('check'))
     # Committed = acknowledged plus unknown outcomes the checker found in the catalog.
-    committed = int(_number(check.get('ok')) or 0) + int(_number(_mapping(check.get('unknown_resolved')).get('committed')) or 0)
+    committed = (int(_number(check.get('ok')) or 0) + int(_number(_mapping(check.get('unknown_resolved')).get('committed')) or 0)
+                 + int(_number(_mapping(check.get('maybe_resolved')).get('committed')) or 0))
     committed = max(committed, int(_number(workload.get('table_count')) or 0))
     if not isinstance(tables, list):
         return ['the drift check cannot be made: the workload returned no list of the tables it committed with tracking off'], \
@@ -632,6 +633,240 @@ def _replicas_paused(raw):
     return reasons, evidence
 
 
+# --- database faults ----------------------------------------------------------------
+# A tracked DDL counts as blocked by the held lock when it waited this long (the
+# workload's DDL take a few ms otherwise; lock_timeout ends the rest).
+BLOCKED_MARK_MS = 250.0
+# The skew is where it was asked when the server measured it within this much.
+CLOCK_TOLERANCE_S = 5.0
+# After the revert the server's now() is true when it is within this much of the host's (and controller's) clock.
+CLOCK_TRUE_S = 2.0
+
+
+def _pct(values, pct):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(pct / 100.0 * (len(ordered) - 1)))))]
+
+
+def _op_times(raw):
+    """The workload's DDL as (started, ms, outcome), bad items left out."""
+    ops = []
+    for item in _mapping(raw.get('workload')).get('op_times') or []:
+        if isinstance(item, (list, tuple)) and len(item) == 3 and _number(item[0]) is not None and _number(item[1]) is not None:
+            ops.append((float(item[0]), float(item[1]), str(item[2])))
+    return ops
+
+
+def _window_ops(raw, start, end):
+    timeline = dict((name, _epoch(value)) for name, value in _mapping(raw.get('timings')).items())
+    since, until = timeline.get(start), timeline.get(end)
+    if since is None or until is None:
+        return None
+    return [op for op in _op_times(raw) if since <= op[0] < until]
+
+
+def _lock_held(raw):
+    """lock_contention: the locks were granted, tracked DDL in the window blocked, and ended ok or by its lock_timeout.
+
+    The blocked time of each DDL the workload started while the lock was held
+    (from inject_end, when the holder had its locks, until window_end, which
+    the role marks just before it releases them) is reported as p50/p95/max,
+    with the count that timed out; that none was half-tracked is the workload
+    checker's part (exactly once).
+    """
+    fault = _mapping(raw.get('fault'))
+    lock = _mapping(fault.get('lock'))
+    granted = [dict(relation=l.get('relation'), mode=l.get('mode')) for l in lock.get('locks') or []
+               if isinstance(l, dict) and l.get('granted') is True]
+    tables = [str(t) if '.' in str(t) else 'pggit.%s' % t for t in lock.get('tables') or fault.get('tables') or []]
+    missing = sorted(set(tables) - set(str(g['relation']) for g in granted))
+    ops = _window_ops(raw, 'inject_end', 'window_end')
+    waits = [op[1] for op in ops or []]
+    timed_out = [op for op in ops or [] if op[2] == 'fail']
+    errors = _mapping(_mapping(raw.get('workload')).get('errors'))
+    evidence = dict(locks_granted=granted, holder=lock.get('holder'), mode=lock.get('mode'),
+                    lock_timeout_ms=_number(fault.get('lock_timeout_ms')), ddl_in_window=None if ops is None else len(ops),
+                    blocked_ms=dict(p50=_pct(waits, 50), p95=_pct(waits, 95), max=max(waits) if waits else None),
+                    timed_out=len(timed_out), completed=len([op for op in ops or [] if op[2] == 'ok']),
+                    unblocked=len([w for w in waits if w < BLOCKED_MARK_MS]),
+                    lock_errors=dict((k, v) for k, v in errors.items() if k in ('LockNotAvailable', 'QueryCanceled')),
+                    released=_mapping(fault.get('release')).get('changed'))
+    reasons = []
+    if not granted:
+        reasons.append('the fault did not happen: the holder was granted no lock')
+    elif missing:
+        reasons.append('the fault did not happen on %s: no granted lock there' % ', '.join(missing))
+    if ops is None:
+        reasons.append('the blocking cannot be proven: the timeline has no inject_end or window_end')
+    elif not ops:
+        reasons.append('the blocking cannot be proven: the workload started no DDL while the lock was held')
+    elif max(waits) < BLOCKED_MARK_MS:
+        reasons.append('the fault did not happen: no tracked DDL blocked (%d DDL in the window, the longest %.0f ms, under %g ms)'
+                       % (len(ops), max(waits), BLOCKED_MARK_MS))
+    elif evidence['unblocked']:
+        reasons.append('the lock did not hold: %d of the %d DDL started while it was held took under %g ms'
+                       % (evidence['unblocked'], len(ops), BLOCKED_MARK_MS))
+    return reasons, evidence
+
+
+def _amcheck(result):
+    """(checked, corrupt [{index, error}], errors) of one pggit_verify result with amcheck."""
+    result = _mapping(result)
+    data = _mapping(result.get('amcheck'))
+    if not data:
+        data = next((_mapping(c.get('data')) for c in result.get('checks') or [] if isinstance(c, dict) and c.get('name') == 'amcheck'), {})
+    checked = _number(data.get('indexes_checked'))
+    corrupt = [dict(index=c.get('index'), error=c.get('error')) for c in data.get('corrupt') or [] if isinstance(c, dict)]
+    errors = [dict(index=c.get('index'), error=c.get('error')) for c in data.get('errors') or [] if isinstance(c, dict)]
+    return checked, corrupt, errors
+
+
+def _amcheck_hosts(results):
+    """Per host: {checked, corrupt, errors} from a loop's results (or one result under its own host)."""
+    hosts = {}
+    for result in results or []:
+        result = _mapping(result)
+        checked, corrupt, errors = _amcheck(result)
+        hosts[_host(result)] = dict(checked=checked, corrupt=corrupt, errors=errors, skipped=bool(result.get('skipped')))
+    return hosts
+
+
+def _index_corrupted(raw):
+    """index_corruption: the page was damaged, amcheck saw it in the window, amcheck is clean everywhere after the
+    recovery, and history is intact (the rows there before the fault unchanged, by count and digest)."""
+    fault = _mapping(raw.get('fault'))
+    corrupt = _mapping(fault.get('corrupt'))
+    index = corrupt.get('index')
+    during = _amcheck_hosts(fault.get('amcheck_during'))
+    after = _amcheck_hosts(fault.get('amcheck_after'))
+    before = _mapping(fault.get('history_before'))
+    prefix = _mapping(_mapping(raw.get('workload')).get('history_prefix'))
+    workload = _mapping(raw.get('workload'))
+    check = _mapping(workload.get('check'))
+    primary = str(raw.get('host'))
+    seen = [c for c in (during.get(primary) or {}).get('corrupt', []) if not index or str(c.get('index')) == str(index)
+            or str(c.get('index')).split('.')[-1] == str(index).split('.')[-1]]
+    detected = _number(fault.get('detected_at'))
+    injected = _number(_mapping(raw.get('timings')).get('inject_end'))
+    evidence = dict(index=index, block=corrupt.get('block'), mode=corrupt.get('mode'), reveal=corrupt.get('reveal'),
+                    recover=corrupt.get('recover'), bytes_written=corrupt.get('bytes_written'),
+                    sha256_before=corrupt.get('sha256_before'), sha256_after=corrupt.get('sha256_after'),
+                    amcheck_during=during, amcheck_text=[c['error'] for c in seen], amcheck_after=after,
+                    replicas_during=dict((h, 'corrupt' if v['corrupt'] else 'clean' if v['checked'] else 'not checked')
+                                         for h, v in during.items() if h != primary),
+                    replica_files_written=_mapping(corrupt.get('replicas')).get('files_written'),
+                    detection_s=round(detected - injected, 3) if detected is not None and injected is not None else None,
+                    recovery_s=_number(fault.get('recovery_s')),
+                    ddl_during=dict(ok=check.get('ok'), failed=check.get('failed'), unknown=check.get('unknown'),
+                                    errors=workload.get('errors') or {}),
+                    history_before=before or None, history_prefix_after=prefix or None)
+    reasons = []
+    if not corrupt.get('bytes_written') or corrupt.get('sha256_before') == corrupt.get('sha256_after'):
+        reasons.append('the fault did not happen: %s bytes written, page sha256 %s before and %s after'
+                       % (_count(corrupt.get('bytes_written')), corrupt.get('sha256_before'), corrupt.get('sha256_after')))
+    if primary not in during:
+        reasons.append('the corruption cannot be proven: amcheck did not run on %s during the window' % primary)
+    elif not seen:
+        reasons.append('amcheck did not report the damaged index %s on %s during the window' % (index, primary))
+    if not after:
+        reasons.append('amcheck did not run on any host after the recovery')
+    for host in sorted(after):
+        state = after[host]
+        if state['skipped'] or not state['checked']:
+            reasons.append('amcheck after the recovery did not check %s' % host)
+        elif state['corrupt'] or state['errors']:
+            reasons.append('amcheck after the recovery is not clean on %s: %s' % (
+                host, '; '.join('%s: %s' % (c['index'], c['error']) for c in state['corrupt'] + state['errors'])))
+    if not before.get('digest') or not prefix.get('digest'):
+        reasons.append('history cannot be proven intact: no digest %s' % ('before the fault' if not before.get('digest')
+                                                                              else 'of those rows after it'))
+    elif (prefix.get('rows'), prefix.get('max_id'), prefix.get('digest')) != (before.get('rows'), before.get('max_id'), before.get('digest')):
+        reasons.append('history is not intact: %s rows up to id %s with digest %s before the fault, %s rows up to id %s with digest %s after'
+                       % (before.get('rows'), before.get('max_id'), before.get('digest'), prefix.get('rows'),
+                          prefix.get('max_id'), prefix.get('digest')))
+    return reasons, evidence
+
+
+def _clock_phase(result, asked):
+    result = _mapping(result)
+    measured = _number(result.get('measured_offset_s'))
+    return dict(asked_s=asked, measured_s=measured, restarted=result.get('restarted'), clocks=result.get('clocks'),
+                timestamp=result.get('timestamp'), off_by_s=round(measured - asked, 3) if measured is not None and asked is not None else None)
+
+
+def _clock_skewed(raw):
+    """clock_skew: the server's clock was off as asked in each phase, the ordering audit of pggit.history saw it,
+    and now() is true again after the revert (against the host's clock, which the controller shares)."""
+    fault = _mapping(raw.get('fault'))
+    parameters = _mapping(raw.get('parameters'))
+    phases = [_clock_phase(fault.get('skew'), _number(parameters.get('offset_s'))),
+              _clock_phase(fault.get('jump'), _number(parameters.get('jump_offset_s')))]
+    audit = _mapping(_mapping(raw.get('workload')).get('history_order'))
+    after = _mapping(fault.get('clock_after'))
+    timeline = dict((name, _epoch(value)) for name, value in _mapping(raw.get('timings')).items())
+    at, offset = _number(after.get('at')), _number(after.get('offset_s'))
+    evidence = dict(phases=phases, ordering_audit=audit or None, clock_after=after or None,
+                    what_time_queries_get_wrong=None)
+    reasons = []
+    for number, phase in enumerate(phases, 1):
+        if phase['measured_s'] is None or phase['asked_s'] is None:
+            reasons.append('clock phase %d cannot be proven: asked %s s, measured %s s' % (number, phase['asked_s'], phase['measured_s']))
+        elif abs(phase['off_by_s']) > CLOCK_TOLERANCE_S:
+            reasons.append('the fault did not happen in clock phase %d: asked %+g s, the server measured %+.1f s'
+                           % (number, phase['asked_s'], phase['measured_s']))
+    if not audit:
+        reasons.append('the ordering audit of pggit.history was not made')
+    else:
+        evidence['what_time_queries_get_wrong'] = (
+            'ORDER BY created_at puts %d of the %d rows written since the run began before rows with lower ids (by up to %.0f s); '
+            'a filter created_at >= the first of them misses %d of them; %d lie in the future of the real clock'
+            % (audit.get('backwards', 0), audit.get('rows', 0), audit.get('max_backwards_s') or 0,
+               audit.get('missed_by_time_filter', 0), audit.get('in_the_future', 0)))
+        if not audit.get('backwards'):
+            reasons.append('the skew did not reach pggit.history: none of its %s rows since the run began runs backwards'
+                           % audit.get('rows'))
+    if offset is None:
+        reasons.append("the clock after the revert was not read")
+    elif abs(offset) > CLOCK_TRUE_S:
+        reasons.append("the clock is not true after the revert: the server's now() is %+.1f s off the host's" % offset)
+    elif at is None or timeline.get('window_end') is None or at < timeline['window_end']:
+        # The role reverts the clock fault at the window's end and reads the clock after that.
+        reasons.append('the clock after the revert was not read after the window (read at %s, window end %s)'
+                       % (at, timeline.get('window_end')))
+    return reasons, evidence
+
+
+def _commits_waited(raw):
+    """dependency_failure: synchronous_standby_names named the cut-off replica, commits waited (their cancelled waits
+    are *maybe*, resolved in the catalog), and the replica was cut off."""
+    fault = _mapping(raw.get('fault'))
+    setting = _mapping(_mapping(_mapping(fault.get('setting')).get('settings')).get('synchronous_standby_names'))
+    standby = str(fault.get('standby_name') or '')
+    cut = [r for r in fault.get('partition') or [] if isinstance(r, dict) and not r.get('skipped') and not r.get('failed')]
+    workload = _mapping(raw.get('workload'))
+    check = _mapping(workload.get('check'))
+    ops = _window_ops(raw, 'inject_end', 'window_end')
+    waits = [op[1] for op in ops or []]
+    maybe = int(_number(check.get('maybe')) or 0)
+    evidence = dict(synchronous_standby_names=setting or None, standby=standby, partitioned=[_host(r) for r in cut],
+                    maybe=maybe, maybe_resolved=check.get('maybe_resolved'),
+                    commit_wait_ms=dict(p50=_pct(waits, 50), p95=_pct(waits, 95), max=max(waits) if waits else None),
+                    ddl_in_window=None if ops is None else len(ops),
+                    commit_timeout_ms=_number(fault.get('commit_timeout_ms')))
+    reasons = []
+    if not standby or standby not in str(setting.get('after') or ''):
+        reasons.append('the fault did not happen: synchronous_standby_names is %r after the change, not naming %r'
+                       % (setting.get('after'), standby))
+    if not cut:
+        reasons.append('the fault did not happen: the standby was not cut off')
+    if not maybe:
+        reasons.append('the fault did not happen: no commit waited for the standby until its wait was cancelled '
+                       '(no "already committed locally" outcome among %s DDL)' % check.get('ops', '?'))
+    return reasons, evidence
+
+
 # Fault check -> rule; 'auto' picks the rule by experiment name.
 FAULT_CHECKS = {
     'connections': _kills_hit,
@@ -645,6 +880,10 @@ FAULT_CHECKS = {
     'backend_kill': _backend_killed,
     'postmaster_kill': _postmaster_killed,
     'pause': _replicas_paused,
+    'lock': _lock_held,
+    'corrupt': _index_corrupted,
+    'clock': _clock_skewed,
+    'dependency': _commits_waited,
 }
 EXPERIMENT_FAULT_CHECKS = {
     'kill_connections': 'connections',
@@ -659,6 +898,10 @@ EXPERIMENT_FAULT_CHECKS = {
     'backend_crash': 'backend_kill',
     'postmaster_crash': 'postmaster_kill',
     'process_pause': 'pause',
+    'lock_contention': 'lock',
+    'index_corruption': 'corrupt',
+    'clock_skew': 'clock',
+    'dependency_failure': 'dependency',
 }
 
 

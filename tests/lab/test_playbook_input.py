@@ -8,7 +8,9 @@ import yaml
 
 from labtools import INVENTORY, REPO, chaos_processes, host_rules, ledger, load_report, playbook_argv, playbook_env, run_playbook, trigger_modes
 
-KNOWN = ['kill_connections', 'trigger_failure', 'network_latency', 'packet_loss', 'region_partition']
+KNOWN = ['kill_connections', 'trigger_failure', 'network_latency', 'packet_loss', 'region_partition',
+         'disk_pressure', 'disk_full', 'memory_pressure', 'cpu_pressure', 'backend_crash', 'postmaster_crash', 'process_pause',
+         'lock_contention', 'index_corruption', 'clock_skew', 'dependency_failure']
 
 
 @pytest.mark.parametrize('extra, needle', [
@@ -53,6 +55,11 @@ def test_check_mode_injects_nothing(lab, primary, tmp_path):
     assert 'terminated' in plans['kill_connections']
     assert plans['network_latency']['planned']['method'] == 'nfqueue' and plans['network_latency']['changed']
     assert plans['packet_loss']['planned']['method'] == 'iptables'
+    # The database experiments plan without locking, writing a page, restarting or changing a setting.
+    assert plans['lock_contention']['lock']['planned']['tables'] == ['pggit.history', 'pggit.objects']
+    assert plans['index_corruption']['corrupt']['bytes_written'] == 0
+    assert plans['clock_skew']['skew']['planned']['offset_s'] == -3600 and not plans['clock_skew']['skew'].get('restarted')
+    assert plans['dependency_failure']['standby_name'] == 'lab-3' and plans['dependency_failure']['setting']
     for host in lab.values():
         assert 'pggit-chaos' not in host_rules(host), 'check mode added a rule on %s' % host['pggit_lab_netns']
 

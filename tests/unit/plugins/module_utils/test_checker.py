@@ -67,8 +67,8 @@ def test_no_ops_is_valid():
 
 
 def test_unknown_outcome_value_is_refused():
-    with pytest.raises(ValueError, match="'maybe' for t1"):
-        check([{'token': 't1', 'outcome': 'maybe'}], {})
+    with pytest.raises(ValueError, match="'lost' for t1"):
+        check([{'token': 't1', 'outcome': 'lost'}], {})
 
 
 @pytest.mark.parametrize('values, pct, expected', [
@@ -86,3 +86,27 @@ def test_unknown_outcome_value_is_refused():
 ])
 def test_percentile(values, pct, expected):
     assert percentile(values, pct) == expected
+
+
+@pytest.mark.parametrize('in_catalog, rows, bucket', [
+    (True, 1, None),  # committed locally and tracked once
+    (True, 0, 'lost'),  # committed but untracked
+    (True, 2, 'duplicated'),
+    (False, 0, None),  # never committed (cannot happen after a cancelled sync wait, but the catalog decides)
+    (False, 1, 'unexpected'),
+])
+def test_maybe_is_resolved_against_the_catalog_like_unknown(in_catalog, rows, bucket):
+    token = 'r1_000001'
+    verdict = check([{'token': token, 'outcome': 'maybe'}], {token: rows} if rows else {}, {token} if in_catalog else set())
+    for name in BUCKETS:
+        assert verdict[name] == ([token] if name == bucket else []), name
+    assert (verdict['maybe'], verdict['ok'], verdict['unknown']) == (1, 0, 0)
+    assert verdict['maybe_resolved'] == {'committed': int(in_catalog), 'not_committed': int(not in_catalog)}
+    assert verdict['unknown_resolved'] == {'committed': 0, 'not_committed': 0}
+
+
+def test_maybe_without_catalog_is_not_judged_and_bad_outcomes_are_refused():
+    verdict = check([{'token': 't', 'outcome': 'maybe'}], {}, None)
+    assert verdict['valid'] and verdict['maybe'] == 1
+    with pytest.raises(ValueError, match="unknown outcome 'info'"):
+        check([{'token': 't', 'outcome': 'info'}], {}, None)

@@ -101,3 +101,120 @@ def test_a_stop_ends_the_run_before_the_next_statement():
 
 def test_the_kind_is_known():
     assert 'workload' in FAULT_KINDS and 'connections' in FAULT_KINDS
+
+
+class CommitConn(object):
+    """A connection whose commit answers with ``notices`` (as psycopg2 keeps the server's warnings)."""
+
+    closed = False
+    autocommit = False
+
+    def __init__(self, notices):
+        self.answer = list(notices)
+        self.notices = ['WARNING:  left over from an earlier statement\n']
+
+    def cursor(self):
+        return Cursor('missing')
+
+    def commit(self):
+        self.notices.extend(self.answer)
+
+    def rollback(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+SYNC_WARNINGS = [
+    'WARNING:  canceling wait for synchronous replication due to user request\n'
+    'DETAIL:  The transaction has already committed locally, but might not have been replicated to the standby.\n',
+    'WARNING:  canceling wait for synchronous replication due to statement timeout\n'
+    'DETAIL:  The transaction has already committed locally, but might not have been replicated to the standby.\n',
+]
+
+
+@pytest.mark.parametrize('notices, outcome', [
+    ([], 'ok'),
+    (['NOTICE:  relation "x" already exists, skipping\n'], 'ok'),
+    (SYNC_WARNINGS[:1], 'maybe'),
+    (SYNC_WARNINGS[1:], 'maybe'),
+])
+def test_a_commit_whose_synchronous_wait_was_cancelled_is_maybe(notices, outcome):
+    clock = iter([10.0, 12.0, 12.0])
+    work = _workload.Workload({'schema': 's', 'run_id': 'r', 'statement_timeout_ms': 2000}, clock=lambda: next(clock))
+    work.conn = CommitConn(notices)
+    assert work.one('r_000001') == outcome
+    # Only this commit's warnings count (the old one was cleared), and each DDL keeps its start and duration.
+    assert work.op_times == [[10.0, 2000.0, outcome]]
+    assert work.errors == ({'SyncRepCancelled': 1} if outcome == 'maybe' else {})
+    assert len(work.latencies) == (1 if outcome == 'ok' else 0), 'a maybe is not an acknowledged commit'
+
+
+def test_maybe_tables_count_as_committed_when_the_catalog_has_them():
+    work = _workload.Workload({'schema': 's', 'run_id': 'r'})
+    work.ops = [{'token': 'r_000001', 'outcome': 'maybe'}, {'token': 'r_000002', 'outcome': 'maybe'}]
+    assert work.committed(catalog={'r_000002'}) == ['s.t_r_000002']
+
+
+class AuditCursor(object):
+    def __init__(self, row):
+        self.row, self.args = row, None
+
+    def execute(self, query, args=None):
+        self.query, self.args = query, args
+
+    def fetchone(self):
+        return self.row
+
+
+def test_the_ordering_audit_reads_rows_after_the_start():
+    cur = AuditCursor((12, 5, 3600.5, 40, 4, 0))
+    audit = _workload.Workload({})._audit(cur, 35)
+    assert audit == dict(since_id=35, rows=12, backwards=5, max_backwards_s=3600.5, first_backwards_id=40,
+                         missed_by_time_filter=4, in_the_future=0)
+    assert cur.args['start'] == 35 and 'created_at < latest' in cur.query
+
+
+def test_the_server_clock_is_compared_with_this_hosts():
+    cur = AuditCursor((1000.0 - 3600.0,))
+    ticks = iter([999.9, 1000.1])
+    real = _workload.time.time
+    try:
+        _workload.time.time = lambda: next(ticks)
+        clock = _workload.Workload({})._server_clock(cur)
+    finally:
+        _workload.time.time = real
+    assert clock == dict(offset_s=-3600.0, at=1000.0, uncertainty_s=0.1)
+
+
+class SyncWaitConn(CommitConn):
+    """A commit that waits (for a standby) until it is cancelled, then answers as PostgreSQL does."""
+
+    def __init__(self):
+        super(SyncWaitConn, self).__init__([])
+        self.cancelled = _workload.threading.Event()
+
+    def cancel(self):
+        self.cancelled.set()
+
+    def commit(self):
+        assert self.cancelled.wait(5), 'the workload never cancelled the waiting commit'
+        self.notices.append(SYNC_WARNINGS[0])
+
+
+def test_the_workload_cancels_a_commit_that_outlasts_its_timeout_and_calls_it_maybe():
+    work = _workload.Workload({'schema': 's', 'run_id': 'r', 'statement_timeout_ms': 100})
+    work.conn = SyncWaitConn()
+    assert work.one('r_000001') == 'maybe'
+    assert work.conn.cancelled.is_set() and work.op_times[0][1] >= 100
+
+
+def test_a_quick_commit_is_never_cancelled():
+    work = _workload.Workload({'schema': 's', 'run_id': 'r', 'statement_timeout_ms': 100})
+    conn = work.conn = CommitConn([])
+    cancels = []
+    conn.cancel = lambda: cancels.append(1)
+    assert work.one('r_000001') == 'ok'
+    _workload.time.sleep(0.2)  # past the timeout: the timer was stopped with the commit
+    assert cancels == []
