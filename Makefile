@@ -113,6 +113,7 @@ molecule: deps
 	mkdir -p inventories/$(LAB_NAME) && MOLECULE_EPHEMERAL_DIRECTORY=$(MOLECULE_DIR)/default $(BIN)/molecule test -s default
 	mkdir -p inventories/$(LAB_NAME) && MOLECULE_EPHEMERAL_DIRECTORY=$(MOLECULE_DIR)/network $(BIN)/molecule test -s network
 	mkdir -p inventories/$(LAB_NAME) && MOLECULE_EPHEMERAL_DIRECTORY=$(MOLECULE_DIR)/resource $(BIN)/molecule test -s resource
+	mkdir -p inventories/$(LAB_NAME) && MOLECULE_EPHEMERAL_DIRECTORY=$(MOLECULE_DIR)/database $(BIN)/molecule test -s database
 
 # Kill -9 ansible-playbook mid-fault; the target must heal itself by its TTL.
 deadman: deps
@@ -122,7 +123,7 @@ deadman: deps
 bench: deps
 	$(MAKE) lab LAB_NAME=$(LAB_NAME)
 	trap '$(MAKE) lab-down LAB_NAME=$(LAB_NAME)' EXIT; $(BIN)/python bench/spine.py && $(BIN)/python bench/network.py \
-	  && $(BIN)/python bench/resource.py && $(BIN)/python bench/torture.py --runs $(TORTURE_RUNS)
+	  && $(BIN)/python bench/resource.py && $(BIN)/python bench/database.py && $(BIN)/python bench/torture.py --runs $(TORTURE_RUNS)
 
 # SIGKILL ansible-playbook at random moments of every experiment; nothing may be left (bench/results/torture.json).
 torture: LAB_NAME = $(BENCH_LAB_NAME)

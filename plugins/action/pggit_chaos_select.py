@@ -11,6 +11,9 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.pggit.chaos.plugins.module_utils._select_spec import select_argument_spec
 from ansible_collections.pggit.chaos.plugins.plugin_utils._optin import OPT_IN_VAR, UNDEFINED, Landing, Unresolved, decide
+
+# The second opt-in of faults that write data files (index_corruption): reported per host, never required here.
+DESTRUCTIVE_VAR = 'pggit_chaos_destructive'
 from ansible_collections.pggit.chaos.plugins.plugin_utils._targets import select
 
 
@@ -19,13 +22,13 @@ class ActionModule(ActionBase):
     _supports_check_mode = True
     _requires_connection = False
 
-    def _effective(self, task_vars, host):
+    def _effective(self, task_vars, host, var=OPT_IN_VAR):
         """The opt-in this run sees for ``host``: the task's own variables for this host, hostvars for the others."""
         if host == task_vars.get('inventory_hostname'):
-            return task_vars.get(OPT_IN_VAR, UNDEFINED)
+            return task_vars.get(var, UNDEFINED)
         try:
             other = task_vars['hostvars'][host]
-            return other[OPT_IN_VAR] if OPT_IN_VAR in other else UNDEFINED
+            return other[var] if var in other else UNDEFINED
         except Exception as exc:  # pylint: disable=broad-except
             return Unresolved('hostvars[%r]' % host, exc)
 
@@ -56,6 +59,11 @@ class ActionModule(ActionBase):
             result.update(failed=True, changed=False, msg=str(exc))
             return result
         selection['reasons'] = dict((h, decisions[h].msg) for h in selection['refused'])
+        # Which selected hosts also opted in to destructive faults, judged by the same rule (experiments that need it skip
+        # the others, saying why, instead of failing on the refusal).
+        selection['destructive'] = [h for h in selection['selected']
+                                    if decide(task_vars, h, self._effective(task_vars, h, DESTRUCTIVE_VAR), self._templar,
+                                              self._landing(task_vars, h), var=DESTRUCTIVE_VAR).allowed]
         result.update(changed=False, **selection)
         if me in decisions and not decisions[me].allowed:
             result.update(failed=True, msg=decisions[me].msg, opt_in=decisions[me].details())

@@ -94,6 +94,14 @@ limit:
   description: Number of hosts the blast radius allows.
   returned: unless max_hosts is bad
   type: int
+destructive:
+  description: >-
+    The selected hosts that also set C(pggit_chaos_destructive=true) in their own inventory, judged by
+    the same rule. Experiments that write data files (C(index_corruption)) skip the other hosts,
+    saying why.
+  returned: unless max_hosts is bad
+  type: list
+  elements: str
 reasons:
   description: For each refused host, why it was refused.
   returned: unless max_hosts is bad

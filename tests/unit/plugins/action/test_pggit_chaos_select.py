@@ -166,3 +166,14 @@ def test_an_extra_var_redirecting_ansible_host_refuses_every_host(lab):
 def test_a_play_var_redirecting_this_host_refuses_it(lab):
     result = run(lab, 'pg3', overrides={'ansible_connection': 'ssh'})
     assert result['failed'] and "host pg3: ansible_connection is 'ssh' here but 'local' in the inventory" in result['msg']
+
+
+def test_destructive_opt_in_is_reported_per_selected_host_from_the_inventory(tmp_path):
+    inventory = Inventory(tmp_path / 'inventory', hosts(pg1={'pggit_chaos_allowed': True, 'pggit_chaos_destructive': True},
+                                                        pg2={'pggit_chaos_allowed': True},
+                                                        pg3={'pggit_chaos_allowed': False, 'pggit_chaos_destructive': True}))
+    result = run(inventory, 'pg1')
+    assert result['selected'] == ['pg1', 'pg2'] and result['destructive'] == ['pg1']
+    # -e can lower it, never raise it, as for the first opt-in.
+    assert run(inventory, 'pg1', extra_vars={'pggit_chaos_destructive': True})['destructive'] == ['pg1']
+    assert run(inventory, 'pg1', extra_vars={'pggit_chaos_destructive': False})['destructive'] == []
