@@ -13,7 +13,10 @@ import pwd
 import shutil
 import socket
 import subprocess
+import signal
 import tempfile
+import time
+import uuid
 from contextlib import contextmanager
 
 import pytest
@@ -129,3 +132,55 @@ def query(params, text, args=None):
         cur = conn.cursor()
         cur.execute(text, args)
         return cur.fetchall() if cur.description else None
+
+
+def cgroup_members(folder):
+    """The pids in a cgroup folder ([] when it is gone)."""
+    try:
+        with open(os.path.join(folder, 'cgroup.procs')) as handle:
+            return [int(line) for line in handle if line.strip()]
+    except OSError:
+        return []
+
+
+@contextmanager
+def child_cgroups(prefix, controllers=('memory', 'cpu', 'cpuacct'), memory_limit=None):
+    """Cgroups of our own for a test server: children of this process's cgroups (v1 controllers, or v2), removed after.
+
+    Yields {controller: folder}.  Everything still in them at the end is killed first."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup  # pylint: disable=import-outside-toplevel
+    mine = _cgroup.of_pid(os.getpid())
+    name = '%s-%s' % (prefix, uuid.uuid4().hex[:10])
+    wanted = [c for c in controllers if c in mine] if all(c in mine for c in controllers) else []
+    if not wanted and 'unified' in mine:
+        wanted = ['unified']
+    if not wanted:
+        pytest.fail('no %s cgroup of this process is visible (%s): cannot give the test server cgroups of its own'
+                    % ('/'.join(controllers), mine))
+    made = dict((controller, os.path.join(mine[controller], name)) for controller in wanted)
+    folders = sorted(set(made.values()))
+    try:
+        for folder in folders:
+            os.mkdir(folder)
+        if memory_limit is not None:
+            memory_dir = made.get('memory') or made['unified']
+            limit_file = 'memory.limit_in_bytes' if 'memory' in made else 'memory.max'
+            if not os.path.exists(os.path.join(memory_dir, limit_file)):
+                pytest.fail('%s has no %s: the memory controller is not enabled there' % (memory_dir, limit_file))
+            with open(os.path.join(memory_dir, limit_file), 'w') as handle:
+                handle.write(str(memory_limit))
+        yield made
+    finally:
+        for _attempt in range(100):
+            pids = [pid for folder in folders for pid in cgroup_members(folder)]
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        for folder in folders:
+            if os.path.isdir(folder):
+                os.rmdir(folder)

@@ -10,57 +10,24 @@ merely in the cgroups of the test runner (which the revert and the reaper inheri
 from __future__ import annotations
 
 import os
-import signal
 import time
-import uuid
 
 import psycopg2
 import pytest
 
 from background import ledger_ids, record
 from modrun import run_module
-from pgtools import Postgres
+from pgtools import Postgres, child_cgroups
 from waiting import wait_for
 from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup, _server, _steps
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_process
 
 
-def members(folder):
-    try:
-        with open(os.path.join(folder, 'cgroup.procs')) as handle:
-            return [int(line) for line in handle if line.strip()]
-    except OSError:
-        return []
-
-
 @pytest.fixture(scope='module')
 def cgroups():
     """memory, cpu and cpuacct (or the v2) cgroups of our own, children of this process's cgroups; removed after."""
-    mine = _cgroup.of_pid(os.getpid())
-    name = 'pggit-test-pm-' + uuid.uuid4().hex[:10]
-    wanted = [c for c in ('memory', 'cpu', 'cpuacct') if c in mine] or (['unified'] if 'unified' in mine else [])
-    if not wanted:
-        pytest.fail('no cgroup of this process is visible (%s): cannot give the test server cgroups of its own' % mine)
-    made = dict((controller, os.path.join(mine[controller], name)) for controller in wanted)
-    folders = sorted(set(made.values()))
-    try:
-        for folder in folders:
-            os.mkdir(folder)
+    with child_cgroups('pggit-test-pm') as made:
         yield made
-    finally:
-        for _attempt in range(100):
-            pids = [pid for folder in folders for pid in members(folder)]
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.1)
-        for folder in folders:
-            if os.path.isdir(folder):
-                os.rmdir(folder)
 
 
 @pytest.fixture(scope='module')

@@ -20,7 +20,7 @@ import pytest
 
 from background import kill_programs, ledger_ids, programs, record
 from modrun import run_module
-from pgtools import Postgres, query
+from pgtools import Postgres, cgroup_members as members, child_cgroups, query
 from waiting import wait_for
 from ansible_collections.pggit.chaos.plugins.module_utils import _cgroup, _ledger, _server, _steps
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_stress
@@ -40,52 +40,11 @@ def write(path, text):
         handle.write(text)
 
 
-def members(folder):
-    try:
-        with open(os.path.join(folder, 'cgroup.procs')) as handle:
-            return [int(line) for line in handle if line.strip()]
-    except OSError:
-        return []
-
-
 @pytest.fixture(scope='module')
 def cgroups():
     """memory (256 MB), cpu and cpuacct cgroups of our own, children of this process's cgroups; removed after."""
-    mine = _cgroup.of_pid(os.getpid())
-    name = 'pggit-test-' + uuid.uuid4().hex[:10]
-    made = {}
-    if 'memory' in mine and 'cpuacct' in mine:
-        for controller in ('memory', 'cpu', 'cpuacct'):
-            made[controller] = os.path.join(mine[controller], name)
-        limit_file = 'memory.limit_in_bytes'
-    elif 'unified' in mine:
-        made['unified'] = os.path.join(mine['unified'], name)
-        limit_file = 'memory.max'
-    else:
-        pytest.fail('no memory cgroup of this process is visible (%s): cannot confine a test server' % mine)
-    folders = sorted(set(made.values()))
-    try:
-        for folder in folders:
-            os.mkdir(folder)
-        memory_dir = made.get('memory') or made['unified']
-        if not os.path.exists(os.path.join(memory_dir, limit_file)):
-            pytest.fail('%s has no %s: the memory controller is not enabled there' % (memory_dir, limit_file))
-        write(os.path.join(memory_dir, limit_file), str(LIMIT))
+    with child_cgroups('pggit-test', memory_limit=LIMIT) as made:
         yield made
-    finally:
-        for _attempt in range(100):
-            pids = [pid for folder in folders for pid in members(folder)]
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.1)
-        for folder in folders:
-            if os.path.isdir(folder):
-                os.rmdir(folder)
 
 
 @pytest.fixture(scope='module')
