@@ -183,6 +183,8 @@ def spawn(state_dir, tag, args, python=None, ready=None, ready_timeout=5.0):
     # Wait for exec so the recorded cmdline carries the tag: the pid-reuse guards match on it.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and tag not in _steps.proc_cmdline(child):
+        if _steps.proc_starttime(child) is None:
+            break  # gone already: no use waiting for its exec
         time.sleep(0.01)
     started = {'pid': child, 'starttime': _steps.proc_starttime(child), 'script': script}
     if started['starttime'] is None or tag not in _steps.proc_cmdline(child):

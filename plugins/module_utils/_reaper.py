@@ -34,9 +34,31 @@ RETRY_MAX_SECONDS = 60.0
 LOUD_EVERY = 10  # after this many failures in a row, every failure goes to syslog as an error
 
 
+def _log_size(ledger):
+    try:
+        return os.path.getsize(_daemon.log_path(ledger.state_dir, PROC_TAG))
+    except OSError:
+        return 0
+
+
+def _said_watching(ledger, fid, offset):
+    """True once the reaper log, past offset, has a reaper's 'watching <fid>' line."""
+    try:
+        with open(_daemon.log_path(ledger.state_dir, PROC_TAG), 'rb') as handle:
+            handle.seek(offset)
+            return (' %s: watching' % fid).encode() in handle.read()
+    except OSError:
+        return False
+
+
 def arm(ledger, fid, python=None):
-    """Start the detached reaper for one fault. Returns {pid, starttime, script}."""
-    return _daemon.spawn(ledger.state_dir, PROC_TAG, ['--state-dir', ledger.state_dir, '--fault-id', fid], python)
+    """Start the detached reaper for one fault. Returns {pid, starttime, script}.
+
+    Armed means the reaper has said it watches the fault (its first log line):
+    a reaper that dies at once is an error, however fast it dies."""
+    offset = _log_size(ledger)
+    return _daemon.spawn(ledger.state_dir, PROC_TAG, ['--state-dir', ledger.state_dir, '--fault-id', fid], python,
+                         ready=lambda: _said_watching(ledger, fid, offset))
 
 
 def alive(record):
@@ -142,4 +164,5 @@ def main(argv=None):
         return 1 if summary['failed'] else 0
     if not args.fault_id:
         parser.error('--fault-id is required (or --boot)')
+    _log('%s: watching' % args.fault_id)  # arm() waits for this line
     return watch(ledger, args.fault_id)

@@ -334,6 +334,6 @@ def test_a_reaper_that_never_starts_is_an_error_not_a_silent_success(tmp_path):
     record = ledger.new_record('file', 'x', 60, [])
     ledger.write(record)
     started = time.time()
-    with pytest.raises(_daemon.DaemonError, match='pggit-chaos-reaper .* did not start'):
+    with pytest.raises(_daemon.DaemonError, match='pggit-chaos-reaper .* exited before it was ready'):
         _reaper.arm(ledger, record['id'], python='/bin/false')
     assert time.time() - started < 10
