@@ -114,7 +114,7 @@ def clock_runs(host):
         adhoc(host, 'pggit_chaos_clock', dict(name=name, state='absent', state_dir=host['pggit_chaos_state_dir']))
         revert_s = round(time.time() - started, 2)
     after = None
-    for _ in range(50):
+    for _attempt in range(50):
         try:
             after = server_offset(host)
             break
@@ -236,11 +236,11 @@ def main():
                                             run['restarted']))
     print('clock after the revert: %s s off (revert %s s)' % (results['clock']['offset_after_revert_s'], results['clock']['revert_s']))
     locks = results['locks']
+    figures = (locks['lock_timeout_ms'], locks['attempts'], locks['wait_ms']['p50'], locks['wait_ms']['p95'],
+               locks['wait_ms']['max'], locks['timed_out'], locks['waiter']['outcome'], locks['waiter']['wait_s'],
+               locks['waiter']['commit_after_release_end_s'])
     print('lock wait (lock_timeout %d ms, %d attempts): p50 %s ms, p95 %s ms, max %s ms; %d timed out; waiter %s after %s s, '
-          'committed %s s after the release returned' % (locks['lock_timeout_ms'], locks['attempts'], locks['wait_ms']['p50'],
-                                                          locks['wait_ms']['p95'], locks['wait_ms']['max'], locks['timed_out'],
-                                                          locks['waiter']['outcome'], locks['waiter']['wait_s'],
-                                                          locks['waiter']['commit_after_release_end_s']))
+          'committed %s s after the release returned' % figures)
     print('%-10s %-8s %12s %14s %14s  %s' % ('recover', 'reveal', 'inject (s)', 'detection (s)', 'recover (s)', 'amcheck'))
     for run in results['corruption']:
         print('%-10s %-8s %12s %14s %14s  %s' % (run['recover'], run['reveal'], run['inject_s'], run['detection_s'], run['recover_s'],

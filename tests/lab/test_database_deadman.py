@@ -116,5 +116,4 @@ def test_killed_controller_mid_clock_skew_restarts_without_the_preload_by_the_tt
     assert wait_until(lambda: offset_s(primary) is not None and abs(offset_s(primary)) < 2, time.time() + 10), offset_s(primary)
     assert wait_until(lambda: tracked_ddl_works(primary), time.time() + 10), 'tracked DDL does not work after the TTL'
     assert wait_until(lambda: nothing_left(lab), time.time() + 120), (chaos_processes(), [ledger(h) for h in lab.values()])
-    print('deadman clock: true clock %.2f s after expires_at (%s)' % (healed_at - expires_at,
-                                                                     datetime.datetime.now().isoformat()))
+    print('deadman clock: true clock %.2f s after expires_at (%s)' % (healed_at - expires_at, datetime.datetime.now().isoformat()))

@@ -300,8 +300,8 @@ def test_setting_restore_leaves_a_value_set_during_the_fault(monkeypatch):
 
 @pytest.mark.parametrize('applied', [['work_mem'], {'shared_buffers': '1GB'}, {'work_mem': 16}])
 def test_setting_restore_check_of_applied(applied):
-    said = _steps.STEP_CHECKS['pg_setting_restore']({'type': 'pg_setting_restore', 'settings': {'work_mem': '8MB'},
-                                                      'applied': applied, 'conn': {}}, None)
+    step = {'type': 'pg_setting_restore', 'settings': {'work_mem': '8MB'}, 'applied': applied, 'conn': {}}
+    said = _steps.STEP_CHECKS['pg_setting_restore'](step, None)
     assert said and 'applied' in said
 
 
