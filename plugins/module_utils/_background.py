@@ -100,8 +100,22 @@ class BackgroundFault(Fault):
                 ledger.write(record)
 
     def close_record(self):
-        """Revert the fault's own record once its program has ended by itself."""
-        return _undo.revert_one(self.state_ledger(), self.fid(), runner=self.module.run_command, reason='finished')
+        """Revert the fault's own record once its program has ended by itself.
+
+        When that revert fails (a schema that cannot be dropped while another
+        fault fills the disk), the record is due now: its reaper retries at
+        once, with its backoff, instead of waiting for the end of the
+        program's long TTL."""
+        ledger = self.state_ledger()
+        outcome = _undo.revert_one(ledger, self.fid(), runner=self.module.run_command, reason='finished')
+        if outcome['result'] == 'failed' and not outcome.get('deferred'):
+            with ledger.lock():
+                record = ledger.read(self.fid())
+                if record is not None and float(record.get('expires_at') or 0) > time.time():
+                    record['expires_at'] = time.time()
+                    ledger.write(record)
+                    outcome['due_now'] = True
+        return outcome
 
     # -- after the lifecycle --------------------------------------------------
     def finish(self, result):
