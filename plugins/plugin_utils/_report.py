@@ -667,6 +667,67 @@ def _window_ops(raw, start, end):
     return [op for op in _op_times(raw) if since <= op[0] < until]
 
 
+# The holder's side of a deadlock: who the detector cancelled, in the words of the report.
+DEADLOCK_LOSER = {'holder': 'holder', 'waiter': 'ddl'}
+
+
+def _deadlock_phase(raw):
+    """lock_contention's second phase: (reasons, evidence), evidence None when the role did not run it.
+
+    The holder held one table (SHARE on pggit.history) and, once a tracked DDL
+    waited on it while holding ROW EXCLUSIVE on the other (pggit.objects), asked
+    for the other: the detector must have cancelled one side with 40P01. The
+    holder lost when its second lock ended in 40P01; the DDL lost when the
+    holder got its lock after the DDL's transaction aborted and the workload
+    saw a DeadlockDetected error. A cancelled DDL must have left no row in
+    pggit.history or pggit.objects; a DDL that won must be tracked.
+    """
+    fault = _mapping(raw.get('fault'))
+    phase = _mapping(fault.get('deadlock'))
+    if not phase.get('enabled'):
+        return [], None
+    then = _mapping(_mapping(phase.get('lock')).get('then_lock'))
+    waiters = [w for w in then.get('waiters') or [] if isinstance(w, dict)]
+    workload = _mapping(raw.get('workload'))
+    ddl_deadlocks = int(_number(_mapping(workload.get('errors')).get('DeadlockDetected')) or 0)
+    since, until = _epoch(phase.get('started_at')), _epoch(phase.get('ended_at'))
+    ops = None if since is None or until is None else [op for op in _op_times(raw) if since <= op[0] < until]
+    result, lost = then.get('result'), DEADLOCK_LOSER.get(then.get('lost'))
+    evidence = dict(result=result, lost=lost, sqlstate=then.get('sqlstate'), holder_waited_ms=_number(then.get('waited_ms')),
+                    asked_after_ms=_number(then.get('after_ms')), ddl_deadlock_errors=ddl_deadlocks,
+                    waiters=[dict((k, w.get(k)) for k in ('pid', 'query', 'waited_ms', 'xact_status', 'history_rows', 'objects_rows'))
+                             for w in waiters],
+                    ddl_in_phase=None if ops is None else len(ops), ddl_failed_in_phase=len([op for op in ops or [] if op[2] == 'fail']),
+                    released=_mapping(phase.get('release')).get('changed'))
+    reasons = []
+    if not then:
+        return ['the deadlock phase cannot be proven: the holder reported nothing of its second lock'], evidence
+    if result in ('pending', 'waiting'):
+        why = 'no tracked DDL waited on the holder' if result == 'pending' else 'the detector had not decided when the phase ended'
+        reasons.append('the deadlock did not happen: %s' % why)
+    elif result == 'deadlock' and (lost != 'holder' or then.get('sqlstate') != '40P01'):
+        reasons.append('the deadlock phase cannot be proven: the holder says deadlock with SQLSTATE %s' % then.get('sqlstate'))
+    elif result == 'granted' and (lost != 'ddl' or not ddl_deadlocks):
+        reasons.append("the deadlock did not happen: the holder's second lock was granted after %s ms while %s, and the workload saw "
+                       '%d deadlock errors' % (then.get('waited_ms'), 'a waiting DDL aborted' if lost == 'ddl'
+                                               else 'no waiting DDL aborted', ddl_deadlocks))
+    elif result not in ('granted', 'deadlock'):
+        reasons.append("the deadlock did not happen: the holder's second lock ended with %s: %s" % (result, then.get('msg')))
+    if result in ('granted', 'deadlock') and not waiters:
+        reasons.append('the deadlock cannot be proven: no DDL was waiting on the holder when it asked')
+    for waiter in waiters:
+        status, rows = waiter.get('xact_status'), (_number(waiter.get('history_rows')), _number(waiter.get('objects_rows')))
+        if status == 'aborted' and rows != (0, 0):
+            reasons.append('half-tracked: the cancelled DDL of backend %s left %g history and %g objects rows'
+                           % (waiter.get('pid'), rows[0], rows[1]))
+        elif status == 'committed' and not rows[0]:
+            reasons.append('the DDL of backend %s committed but left no history row (lost)' % waiter.get('pid'))
+        elif status not in ('aborted', 'committed') and result in ('granted', 'deadlock'):
+            reasons.append("the deadlock phase cannot be proven: the transaction of backend %s was %s when the holder last looked"
+                           % (waiter.get('pid'), status or 'not read'))
+    return reasons, evidence
+
+
 def _lock_held(raw):
     """lock_contention: the locks were granted, tracked DDL in the window blocked, and ended ok or by its lock_timeout.
 
@@ -693,7 +754,7 @@ def _lock_held(raw):
                     unblocked=len([w for w in waits if w < BLOCKED_MARK_MS]),
                     lock_errors=dict((k, v) for k, v in errors.items() if k in ('LockNotAvailable', 'QueryCanceled')),
                     released=_mapping(fault.get('release')).get('changed'))
-    reasons = []
+    reasons, evidence['deadlock'] = _deadlock_phase(raw)
     if not granted:
         reasons.append('the fault did not happen: the holder was granted no lock')
     elif missing:
@@ -747,7 +808,7 @@ def _index_corrupted(raw):
     check = _mapping(workload.get('check'))
     primary = str(raw.get('host'))
     seen = [c for c in (during.get(primary) or {}).get('corrupt', []) if not index or str(c.get('index')) == str(index)
-            or str(c.get('index')).split('.')[-1] == str(index).split('.')[-1]]
+            or str(c.get('index')).rsplit('.', maxsplit=1)[-1] == str(index).rsplit('.', maxsplit=1)[-1]]
     detected = _number(fault.get('detected_at'))
     injected = _number(_mapping(raw.get('timings')).get('inject_end'))
     evidence = dict(index=index, block=corrupt.get('block'), mode=corrupt.get('mode'), reveal=corrupt.get('reveal'),
@@ -780,8 +841,8 @@ def _index_corrupted(raw):
             reasons.append('amcheck after the recovery is not clean on %s: %s' % (
                 host, '; '.join('%s: %s' % (c['index'], c['error']) for c in state['corrupt'] + state['errors'])))
     if not before.get('digest') or not prefix.get('digest'):
-        reasons.append('history cannot be proven intact: no digest %s' % ('before the fault' if not before.get('digest')
-                                                                              else 'of those rows after it'))
+        missing = 'before the fault' if not before.get('digest') else 'of those rows after it'
+        reasons.append('history cannot be proven intact: no digest %s' % missing)
     elif (prefix.get('rows'), prefix.get('max_id'), prefix.get('digest')) != (before.get('rows'), before.get('max_id'), before.get('digest')):
         reasons.append('history is not intact: %s rows up to id %s with digest %s before the fault, %s rows up to id %s with digest %s after'
                        % (before.get('rows'), before.get('max_id'), before.get('digest'), prefix.get('rows'),

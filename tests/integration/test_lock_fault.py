@@ -239,3 +239,99 @@ def test_check_mode_locks_nothing(pgdb, private_state_dir):
     assert not failed and result['changed'] and 'holder' not in result
     assert result['msg'] == 'would lock pggit.history, pggit.objects IN ROW EXCLUSIVE MODE; locked nothing'
     assert ledger_ids(private_state_dir) == [] and holder_sessions(pgdb) == []
+
+
+# --- the deadlock phase -------------------------------------------------------------------------
+# SHARE on pggit.history blocks a tracked DDL after it took ROW EXCLUSIVE on pggit.objects (its trigger upserts the
+# object first, then inserts the history row); the holder then asks SHARE on pggit.objects: a real cycle.
+DEADLOCK = dict(name='held', tables=['pggit.history'], mode='SHARE', then_tables=['pggit.objects'], then_mode='SHARE')
+
+
+def ddl_session(pgdb, table, timeout_ms=10000):
+    """A tracked CREATE TABLE that may wait long: (backend pid, None or the error, seconds it took)."""
+    conn = psycopg2.connect(host='127.0.0.1', port=pgdb['login_port'], user='postgres', dbname=pgdb['db'], application_name='ddl-client')
+    try:
+        cur = conn.cursor()
+        cur.execute('SET lock_timeout = %s', (timeout_ms,))
+        started = time.monotonic()
+        try:
+            cur.execute('CREATE TABLE public.%s (id int)' % table)
+            conn.commit()
+            error = None
+        except psycopg2.Error as exc:
+            conn.rollback()
+            error = exc
+        return conn.get_backend_pid(), error, time.monotonic() - started
+    finally:
+        conn.close()
+
+
+def holder_events(state_dir):
+    with open(os.path.join(state_dir, 'faults', FID + '.results')) as handle:
+        return handle.read()
+
+
+def then_lock(pgdb, state_dir, after_ms):
+    """Run the task again until the holder reports how its second lock ended."""
+    def decided():
+        result, failed = run_module(pggit_chaos_lock.main, args(pgdb, state_dir, then_after_ms=after_ms, **DEADLOCK))
+        assert not failed and result["changed"] is False, result
+        return result['then_lock'] if result['then_lock']['result'] not in ('pending', 'waiting') else None
+    outcome = []
+    assert wait_for(lambda: outcome.append(decided()) or outcome[-1] is not None, 10)
+    return outcome[-1]
+
+
+def test_deadlock_phase_the_detector_cancels_the_waiting_ddl_and_it_leaves_no_history_row(pgdb, private_state_dir):
+    result, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir, then_after_ms=200, **DEADLOCK))
+    assert not failed, result['msg']
+    assert [(lock['relation'], lock['mode']) for lock in result['locks']] == [('pggit.history', 'ShareLock')]
+    assert result['then_lock'] == {'result': 'pending'}, 'no session waits on the holder yet'
+
+    pid, error, took = ddl_session(pgdb, 'dl_loser')
+    assert isinstance(error, psycopg2.errors.DeadlockDetected), (error, holder_events(private_state_dir))  # SQLSTATE 40P01 on the DDL's side
+    assert error.pgcode == '40P01' and 0.9 <= took < 3, took  # deadlock_timeout 1 s, then the detector
+    outcome = then_lock(pgdb, private_state_dir, 200)
+    assert outcome['result'] == 'granted' and outcome['lost'] == 'waiter' and outcome['sqlstate'] is None, outcome
+    assert 150 <= outcome['after_ms'] < 600 and 300 <= outcome['waited_ms'] < 1500, outcome
+    [waiter] = outcome['waiters']
+    assert waiter['pid'] == pid and waiter['query'].startswith('CREATE TABLE public.dl_loser'), waiter
+    assert waiter['xact_status'] == 'aborted' and waiter['history_rows'] == 0 and waiter['objects_rows'] == 0, waiter
+    assert sorted((lock['relation'], lock['mode']) for lock in outcome['locks']) == [
+        ('pggit.history', 'ShareLock'), ('pggit.objects', 'ShareLock')]
+    held = result['holder']['backend_pid']
+    assert {('history', 'ShareLock'), ('objects', 'ShareLock')} <= set(held_locks(pgdb, held)), 'the holder won and holds both'
+    assert history_of(pgdb, 'dl_loser') == 0 and query(pgdb, "SELECT to_regclass('public.dl_loser')")[0][0] is None
+
+    reverted, failed = run_module(pggit_chaos_lock.main, dict(args(pgdb, private_state_dir), state='absent'))
+    assert not failed and reverted['revert']['result'] == 'reverted'
+    assert ledger_ids(private_state_dir) == []
+    assert_freed(pgdb, private_state_dir, 'after_deadlock')
+    assert history_of(pgdb, 'dl_loser') == 0
+
+
+def test_deadlock_phase_asked_after_deadlock_timeout_the_holder_loses_and_the_ddl_is_tracked_once(pgdb, private_state_dir):
+    result, failed = run_module(pggit_chaos_lock.main, args(pgdb, private_state_dir, then_after_ms=1500, **DEADLOCK))
+    assert not failed, result['msg']
+    pid, error, took = ddl_session(pgdb, 'dl_winner')
+    assert error is None, error
+    assert 2.2 <= took < 5, took  # waited 1.5 s for the holder to ask, then 1 s of deadlock_timeout on the holder's side
+    outcome = then_lock(pgdb, private_state_dir, 1500)
+    assert outcome['result'] == 'deadlock' and outcome['lost'] == 'holder' and outcome['sqlstate'] == '40P01', outcome
+    assert 'deadlock detected' in outcome['msg'] and 900 <= outcome['waited_ms'] < 2000, outcome
+    [waiter] = outcome['waiters']
+    assert waiter['pid'] == pid and waiter['waited_ms'] >= 1400, waiter
+    assert waiter['xact_status'] == 'committed' and waiter['history_rows'] == 1 and waiter['objects_rows'] == 1, waiter
+    assert held_locks(pgdb, result['holder']['backend_pid']) == [], 'cancelled, the holder holds nothing'
+    assert history_of(pgdb, 'dl_winner') == 1
+    reverted, failed = run_module(pggit_chaos_lock.main, dict(args(pgdb, private_state_dir), state='absent'))
+    assert not failed and reverted['revert']['result'] == 'reverted'
+    assert_freed(pgdb, private_state_dir, 'after_lost_deadlock')
+
+
+def test_deadlock_phase_with_an_unknown_then_table_fails_naming_it(pgdb, private_state_dir):
+    unknown = args(pgdb, private_state_dir, **DEADLOCK)
+    unknown['then_tables'] = ['pggit.nope']
+    result, failed = run_module(pggit_chaos_lock.main, unknown)
+    assert failed and 'then_tables: pggit.nope is not a table' in result['msg'], result['msg']
+    assert ledger_ids(private_state_dir) == [] and programs(private_state_dir) == [] and holder_sessions(pgdb) == []

@@ -1,6 +1,7 @@
 """The lock holder's pure parts: modes, tables, keys, the LOCK statement (psycopg2.sql), its gate and its undo step's check."""
 from __future__ import annotations
 
+import psycopg2.errors
 import pytest
 from psycopg2 import sql
 
@@ -244,3 +245,171 @@ def test_pg_terminate_backend_handler_fails_when_the_backend_stays(monkeypatch):
     monkeypatch.setattr(_steps, 'TERMINATE_WAIT', 0.1)
     with pytest.raises(UndoError, match='backend 555 .* is still there'):
         _steps.run_steps([TERM], {})
+
+
+# --- the deadlock phase ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('spec, problem', [
+    ({'then_tables': []}, None),
+    ({'then_tables': ['objects'], 'then_mode': 'share'}, None),
+    ({'then_tables': ['public.accounts'], 'then_mode': 'SHARE'}, "then_tables: 'public.accounts' is not in schema pggit"),
+    ({'then_tables': ['pggit.a.b'], 'then_mode': 'SHARE'}, "then_tables: 'pggit.a.b' is not a table name"),
+    ({'then_tables': ['objects'], 'then_mode': 'sharish'}, "then_mode must be a PostgreSQL table lock mode"),
+])
+def test_then_problem_names_the_then_option(spec, problem):
+    got = _locker.then_problem(spec)
+    assert got == problem if problem is None else got.startswith(problem), got
+    if problem and 'mode' in problem:
+        assert got.endswith("got 'sharish'")
+
+
+@pytest.mark.parametrize('xid, near, full', [
+    (746, 748, 746),                               # running ids may be under the snapshot's xmax ...
+    (746, 746, 746),                               # ... or at it ...
+    (750, 748, 750),                               # ... or over it (xmax is the first id not yet completed)
+    (4294967290, (1 << 32) + 5, 4294967290),       # began in the previous epoch
+    (3, (1 << 32) - 2, (1 << 32) + 3),             # began in the next epoch, after the snapshot was read
+    (100, (7 << 32) + 90, (7 << 32) + 100),
+])
+def test_full_xid_picks_the_epoch_nearest_the_snapshot(xid, near, full):
+    assert _locker.full_xid(xid, near) == full
+
+
+def test_waiter_rows_say_how_long_each_had_waited_when_the_holder_asked():
+    rows = [(11, '746', 'CREATE TABLE s.t (id int)', 100.0), (12, None, 'SELECT 1', None)]
+    assert _locker.waiter_rows(rows, 100.25) == [
+        {'pid': 11, 'xid': '746', 'query': 'CREATE TABLE s.t (id int)', 'waitstart': 100.0, 'waited_ms': 250.0},
+        {'pid': 12, 'xid': None, 'query': 'SELECT 1', 'waitstart': None}]
+
+
+@pytest.mark.parametrize('pgcode, result', [(None, 'granted'), ('40P01', 'deadlock'), ('55P03', 'timeout'), ('57P01', 'error')])
+def test_classify_by_sqlstate(pgcode, result):
+    assert _locker.classify(pgcode) == result
+
+
+@pytest.mark.parametrize('result, statuses, lost', [
+    ('deadlock', ['committed'], 'holder'),
+    ('granted', ['aborted'], 'waiter'),
+    ('granted', ['committed'], None),    # granted after the waiter committed: no cycle, no side cancelled
+    ('granted', [], None),
+    ('timeout', ['in progress'], None),
+])
+def test_who_lost(result, statuses, lost):
+    assert _locker.who_lost(result, [{'xact_status': s} for s in statuses]) == lost
+
+
+@pytest.mark.parametrize('waiter, done', [
+    ({'xid': None}, True), ({'xid': '7', 'xact_status': 'aborted'}, True), ({'xid': '7', 'xact_status': 'committed'}, True),
+    ({'xid': '7', 'xact_status': 'in progress'}, False), ({'xid': '7'}, False), ({'xid': '7', 'xact_status': None, 'error': 'x'}, True),
+])
+def test_settled(waiter, done):
+    assert _locker.settled(waiter) is done
+
+
+def test_regclass_names_quote_what_regclass_reads_back():
+    assert _locker.regclass_names(['objects', 'pggit.Odd "x"', 'pggit.objects']) == ['"pggit"."objects"', '"pggit"."Odd ""x"""']
+
+
+class Raises(object):
+    def __init__(self, exc):
+        self.exc = exc
+
+
+class FakeCursor(object):
+    """Answers the holder's statements in order; records them."""
+
+    def __init__(self, answers):
+        self.answers, self.executed, self.result = list(answers), [], None
+
+    def execute(self, statement, args=None):
+        self.executed.append((statement, args))
+        answer = self.answers.pop(0) if self.answers else []
+        if isinstance(answer, Raises):
+            raise answer.exc
+        self.result = answer
+
+    def fetchall(self):
+        return self.result
+
+    def fetchone(self):
+        return self.result[0]
+
+
+class FakeConn(object):
+    def __init__(self, cursor):
+        self.cursor_, self.rolled_back = cursor, 0
+
+    def cursor(self):
+        return self.cursor_
+
+    def rollback(self):
+        self.rolled_back += 1
+
+
+class Out(object):
+    def __init__(self):
+        self.events = []
+
+    def write(self, event, **data):
+        self.events.append(dict(data, event=event))
+
+
+def test_second_lock_waits_for_a_waiter_then_then_after_ms_before_it_asks():
+    now = [100.0]
+    waiter = [(11, '746', 'CREATE TABLE s.t (id int)', 99.9)]
+    cur = FakeCursor([None, [], None, waiter, None, waiter])
+    out = Out()
+    second = _locker.SecondLock(FakeConn(cur), {'then_tables': ['objects'], 'then_mode': 'share', 'then_after_ms': 200}, out,
+                                clock=lambda: now[0])
+    assert second.step(200.0) is None and second.seen_at is None, 'nobody waits yet'
+    assert cur.executed[0][0] == 'SELECT pg_stat_clear_snapshot()', 'a fresh pg_stat_activity each look'
+    assert cur.executed[1] == (_locker.WAITERS, (['"pggit"."objects"'],))
+    now[0] = 100.1
+    assert second.step(200.0) is None and second.seen_at == 100.1 and out.events[-1]['event'] == 'then_waiter_seen'
+    now[0] = 100.2
+    assert second.step(200.0) is None, '100 ms after the waiter was seen: not yet'
+    assert len(cur.executed) == 4
+
+
+def test_second_lock_granted_after_the_waiter_aborted_reports_the_waiter_lost_and_no_rows():
+    now = [100.0]
+    waiter = [(11, '746', 'CREATE TABLE s.t (id int)', 99.9)]
+    held = [('pggit.history', 'ShareLock', True), ('pggit.objects', 'ShareLock', True)]
+    cur = FakeCursor([None, waiter,                                   # the look that sees it
+                      None, waiter, [(748,)], None, None, None, held,  # ask: waiters, xmax, lock_timeout, LOCK, reset, pg_locks
+                      None, [('aborted', 0, 0)], None])               # settle inside a savepoint
+    conn, out = FakeConn(cur), Out()
+    second = _locker.SecondLock(conn, {'then_tables': ['pggit.objects'], 'then_mode': 'SHARE', 'then_after_ms': 0}, out,
+                                clock=lambda: now[0])
+    assert second.step(110.0) is None
+    now[0] = 100.3
+    event = second.step(110.0)
+    assert event['result'] == 'granted' and event['lost'] == 'waiter' and event['sqlstate'] is None
+    assert event['waiters'][0]['xact_status'] == 'aborted' and event['waiters'][0]['history_rows'] == 0
+    assert event['waiters'][0]['waited_ms'] == 400.0 and event['after_ms'] == 300.0
+    statements = [str(s) if isinstance(s, str) else s for s, _a in cur.executed]
+    assert ('SET LOCAL lock_timeout = %s', (9700,)) in cur.executed, 'the second lock waits at most until the TTL'
+    assert statements[-3:] == ['SAVEPOINT pggit_chaos_settle', _locker.XACT_OUTCOME, 'RELEASE SAVEPOINT pggit_chaos_settle']
+    assert cur.executed[-2][1] == (746, '746', '746')
+    assert conn.rolled_back == 0, 'holding its locks, the holder never rolls back'
+    assert second.done and second.step(110.0) is None and [e['event'] for e in out.events][-1] == 'then'
+
+
+class Deadlock(psycopg2.errors.DeadlockDetected):
+    pgcode = '40P01'  # as the server sets it
+
+
+def test_second_lock_cancelled_by_the_detector_reports_the_holder_lost():
+    now = [100.0]
+    waiter = [(11, '746', 'CREATE TABLE s.t (id int)', 99.0)]
+    cur = FakeCursor([None, waiter, None, waiter, [(748,)], None, Raises(Deadlock('deadlock detected')),
+                      [('committed', 1, 1)]])
+    conn, out = FakeConn(cur), Out()
+    second = _locker.SecondLock(conn, {'then_tables': ['objects'], 'then_mode': 'SHARE', 'then_after_ms': 1500}, out,
+                                clock=lambda: now[0])
+    second.step(110.0)
+    now[0] = 101.6
+    event = second.step(110.0)
+    assert event['result'] == 'deadlock' and event['lost'] == 'holder' and event['locks'] == []
+    assert event['waiters'][0]['xact_status'] == 'committed' and event['waiters'][0]['history_rows'] == 1
+    assert conn.rolled_back >= 2, 'the aborted transaction is rolled back, and so is each read after it'

@@ -175,6 +175,12 @@ BAD = [
     ('pggit_chaos_corrupt', dict(name='c', index=' '), 'index', "' '"),
     ('pggit_chaos_corrupt', dict(name='c', index='public.users_pkey'), 'index=public.users_pkey', 'schema pggit'),
     ('pggit_chaos_corrupt', dict(name='c', index='pggit.'), 'index=pggit.', 'schema pggit'),
+    # pggit_chaos_lock, the deadlock phase (an unknown then_table needs the server: tests/integration/test_lock_fault.py)
+    ('pggit_chaos_lock', dict(name='l', then_tables=['public.accounts']), 'then_tables', "'public.accounts'"),
+    ('pggit_chaos_lock', dict(name='l', then_tables=['pggit.a.b']), 'then_tables', "'pggit.a.b'"),
+    ('pggit_chaos_lock', dict(name='l', then_tables=['objects'], then_mode='sharish'), 'then_mode', "'sharish'"),
+    ('pggit_chaos_lock', dict(name='l', then_tables=['objects'], then_after_ms=-1), 'then_after_ms', '-1'),
+    ('pggit_chaos_lock', dict(name='l', then_tables=['objects'], then_after_ms=600001), 'then_after_ms', '600001'),
 ]
 
 

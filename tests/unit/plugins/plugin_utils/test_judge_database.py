@@ -99,6 +99,76 @@ def test_lock_contention_without_a_window_cannot_be_proven():
     assert any('no inject_end or window_end' in r for r in entry['reasons'])
 
 
+# The deadlock phase, as a lab run reports it: the holder asked 200 ms after the DDL waited, the DDL lost.
+DL_OPS = LOCK_OPS[:10] + [[T0 + 13.5, 1003.0, 'fail'], [T0 + 13.9, 40.0, 'ok']] + LOCK_OPS[10:]
+
+
+def dl_waiter(status='aborted', history=0, objects=0):
+    return dict(pid=77, xid='900', query='CREATE TABLE pggit_chaos_drift.t_1 (id int)', waited_ms=230.0, xact_status=status,
+                history_rows=history, objects_rows=objects)
+
+
+def dl_fault(result='granted', lost='waiter', sqlstate=None, waiters=None, enabled=True):
+    then = dict(result=result, lost=lost, sqlstate=sqlstate, waited_ms=770.0, after_ms=205.0,
+                waiters=[dl_waiter()] if waiters is None else waiters)
+    fault = lock_fault()
+    fault['deadlock'] = dict(enabled=enabled, lock=dict(then_lock=then, holder=dict(pid=3, backend_pid=4)), release=dict(changed=True),
+                             started_at=str(T0 + 13.3), ended_at=str(T0 + 13.95))  # as set_fact leaves them
+    return fault
+
+
+def dl_judged(fault, deadlocks=1):
+    return judged('lock_contention', fault,
+                  workload=workload(ok=11, failed=6, op_times=DL_OPS, errors=dict(DeadlockDetected=deadlocks, LockNotAvailable=5)))
+
+
+def test_lock_contention_deadlock_phase_passes_and_shows_the_ddl_lost_and_left_no_row():
+    entry = dl_judged(dl_fault())
+    assert entry['status'] == 'passed', entry['reasons']
+    deadlock = entry['evidence']['deadlock']
+    assert deadlock['lost'] == 'ddl' and deadlock['result'] == 'granted' and deadlock['ddl_deadlock_errors'] == 1
+    assert deadlock['waiters'][0]['xact_status'] == 'aborted' and deadlock['waiters'][0]['history_rows'] == 0
+    assert deadlock['ddl_in_phase'] == 2 and deadlock['ddl_failed_in_phase'] == 1
+    assert deadlock['asked_after_ms'] == 205.0 and deadlock['holder_waited_ms'] == 770.0
+
+
+def test_lock_contention_deadlock_phase_passes_when_the_holder_lost_and_the_ddl_is_tracked():
+    fault = dl_fault(result='deadlock', lost='holder', sqlstate='40P01', waiters=[dl_waiter('committed', 1, 1)])
+    entry = dl_judged(fault, deadlocks=0)
+    assert entry['status'] == 'passed', entry['reasons']
+    assert entry['evidence']['deadlock']['lost'] == 'holder' and entry['evidence']['deadlock']['sqlstate'] == '40P01'
+
+
+def test_lock_contention_without_the_deadlock_phase_judges_the_first_phase_only():
+    entry = dl_judged(dl_fault(enabled=False), deadlocks=0)
+    assert entry['status'] == 'passed' and entry['evidence']['deadlock'] is None
+
+
+@pytest.mark.parametrize('fault, deadlocks, reason', [
+    (dl_fault(result='pending', lost=None, waiters=[]), 0, 'the deadlock did not happen: no tracked DDL waited on the holder'),
+    (dl_fault(result='waiting', lost=None), 0, 'the detector had not decided'),
+    (dl_fault(lost=None, waiters=[dl_waiter('committed', 1, 1)]), 0, 'no waiting DDL aborted, and the workload saw 0 deadlock'),
+    (dl_fault(), 0, 'a waiting DDL aborted, and the workload saw 0 deadlock errors'),
+    (dl_fault(result='timeout', lost=None), 0, "second lock ended with timeout"),
+    (dl_fault(waiters=[dl_waiter('aborted', 1, 1)]), 1, 'half-tracked: the cancelled DDL of backend 77 left 1 history and 1 objects'),
+    (dl_fault(result='deadlock', lost='holder', sqlstate='40P01', waiters=[dl_waiter('committed', 0, 0)]), 0,
+     'committed but left no history row'),
+    (dl_fault(result='deadlock', lost='holder', sqlstate='40P01', waiters=[dl_waiter('in progress')]), 0, 'was in progress'),
+    (dl_fault(result='deadlock', lost='holder', sqlstate='55P03', waiters=[dl_waiter('committed', 1, 1)]), 0, 'SQLSTATE 55P03'),
+    (dl_fault(result='deadlock', lost='holder', sqlstate='40P01', waiters=[]), 0, 'no DDL was waiting on the holder'),
+])
+def test_lock_contention_deadlock_phase_fails_without_a_real_deadlock_or_with_a_half_tracked_ddl(fault, deadlocks, reason):
+    entry = dl_judged(fault, deadlocks=deadlocks)
+    assert entry['status'] == 'failed' and any(reason in r for r in entry['reasons']), entry['reasons']
+
+
+def test_lock_contention_deadlock_phase_with_nothing_reported_cannot_be_proven():
+    fault = dl_fault()
+    fault['deadlock']['lock'] = {}
+    entry = dl_judged(fault)
+    assert any('reported nothing of its second lock' in r for r in entry['reasons'])
+
+
 # --- index_corruption ----------------------------------------------------------------------------
 
 def amcheck(host, corrupt=(), errors=(), checked=6):
