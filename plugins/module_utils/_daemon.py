@@ -180,14 +180,21 @@ def spawn(state_dir, tag, args, python=None, ready=None, ready_timeout=5.0):
     if not data:
         raise RuntimeError('%s did not start' % tag)
     child = int(data)
-    # Wait for exec so the recorded cmdline carries the tag: the pid-reuse guards match on it.
+    # Wait for exec so the recorded cmdline carries the tag: the pid-reuse guards match on it.  Before its exec the
+    # child is a copy of this process, whose own command line may carry the tag too (a reaper arming another at boot),
+    # and during the exec its command line reads empty: only a command line with the tag that is not ours proves it.
+    mine = _steps.proc_cmdline(os.getpid())
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and tag not in _steps.proc_cmdline(child):
-        if _steps.proc_starttime(child) is None:
-            break  # gone already: no use waiting for its exec
-        time.sleep(0.01)
+    execed = False
+    gone = 0
+    while not execed and time.monotonic() < deadline and gone < 2:
+        cmdline = _steps.proc_cmdline(child)
+        execed = tag in cmdline and cmdline != mine
+        if not execed:
+            gone = gone + 1 if _steps.proc_starttime(child) is None else 0  # twice gone: it died before its exec
+            time.sleep(0.01)
     started = {'pid': child, 'starttime': _steps.proc_starttime(child), 'script': script}
-    if started['starttime'] is None or tag not in _steps.proc_cmdline(child):
+    if started['starttime'] is None or not execed:
         # A program that exits at once can be gone before its cmdline is read:
         # to a caller waiting for ready, that is the same failure as exiting later.
         tail = log_tail(state_dir, tag)
