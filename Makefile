@@ -5,7 +5,8 @@
 #   make lab LAB_NAME=h2 LAB_HOSTS=1   a private lab: inventories/h2/hosts.yml, /var/tmp/pggit-lab-h2,
 #                                      namespaces pggh2-N, bridge pggh20, a /24 of 198.18.0.0/15
 #                                      (LAB_SUBNET_INDEX=0..511 picks it by hand)
-#   make lab-down LAB_NAME=h2          removes that lab only
+#   make lab-down LAB_NAME=h2          removes that lab only (HA or not)
+#   make lab LAB_HA=patroni            Patroni 4 over etcd, plus an etcd witness host (LAB_PATRONI=debian: 3.0.2)
 # The demo lab is LAB_NAME=lab; make test builds and removes its own lab
 # (TEST_LAB_NAME=test), make bench too (BENCH_LAB_NAME=bench).
 SHELL := /bin/bash
@@ -18,6 +19,10 @@ PYTHON      ?= python3
 LAB_HOSTS   ?= 3
 LAB_NAME    ?= lab
 LAB_SUBNET_INDEX ?=
+# LAB_HA=patroni: Patroni over etcd on the lab hosts, plus an etcd witness host (README: The HA lab).
+# LAB_PATRONI=debian: Debian's patroni 3.0.2 instead of the PyPI 4.x in the venv.
+LAB_HA      ?=
+LAB_PATRONI ?=
 TEST_LAB_NAME ?= test
 BENCH_LAB_NAME ?= bench
 TORTURE_RUNS ?= 60
@@ -32,11 +37,13 @@ export PGGIT_LAB_NAME = $(LAB_NAME)
 export PGGIT_LAB_INVENTORY = $(CURDIR)/inventories/$(LAB_NAME)/hosts.yml
 
 APT_PACKAGES := iproute2 procps iptables nftables stress-ng faketime openssh-server openssh-client \
-                libnetfilter-queue-dev postgresql-15 postgresql-contrib python3-psycopg2 rsync shellcheck git
+                libnetfilter-queue-dev postgresql-15 postgresql-contrib python3-psycopg2 rsync shellcheck git \
+                chromium
 PLAYBOOK     := $(BIN)/ansible-playbook
 LAB_VARS      = -i localhost, -e pggit_lab_name=$(LAB_NAME) -e pggit_lab_inventory=$(PGGIT_LAB_INVENTORY)
 LAB_ARGS      = $(LAB_VARS) -e pggit_lab_hosts=$(LAB_HOSTS) -e pggit_lab_python=$(BIN)/python \
-                $(if $(LAB_SUBNET_INDEX),-e pggit_lab_subnet_index=$(LAB_SUBNET_INDEX))
+                $(if $(LAB_SUBNET_INDEX),-e pggit_lab_subnet_index=$(LAB_SUBNET_INDEX)) \
+                $(if $(LAB_HA),-e pggit_lab_ha=$(LAB_HA)) $(if $(LAB_PATRONI),-e pggit_lab_patroni=$(LAB_PATRONI))
 
 .PHONY: help deps apt venv link lab lab-down demo test unit integration sanity lint molecule deadman bench torture build clean
 
@@ -78,7 +85,7 @@ demo: deps lab
 	rm -rf $(REPORT_DIR)
 	$(PLAYBOOK) playbooks/chaos.yml -i $(PGGIT_LAB_INVENTORY) -e chaos_fail_on_failure=false
 	@echo; cat $(REPORT_DIR)/chaos-report.md; echo
-	@echo "Reports: $(REPORT_DIR)/chaos-report.md, chaos-report.json, chaos-junit.xml"
+	@echo "Reports: $(REPORT_DIR)/chaos-report.md, chaos-report.html, chaos-report.json, chaos-junit.xml, chaos-metrics.prom"
 	@echo "The lab stays up for you to explore ($(PGGIT_LAB_INVENTORY)); 'make lab-down LAB_NAME=$(LAB_NAME)' removes it."
 
 ## Tests -------------------------------------------------------------------
@@ -136,3 +143,14 @@ build: deps
 
 clean: lab-down
 	rm -rf .cache reports tests/output $(VENV)
+
+## Execution environment (ansible-builder v3) ----------------------------------
+# Writes the build context of execution-environment.yml (the collection from the tarball make build wrote);
+# no container engine runs on the build machine: `podman build -t pggit-chaos-ee $(EE_CONTEXT)` elsewhere.
+EE_CONTEXT ?= $(CURDIR)/.cache/ee/context
+.PHONY: ee
+ee: build
+	@$(BIN)/ansible-builder --version >/dev/null 2>&1 || $(BIN)/pip install -q 'ansible-builder>=3.1'
+	rm -rf $(EE_CONTEXT)
+	$(BIN)/ansible-builder create -f execution-environment.yml -c $(EE_CONTEXT) --output-filename Containerfile
+	@echo "EE build context: $(EE_CONTEXT) (build it with podman or docker: no container engine runs here)"

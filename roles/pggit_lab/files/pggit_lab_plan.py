@@ -14,6 +14,15 @@ subnet:
 - host addresses   <subnet>.(10 + N)
 - cgroups          pggit-lab-<name>-lab-<N>, children of lab_up's own cgroups
                    (see pggit_lab_cgroup.py)
+- HA (--ha patroni) a witness host <name>-w (namespace pgg<name>-w, veth
+                   pgg<name>wh, address <subnet>.20, region_c) that runs etcd
+                   only; etcd members on lab-1 (region_a), the last region_b
+                   host and the witness, so that losing either data region
+                   leaves 2 of 3 members: a quorum. Every host's Patroni
+                   listens on <address>:8008, etcd on <address>:2379/2380.
+
+The regexes (lab_down's) always cover the witness, so lab_down removes an HA
+lab and a plain one alike, without being told which it was.
 
 Names are 1 to 10 characters from [a-z0-9]: a Linux interface name has at most
 15, and the veth name adds 5. No name is a prefix of another's interface names
@@ -46,6 +55,10 @@ NAME_RE = re.compile(r'[a-z0-9]{1,10}')
 RANGE = ipaddress.ip_network('198.18.0.0/15')
 SUBNETS = 512  # /24s in the /15
 MAX_HOSTS = 8
+HA_MODES = ('none', 'patroni')
+HA_MIN_HOSTS = 3
+WITNESS_HOST = 20  # the witness address: <subnet>.20, above the data hosts' .11-.18
+PATRONI_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT = 8008, 2379, 2380
 MARKER = '.pggit-lab-name'
 
 
@@ -80,9 +93,18 @@ def subnet(index):
     return ipaddress.ip_network('198.%d.%d.0/24' % (18 + index // 256, index % 256))
 
 
-def plan(name, hosts=None, index=None, lab_dir=None):
+def check_ha(ha):
+    """'none' or 'patroni' (empty means none); PlanError naming the option otherwise."""
+    value = 'none' if ha in (None, '') else ha
+    if value not in HA_MODES:
+        raise PlanError('pggit_lab_ha must be one of %s (empty means none), got %r' % (', '.join(HA_MODES), ha))
+    return value
+
+
+def plan(name, hosts=None, index=None, lab_dir=None, ha=None):
     """Everything lab <name> creates. hosts=None: only what lab_down needs (no node list)."""
     check_name(name)
+    ha = check_ha(ha)
     net = subnet(subnet_index(name, index))
     prefix = 'pgg' + name
     lab_dir = lab_dir or '/var/tmp/pggit-lab-' + name
@@ -99,8 +121,10 @@ def plan(name, hosts=None, index=None, lab_dir=None):
         'prefixlen': net.prefixlen,
         'bridge': prefix + '0',
         'bridge_address': base + '.1',
-        'netns_regex': '^%s-[0-9]$' % prefix,
-        'link_regex': '^%s([0-9]h|0)$' % prefix,
+        'ha': ha,
+        # [0-9w]: the data hosts and the witness of an HA lab (lab_down removes both kinds)
+        'netns_regex': '^%s-[0-9w]$' % prefix,
+        'link_regex': '^%s([0-9w]h|0)$' % prefix,
         'cgroup_regex': '^pggit-lab-%s-lab-[0-9]$' % name,
     }
     if hosts is None:
@@ -111,6 +135,9 @@ def plan(name, hosts=None, index=None, lab_dir=None):
         count = 0
     if not 1 <= count <= MAX_HOSTS:
         raise PlanError('pggit_lab_hosts must be an integer from 1 to %d, got %r' % (MAX_HOSTS, hosts))
+    if ha != 'none' and count < HA_MIN_HOSTS:
+        raise PlanError('pggit_lab_hosts must be at least %d with pggit_lab_ha=%s (a region_b host to fail over to, '
+                        'and an etcd member there), got %r' % (HA_MIN_HOSTS, ha, hosts))
     nodes = []
     for i in range(1, count + 1):
         host_dir = '%s/hosts/lab-%d' % (lab_dir, i)
@@ -133,9 +160,69 @@ def plan(name, hosts=None, index=None, lab_dir=None):
             'sshd_pid': host_dir + '/run/sshd.pid',
             'sshd_log': host_dir + '/sshd.log',
             'cgroup_name': 'pggit-lab-%s-lab-%d' % (name, i),
+            'witness': False,
+            'etcd': False,
         })
     result['nodes'] = nodes
+    result['hosts'] = list(nodes)
+    if ha == 'patroni':
+        _plan_ha(result, name, prefix, base, lab_dir)
     return result
+
+
+def _etcd(node):
+    """Make node an etcd member: its URLs, data (on a tmpfs of its own), pid file and log."""
+    node.update({
+        'etcd': True,
+        'etcd_url': 'http://%s:%d' % (node['address'], ETCD_CLIENT_PORT),
+        'etcd_peer_url': 'http://%s:%d' % (node['address'], ETCD_PEER_PORT),
+        'etcd_mount': node['dir'] + '/etcd',
+        'etcd_data': node['dir'] + '/etcd/data',
+        'etcd_pid': node['dir'] + '/etcd.pid',
+        'etcd_log': node['dir'] + '/etcd.log',
+    })
+
+
+def _plan_ha(result, name, prefix, base, lab_dir):
+    """The Patroni side of each data host, the witness, and the etcd members (see the module docstring)."""
+    nodes = result['nodes']
+    for node in nodes:
+        node.update({
+            'patroni_url': 'http://%s:%d' % (node['address'], PATRONI_PORT),
+            'patroni_config': node['dir'] + '/patroni.yml',
+            'patroni_pid': node['dir'] + '/patroni.pid',
+            'patroni_log': node['dir'] + '/patroni.log',
+        })
+    witness_dir = '%s/hosts/%s-w' % (lab_dir, name)
+    witness = {
+        'index': 'w',
+        'name': '%s-w' % name,
+        'netns': '%s-w' % prefix,
+        'veth': '%swh' % prefix,
+        'iface': 'eth0',
+        'address': '%s.%d' % (base, WITNESS_HOST),
+        'primary': False,
+        'region': 'region_c',
+        'dir': witness_dir,
+        'state_dir': witness_dir + '/state',
+        'run_dir': witness_dir + '/run',
+        'host_key': witness_dir + '/ssh_host_ed25519_key',
+        'sshd_pid': witness_dir + '/run/sshd.pid',
+        'sshd_log': witness_dir + '/sshd.log',
+        'witness': True,
+        'etcd': False,
+    }
+    region_b = [node for node in nodes if node['region'] == 'region_b']
+    members = [nodes[0], region_b[-1], witness]
+    for node in members:
+        _etcd(node)
+    result['witness'] = witness
+    result['hosts'] = nodes + [witness]
+    keys = ('name', 'address', 'region', 'etcd_url', 'etcd_peer_url')
+    result['etcd_members'] = [dict((key, node[key]) for key in keys) for node in members]
+    result['etcd_initial_cluster'] = ','.join('%s=%s' % (node['name'], node['etcd_peer_url']) for node in members)
+    result['etcd_token'] = 'pggit-lab-' + name
+    result['patroni_scope'] = 'pggit-lab-' + name
 
 
 def check_addresses(lab, links):
@@ -200,10 +287,11 @@ def main(argv=None):
     parser.add_argument('--hosts', default=None)
     parser.add_argument('--subnet-index', default='')
     parser.add_argument('--dir', default='')
+    parser.add_argument('--ha', default='', help='none (default) or patroni')
     parser.add_argument('--check', action='store_true', help='check the machine for collisions (lab_up)')
     args = parser.parse_args(argv)
     try:
-        lab = plan(args.name, args.hosts, args.subnet_index, args.dir or None)
+        lab = plan(args.name, args.hosts, args.subnet_index, args.dir or None, args.ha)
         check_owner(lab)
         if args.check:
             check_dir(lab['dir'])

@@ -12,6 +12,11 @@ Nothing else: never a process picked by its name alone, so the pggit-chaos
 reapers of real faults, another lab and another checkout's tests are left
 alone. Paths match whole: lab dir /x/lab-a does not claim /x/lab-ab.
 
+HA managers go first: each scan kills the lab's Patroni and etcd processes
+(program patroni, patronictl or etcd) and waits for them to die before it kills
+the rest, so no Patroni restarts a postmaster in between; the postmasters, in
+the lab's namespaces and named by their -D path, die in the same scan.
+
 This script, its ancestors (the shell and the ansible-playbook that ran it)
 and kernel threads are never touched. Matching processes get SIGKILL, and the
 scan repeats until none are left or --timeout seconds pass. Run as root.
@@ -106,6 +111,40 @@ def _why(pid, lab_dirs, netns_inodes):
     return None
 
 
+MANAGER_PROGRAMS = ('patroni', 'patronictl', 'etcd')
+
+
+def is_manager(comm, cmdline_words):
+    """Whether a process is an HA manager (Patroni, etcd): by its comm or the program it runs (a Python
+    script such as .venv/bin/patroni runs as `python [-S] .../patroni CONFIG`)."""
+    if comm in MANAGER_PROGRAMS:
+        return True
+    words = [word for word in cmdline_words[:3] if not word.startswith('-')][:2]
+    return any(os.path.basename(word) in MANAGER_PROGRAMS for word in words)
+
+
+def _kill_managers_first(pids, timeout=5.0):
+    """SIGKILL the managers among pids and wait (bounded) until they are gone; the pids killed."""
+    managers = []
+    for pid in pids:
+        comm = _read('/proc/%d/comm' % pid).decode('utf-8', 'replace').strip()
+        words = _read('/proc/%d/cmdline' % pid).decode('utf-8', 'replace').split('\0')
+        if is_manager(comm, words):
+            managers.append(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    deadline = time.monotonic() + timeout
+    left = list(managers)
+    while left and time.monotonic() < deadline:
+        left = [pid for pid in left if os.path.exists('/proc/%d' % pid)
+                and not _read('/proc/%d/stat' % pid).rsplit(b')', 1)[-1].strip().startswith(b'Z')]
+        if left:
+            time.sleep(0.05)
+    return managers
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--lab-dir', required=True)
@@ -136,6 +175,7 @@ def main(argv=None):
     while True:
         netns_inodes = _lab_netns_inodes(netns_regex)
         found = 0
+        mine = {}
         for entry in os.listdir('/proc'):
             if not entry.isdigit():
                 continue
@@ -143,12 +183,17 @@ def main(argv=None):
             if pid in spare:
                 continue
             why = _why(pid, lab_dirs, netns_inodes)
-            if why is None:
-                continue
-            found += 1
+            if why is not None:
+                mine[pid] = why
+        for pid in mine:
             if pid not in killed:
                 comm = _read('/proc/%d/comm' % pid).decode('utf-8', 'replace').strip()
-                killed[pid] = '%s (%s)' % (comm, why)
+                killed[pid] = '%s (%s)' % (comm, mine[pid])
+        managers = _kill_managers_first(sorted(mine))
+        for pid in sorted(mine):
+            found += 1
+            if pid in managers:
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
