@@ -32,7 +32,7 @@ PROGRAMS = {
 # Files copied into <state_dir>/lib: every program and everything they import.
 ENGINE = ('_errors', '_ledger', '_steps', '_undo', '_pgconn', '_daemon', '_boot', '_reaper', '_nfqdelay', '_results',
           '_program', '_killer', '_locker', '_checker', '_workload', '_cgroup', '_server', '_stress',
-          '_restart')
+          '_restart', '_hostloss', '_failover')
 _PKG = ('ansible_collections', 'pggit', 'chaos', 'plugins', 'module_utils')
 
 
@@ -50,8 +50,8 @@ def _bundled():  # pragma: no cover - never called
     it names every ENGINE file."""
     # pylint: disable=unused-import,import-outside-toplevel,cyclic-import
     from ansible_collections.pggit.chaos.plugins.module_utils import (  # noqa: F401
-        _boot, _cgroup, _checker, _errors, _killer, _locker, _nfqdelay, _pgconn, _program, _reaper, _restart, _results, _server, _stress,
-        _undo, _workload)
+        _boot, _cgroup, _checker, _errors, _failover, _hostloss, _killer, _locker, _nfqdelay, _pgconn, _program, _reaper, _restart, _results, _server,
+        _stress, _undo, _workload)
 
 
 def _source(module):

@@ -7,4 +7,5 @@ accepts only these in ``kinds`` (a unit test holds both to this list).
 """
 from __future__ import annotations
 
-FAULT_KINDS = ('trigger', 'latency', 'partition', 'bandwidth', 'connections', 'workload', 'disk', 'stress', 'process', 'lock', 'corrupt', 'clock', 'setting')
+FAULT_KINDS = ('trigger', 'latency', 'partition', 'bandwidth', 'connections', 'workload', 'disk', 'stress', 'process', 'lock', 'corrupt',
+               'clock', 'setting', 'failover', 'host')

@@ -545,7 +545,7 @@ PG_START_MANAGER = 'manager'
 MANAGER_MAX = 200
 # Files of a data directory (postmaster.pid, postmaster.opts, the log) are read at most this much.
 DATA_FILE_MAX = 65536
-_UNIT_RE = re.compile(r'^[A-Za-z0-9@._:\\-]+\.service$')
+_UNIT_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9@._:\\-]*\.service$')
 # What a postmaster says while the old one's children still hold its shared memory or lock file.
 _START_BUSY = ('pre-existing shared memory block', 'is still in use', 'lock file', 'another server might be running')
 PG_START_WAIT_MAX = 3600
@@ -824,6 +824,19 @@ def _undo_pg_start(step, ctx):
     if step['method'] == 'systemd':
         return _start_systemd(step, ctx)
     return _start_pg_ctl(step, ctx)
+
+
+# -- manual failover (pggit_chaos_failover) -------------------------------
+def _check_pg_converge(step, state_dir):
+    from ansible_collections.pggit.chaos.plugins.module_utils import _failover  # pylint: disable=import-outside-toplevel
+    return _failover.check_step(step, state_dir)
+
+
+@_handler('pg_converge', _check_pg_converge)
+def _undo_pg_converge(step, ctx):
+    """Converge a (half-done) manual failover: one primary, every other member streaming from it (see _failover)."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _failover  # pylint: disable=import-outside-toplevel
+    return _failover.undo_converge(step, ctx)
 
 
 # -- lock holders (pggit_chaos_lock) ---------------------------------------
@@ -1417,6 +1430,31 @@ def _undo_pg_scratch_tablespace(step, ctx):
     finally:
         conn.close()
     return changed
+
+
+# -- host loss (pggit_chaos_host): thaw a frozen host, start its manager again --
+def _check_cgroup_thaw(step, state_dir):
+    from ansible_collections.pggit.chaos.plugins.module_utils import _hostloss  # pylint: disable=import-outside-toplevel
+    return _hostloss.check_thaw_step(step)
+
+
+@_handler('cgroup_thaw', _check_cgroup_thaw)
+def _undo_cgroup_thaw(step, ctx):
+    """Thaw the recorded freezer cgroups (v1 freezer.state THAWED, v2 cgroup.freeze 0) that are not thawed; confirm."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _hostloss  # pylint: disable=import-outside-toplevel
+    return _hostloss.thaw(step['version'], step['paths'])
+
+
+def _check_manager_start(step, state_dir):
+    from ansible_collections.pggit.chaos.plugins.module_utils import _hostloss  # pylint: disable=import-outside-toplevel
+    return _hostloss.check_manager_start(step)
+
+
+@_handler('manager_start', _check_manager_start)
+def _undo_manager_start(step, ctx):
+    """Start a killed manager (Patroni...) again as it ran, unless it is back; see _hostloss.manager_start."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _hostloss  # pylint: disable=import-outside-toplevel
+    return _hostloss.manager_start(step, ctx)
 
 
 # -- records written by 0.1.0 ---------------------------------------------

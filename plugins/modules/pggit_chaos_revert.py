@@ -42,7 +42,7 @@ options:
         every kind.
     type: list
     elements: str
-    choices: [trigger, latency, partition, bandwidth, connections, workload, disk, stress, process, lock, corrupt, clock, setting]
+    choices: [trigger, latency, partition, bandwidth, connections, workload, disk, stress, process, lock, corrupt, clock, setting, failover, host]
     default: []
   state_dir:
     description:

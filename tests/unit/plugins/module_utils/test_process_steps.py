@@ -113,6 +113,7 @@ def test_good_steps_pass_the_check():
     (good_pg_start(cgroups={'memory': '/etc'}), '/sys/fs/cgroup'),
     (good_pg_start(cgroups={'memory': '/sys/fs/cgroup/memory/../../../etc'}), 'not a normal path'),
     ({'type': 'pg_start', 'method': 'systemd', 'unit': 'postgresql; rm -rf /'}, 'unit must be a systemd .service'),
+    ({'type': 'pg_start', 'method': 'systemd', 'unit': '-Hevil.service'}, 'unit must be a systemd .service'),  # read as an option
     ({'type': 'pg_start', 'method': 'systemd', 'unit': 'postgresql.socket'}, 'unit must be a systemd .service'),
 ])
 def test_checks_refuse_what_our_faults_never_write(step, why):
