@@ -22,6 +22,7 @@ from ansible_collections.pggit.chaos.plugins.module_utils._errors import ChaosEr
 
 LIBFAKETIME = 'libfaketime.so.1'
 PACKAGE = 'faketime'
+RPM_PACKAGE = 'libfaketime'
 # Where Debian, Ubuntu, Fedora and source builds put the preload library.
 _MULTIARCH = getattr(sys.implementation, '_multiarch', None) or 'x86_64-linux-gnu'
 LIBFAKETIME_DIRS = ('/usr/lib/x86_64-linux-gnu/faketime', '/usr/lib/%s/faketime' % _MULTIARCH, '/usr/lib64/faketime',
@@ -53,7 +54,8 @@ def find_libfaketime(dirs=None):
             raise ChaosError('%s is not a root-owned file writable only by root: it is not preloaded into the server' % path)
         return path
     raise ChaosError('libfaketime is missing: %s not found in %s; install the package %s (apt-get install %s) on the '
-                     'database host' % (LIBFAKETIME, ', '.join(seen), PACKAGE, PACKAGE))
+                     'database host (RHEL/Fedora: dnf install %s, from EPEL on RHEL)'
+                     % (LIBFAKETIME, ', '.join(seen), PACKAGE, PACKAGE, RPM_PACKAGE))
 
 
 def check_offset(offset_s, name='offset_s'):

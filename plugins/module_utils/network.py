@@ -9,6 +9,13 @@ import os
 from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _netcmd
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import Fault
 
+# The package that ships each tool the network faults run on the target, named when the tool is missing.
+TOOL_PACKAGES = {
+    'iptables': 'iptables (Debian/Ubuntu: apt-get install iptables; RHEL/Fedora: dnf install iptables-nft)',
+    'tc': 'iproute2 (Debian/Ubuntu: apt-get install iproute2; RHEL/Fedora: dnf install iproute-tc)',
+    'ip': 'iproute2 (Debian/Ubuntu: apt-get install iproute2; RHEL/Fedora: dnf install iproute)',
+}
+
 
 def selector_argument_spec():
     return dict(
@@ -67,7 +74,12 @@ class NetworkFault(Fault):
                 raise RuntimeError('%s exited %s: %s' % (' '.join(argv), rc, (err or out).strip()))
 
     def bin(self, name):
-        return self.module.get_bin_path(name, required=True)
+        """The path of a tool the fault runs on the target; a failure that names its package when it is missing."""
+        path = self.module.get_bin_path(name)
+        if not path:
+            self.fail('%s is not installed on this host (searched PATH and the sbin folders): install the package %s'
+                      % (name, TOOL_PACKAGES.get(name, name)))
+        return path
 
     # -- ownership ------------------------------------------------------
     def listed_chains(self):

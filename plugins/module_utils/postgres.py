@@ -55,9 +55,13 @@ def check_postgres_params(module):
                     "login_host is empty or 'localhost'" % (module.params['login_unix_socket'], host))
 
 
+PSYCOPG2_REASON = ('connecting to PostgreSQL (Debian/Ubuntu: apt-get install python3-psycopg2; RHEL/Fedora: dnf install '
+                   'python3-psycopg2; or pip install psycopg2-binary into the Python that runs the module)')
+
+
 def ensure_psycopg2(module):
     if not _pgconn.HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib('psycopg2'), exception=str(_pgconn.PSYCOPG2_IMPORT_ERROR))
+        module.fail_json(msg=missing_required_lib('psycopg2', reason=PSYCOPG2_REASON), exception=str(_pgconn.PSYCOPG2_IMPORT_ERROR))
 
 
 def connect_or_fail(module, application_name='pggit-chaos', autocommit=True):
