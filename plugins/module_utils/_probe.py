@@ -10,6 +10,9 @@ the probe falls back on its own checks.
 """
 from __future__ import annotations
 
+import json
+import select
+import threading
 import time
 import uuid
 
@@ -412,10 +415,25 @@ class Probe(object):
                     pass
         return summarize(checks, self.in_recovery, self.clock() - started, self.clock())
 
-    def watch(self, duration, interval, abort_after, sleep=time.sleep):
-        """Probe repeatedly; stop early after ``abort_after`` bad rounds in a row."""
+    def watch(self, duration, interval, abort_after, sleep=time.sleep, monitor=None):
+        """Probe repeatedly; stop early after ``abort_after`` bad rounds in a row.
+
+        A ``Monitor`` samples beside the rounds, in its own thread, until the watch ends."""
         deadline = self.clock() + duration
         rounds, streak, worst = [], 0, None
+        if monitor is not None:
+            monitor.start()
+        try:
+            result = self._watch(deadline, interval, abort_after, sleep, rounds, streak, worst)
+        finally:
+            if monitor is not None:
+                monitor.stop()
+        if monitor is not None:
+            result['series'] = monitor.series
+            result['monitor_cost'] = monitor.cost()
+        return result
+
+    def _watch(self, deadline, interval, abort_after, sleep, rounds, streak, worst):
         while True:
             outcome = self.run_once()
             latest = outcome
@@ -438,6 +456,240 @@ class Probe(object):
         result['rounds'] = rounds
         result['healthy'] = all(r['healthy'] for r in rounds)
         return result
+
+
+# -- the chaos monitor: one cheap read-only sample per second -------------------
+#
+# One statement per sample, on one connection the monitor keeps: client connections
+# (all, and active; the monitor's own is not counted), lock waits, pgGit presence and
+# tracking triggers, the row count of pggit.history and the replication lag per replica
+# in bytes (LSN differences: the *_lag interval columns are NULL when a replica is idle,
+# which is normal).  Nothing is created in the database; pggit.health_check() is never
+# called here.
+# pggit.history's row count, through query_to_xml so that a database without pgGit answers too.
+MONITOR_HISTORY_SQL = """ CASE WHEN to_regclass('pggit.history') IS NOT NULL THEN
+   (xpath('/row/n/text()', query_to_xml('SELECT count(*) AS n FROM pggit.history', false, true, '')))[1]::text::bigint END,"""
+MONITOR_SQL = """SELECT extract(epoch FROM clock_timestamp())::float8, pg_is_in_recovery(),
+ (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()),
+ (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid()),
+ (SELECT count(*) FROM pg_locks WHERE NOT granted),
+ to_regclass('pggit.history') IS NOT NULL AND to_regclass('pggit.objects') IS NOT NULL,
+ (SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pggit%' AND evtevent = 'ddl_command_end' AND evtenabled <> 'D'),
+ (SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pggit%' AND evtenabled = 'D'),
+ CASE WHEN to_regclass('pggit.history') IS NOT NULL THEN
+   (xpath('/row/n/text()', query_to_xml('SELECT count(*) AS n FROM pggit.history', false, true, '')))[1]::text::bigint END,
+ CASE WHEN pg_is_in_recovery() THEN
+   json_build_array(json_build_array('replay', NULL, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())))::text
+ ELSE (SELECT coalesce(json_agg(json_build_array(application_name, client_addr::text,
+   pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) ORDER BY application_name, client_addr::text), '[]')::text
+   FROM pg_stat_replication) END"""
+# When pggit.history is locked (an ACCESS EXCLUSIVE holder, as lock_contention does), the sample
+# still reads everything else: the same statement without the row count.
+MONITOR_SQL_UNLOCKED = MONITOR_SQL.replace(MONITOR_HISTORY_SQL, ' NULL::bigint,')
+LOCK_NOT_AVAILABLE = '55P03'
+QUERY_CANCELED = '57014'
+# A sample never waits long for a lock (pggit.history under an ACCESS EXCLUSIVE) or a busy server. The statement gets
+# half the sample's budget, so that when the row count of a large pggit.history outlasts it, the same sample still
+# has the time to read everything else (MONITOR_SQL_UNLOCKED), and the count is left out for the rest of the watch
+# rather than cost the server a full scan every second.
+MONITOR_SETUP_SQL = "SET statement_timeout = %d; SET lock_timeout = %d"
+# Under pggit-chaos-probe%, which pggit_chaos_connections never kills (exclude_application_names), so the
+# monitor's kept connection never takes a kill meant for the workload.
+MONITOR_APPLICATION_NAME = 'pggit-chaos-probe-monitor'
+
+
+def lag_by_replica(rows):
+    """{replica: bytes or None} from [application_name, client_addr, lag] rows; the address is added only to tell twins apart."""
+    rows = [r for r in rows or [] if isinstance(r, (list, tuple)) and len(r) == 3]
+    names = [r[0] or r[1] or 'replica' for r in rows]
+    lags = {}
+    for name, (app, addr, lag) in zip(names, rows):
+        key = name if names.count(name) == 1 else '%s@%s' % (name, addr or 'local')
+        lags[key] = int(lag) if lag is not None else None
+    return lags
+
+
+def health_of(present, tracking, disabled, expect_tracking=True):
+    """pgGit health from the sample's own checks (the probe's event_triggers rule, without the canary).
+
+    ok; untracked (tracking expected on, but no pgGit ddl_command_end trigger
+    enabled); degraded (on, but some pgGit trigger disabled); tracking (expected
+    off, every one still enabled); absent (no pgGit); down (no answer)."""
+    if present is None:
+        return 'down'
+    if not present:
+        return 'absent'
+    if expect_tracking:
+        return 'untracked' if not tracking else 'degraded' if disabled else 'ok'
+    return 'tracking' if tracking and not disabled else 'ok'
+
+
+def sample_from_row(row, phase, expect_tracking=True):
+    """One monitor sample from MONITOR_SQL's row."""
+    at, recovery, connections, active, lock_waits, present, tracking, disabled, history, lag = row
+    try:
+        lag_rows = json.loads(lag) if isinstance(lag, str) else lag
+    except ValueError:
+        lag_rows = []
+    sample = {'t': round(float(at), 3), 'phase': phase, 'connections': int(connections), 'active': int(active),
+              'pggit_health': health_of(bool(present), int(tracking or 0), int(disabled or 0), expect_tracking),
+              'tracking_triggers': int(tracking or 0), 'history_rows': int(history) if history not in (None, 'locked', 'slow') else None,
+              'lag_bytes': lag_by_replica(lag_rows), 'lock_waits': int(lock_waits), 'in_recovery': bool(recovery)}
+    if history == 'locked':
+        sample['history_locked'] = True  # pggit.history was locked past lock_timeout: no row count this second
+    elif history == 'slow':
+        sample['history_slow'] = True  # counting pggit.history outlasted the statement timeout: no row count
+    return sample
+
+
+def down_sample(at, phase, error):
+    return {'t': round(at, 3), 'phase': phase, 'connections': None, 'active': None, 'pggit_health': 'down',
+            'tracking_triggers': None, 'history_rows': None, 'lag_bytes': {}, 'lock_waits': None, 'in_recovery': None,
+            'error': error}
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _wait(conn, deadline):
+    """Drive an asynchronous psycopg2 connection to completion, never past ``deadline`` (a frozen server never answers)."""
+    extensions = _pgconn.psycopg2.extensions
+    while True:
+        state = conn.poll()
+        if state == extensions.POLL_OK:
+            return
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            raise _Timeout('no answer within the sample timeout')
+        if state == extensions.POLL_READ:
+            select.select([conn.fileno()], [], [], remaining)
+        elif state == extensions.POLL_WRITE:
+            select.select([], [conn.fileno()], [], remaining)
+        else:
+            raise _pgconn.psycopg2.OperationalError('bad poll state %r' % state)
+
+
+class AsyncSampler(object):
+    """Runs MONITOR_SQL on one kept asynchronous connection with a client-side timeout.
+
+    ``count_history`` turns false (for this sampler's life, one watch) once the row count of pggit.history
+    outlasted the statement timeout; the samples then carry ``history_rows`` None and ``history_slow``."""
+
+    def __init__(self, params, timeout_ms):
+        self.params = params
+        self.timeout = timeout_ms / 1000.0
+        self.conn = None
+        self.connects = 0
+        self.count_history = True
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+        self.conn = None
+
+    def __call__(self):
+        deadline = time.time() + self.timeout
+        try:
+            if self.conn is None or self.conn.closed:
+                kwargs = _pgconn.conn_kwargs(self.params, MONITOR_APPLICATION_NAME)
+                self.conn = _pgconn.psycopg2.connect(async_=True, **kwargs)
+                self.connects += 1
+                _wait(self.conn, deadline)
+                cur = self.conn.cursor()
+                ms = max(1, int(self.timeout * 1000) // 2)
+                cur.execute(MONITOR_SETUP_SQL % (ms, min(ms, 200)))
+                _wait(self.conn, deadline)
+            cur = self.conn.cursor()
+            if not self.count_history:
+                cur.execute(MONITOR_SQL_UNLOCKED)
+                _wait(self.conn, deadline)
+                row = cur.fetchone()
+                return row[:-2] + ('slow',) + row[-1:]
+            try:
+                cur.execute(MONITOR_SQL)
+                _wait(self.conn, deadline)
+            except _pgconn.psycopg2.Error as exc:
+                code = getattr(exc, 'pgcode', None)
+                if code not in (LOCK_NOT_AVAILABLE, QUERY_CANCELED):
+                    raise
+                if code == QUERY_CANCELED:
+                    self.count_history = False
+                cur = self.conn.cursor()
+                cur.execute(MONITOR_SQL_UNLOCKED)
+                _wait(self.conn, deadline)
+                row = cur.fetchone()
+                return row[:-2] + ('locked' if code == LOCK_NOT_AVAILABLE else 'slow',) + row[-1:]
+            return cur.fetchone()
+        except Exception:
+            self.close()  # a timed-out or broken connection is never reused
+            raise
+
+
+class Monitor(object):
+    """Samples one target every ``interval`` seconds, in a thread of its own while a watch runs.
+
+    ``sampler`` returns MONITOR_SQL's row (AsyncSampler on a real server);
+    the health rounds of the watch run beside it, unchanged."""
+
+    def __init__(self, sampler, interval=1.0, phase='window', expect_tracking=True, clock=time.time):
+        self.sampler = sampler
+        self.interval = float(interval)
+        self.phase = phase
+        self.expect_tracking = expect_tracking
+        self.clock = clock
+        self.series = []
+        self._stop = threading.Event()
+        self._thread = None
+
+    def sample(self):
+        started = self.clock()
+        try:
+            row = self.sampler()
+            sample = sample_from_row(row, self.phase, self.expect_tracking)
+            # The sample's time is this process's clock, as the experiment's timeline marks and the workload's
+            # op_times are: the server's own clock is the one clock_skew fakes (and may drift on a real host).
+            sample['server_t'], sample['t'] = sample['t'], round(started, 3)
+        except Exception as exc:  # pylint: disable=broad-except
+            sample = down_sample(started, self.phase, _pgconn.one_line(exc) if not isinstance(exc, _Timeout) else str(exc))
+        sample['probe_ms'] = round((self.clock() - started) * 1000.0, 2)
+        self.series.append(sample)
+        return sample
+
+    def _run(self):
+        tick = self.clock()
+        while not self._stop.is_set():
+            self.sample()
+            tick += self.interval
+            delay = tick - self.clock()
+            if delay < 0:  # a slow sample: start again from now rather than catch up in a burst
+                tick, delay = self.clock(), 0
+            if self._stop.wait(delay):
+                break
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name='pggit-chaos-monitor')
+        self._thread.daemon = True
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        close = getattr(self.sampler, 'close', None)
+        if close:
+            close()
+        return self.series
+
+    def cost(self):
+        """p50 and max time of one sample, in ms."""
+        times = sorted(s['probe_ms'] for s in self.series)
+        if not times:
+            return None
+        return {'samples': len(times), 'p50_ms': times[len(times) // 2], 'max_ms': times[-1]}
 
 
 def summarize(checks, in_recovery, elapsed, now):

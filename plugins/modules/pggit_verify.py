@@ -175,9 +175,46 @@ options:
     default: 0
   watch_interval:
     description:
-      - Seconds between probes in watch mode, from 0.2 to 600.
+      - Seconds between health probes in watch mode, from 0.2 to 600.
+        Experiments pass their own (C(pggit_experiment_probe_interval)).
     type: float
-    default: 2
+    default: 1
+  monitor:
+    description:
+      - The chaos monitor. In watch mode a thread samples the target every
+        O(monitor_interval) seconds beside the health probes, with one
+        read-only statement on one kept connection (application name
+        C(pggit-chaos-probe-monitor), which M(pggit.chaos.pggit_chaos_connections)
+        never kills by default) reading client connections, lock waits, pgGit presence and tracking triggers, the
+        row count of C(pggit.history), replication lag per replica in bytes
+        from LSN differences), and returns them in RV(series). A single probe
+        takes one sample. It creates nothing and never calls
+        C(pggit.health_check()).
+      - A sample that gets no answer within O(monitor_timeout_ms) is recorded
+        with C(pggit_health=down) and its error, and the next one reconnects.
+    type: bool
+    default: true
+  monitor_interval:
+    description:
+      - Seconds between monitor samples in watch mode, from 0.2 to 60.
+    type: float
+    default: 1
+  monitor_timeout_ms:
+    description:
+      - Client-side limit of one sample (connect included), from 100 to
+        60000 ms; the sample's C(statement_timeout) is half of it. A frozen
+        server never blocks the watch. When the row count of C(pggit.history)
+        outlasts the statement timeout (a very large history), the sample
+        keeps everything else and the count is left out for the rest of the
+        watch (V(history_slow)).
+    type: int
+    default: 1000
+  monitor_phase:
+    description:
+      - The phase label of the samples (V(before), V(window), V(after), ...),
+        as the experiment lifecycle names its phases.
+    type: str
+    default: window
   abort_after:
     description:
       - In watch mode, stop after this many unhealthy probes in a row and
@@ -280,6 +317,24 @@ rounds:
   returned: always
   type: list
   elements: dict
+series:
+  description:
+    - The chaos monitor's samples, oldest first, each with V(t) (epoch seconds, this module's clock, when the sample
+      began), V(server_t) (the server's C(clock_timestamp()), which clock_skew fakes), V(phase), V(connections)
+      (client backends, the monitor's own not counted), V(active), V(pggit_health) (ok, degraded, untracked, tracking, absent or down), V(tracking_triggers),
+      V(history_rows), V(lag_bytes) (replica name to bytes; on a standby V(replay)), V(lock_waits)
+      (pg_locks not granted), V(in_recovery), V(probe_ms) (the cost of the sample) and, when it got no
+      answer, V(error); V(history_locked) or V(history_slow) when pggit.history could not be counted.
+    - The experiment lifecycle adds V(ddl_p50_ms), V(ddl_p95_ms) and V(ddl_count) from the workload.
+  returned: when monitor
+  type: list
+  elements: dict
+  sample: [{t: 1764284400.12, phase: window, connections: 4, active: 1, pggit_health: ok, history_rows: 120,
+            lag_bytes: {lab-2: 0}, lock_waits: 0, probe_ms: 1.8}]
+monitor_cost:
+  description: V(samples), V(p50_ms) and V(max_ms) of the monitor's samples.
+  returned: when monitor
+  type: dict
 elapsed_ms:
   description: Time taken by the (worst) probe.
   returned: always
@@ -288,7 +343,7 @@ elapsed_ms:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pggit.chaos.plugins.module_utils._probe import Probe
+from ansible_collections.pggit.chaos.plugins.module_utils._probe import AsyncSampler, Monitor, Probe
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import (
     check_postgres_params, ensure_psycopg2, postgres_argument_spec, sql_failures,
@@ -304,6 +359,8 @@ RANGES = (
     ('min_replicas', 0, 1000),
     ('max_connections_pct', 0, 100),
     ('amcheck_timeout_ms', 100, 3600000),
+    ('monitor_interval', 0.2, 60),
+    ('monitor_timeout_ms', 100, 60000),
 )
 # Never a canary here: system catalogs, and pgGit's own schema (not tracked).
 FORBIDDEN_CANARY_SCHEMAS = ('information_schema', 'pggit')
@@ -335,7 +392,11 @@ def main():
         min_replicas=dict(type='int'),
         max_connections_pct=dict(type='float'),
         watch_duration=dict(type='float', default=0),
-        watch_interval=dict(type='float', default=2),
+        watch_interval=dict(type='float', default=1),
+        monitor=dict(type='bool', default=True),
+        monitor_interval=dict(type='float', default=1),
+        monitor_timeout_ms=dict(type='int', default=1000),
+        monitor_phase=dict(type='str', default='window'),
         abort_after=dict(type='int', default=2),
         fail_on_unhealthy=dict(type='bool', default=False),
     )
@@ -352,13 +413,21 @@ def main():
         params['zero_footprint'] = True  # check mode never commits a canary
     params['check_mode'] = module.check_mode  # nor creates the amcheck extension
     probe = Probe(params)
+    monitor = None
+    if params['monitor']:
+        monitor = Monitor(AsyncSampler(params, params['monitor_timeout_ms']), params['monitor_interval'],
+                          params['monitor_phase'], params['expect_tracking'])
     # The probe reports database errors as findings; this only guards against one escaping it.
     with sql_failures(module, what='the steady-state probe'):
         if params['watch_duration'] > 0:
-            result = probe.watch(params['watch_duration'], params['watch_interval'], params['abort_after'])
+            result = probe.watch(params['watch_duration'], params['watch_interval'], params['abort_after'], monitor=monitor)
         else:
             result = probe.run_once()
             result.update(aborted=False, rounds=[{'at': result['at'], 'healthy': result['healthy'], 'failed': result['failed_checks']}])
+            if monitor is not None:
+                monitor.sample()
+                monitor.stop()
+                result.update(series=monitor.series, monitor_cost=monitor.cost())
     result['changed'] = probe.changed  # only the amcheck extension, with amcheck_create=true
     if params['fail_on_unhealthy'] and not result['healthy']:
         module.fail_json(msg='steady state not met: %s' % '; '.join(result['findings'] or result['failed_checks']), **result)
