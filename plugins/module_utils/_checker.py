@@ -86,3 +86,89 @@ def percentile(values, pct):
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, int(round(pct / 100.0 * (len(ordered) - 1)))))
     return ordered[index]
+
+
+# --- failover accounting (RTO, RPO) ---------------------------------------------------
+# A failover workload connects to whichever server accepts writes (a multi-host
+# connection string with target_session_attrs=read-write) and records, per DDL,
+# the server that answered it and when: ``{'token', 'outcome', 'server',
+# 'started', 'ended', 'in_catalog'}``, ``in_catalog`` read on the NEW primary
+# after the failover (the workload's final check connects the same way).
+
+def _server(op):
+    return str(op.get('server') or '')
+
+
+def _ended(op):
+    value = op.get('ended')
+    return None if value is None else float(value)
+
+
+def _committed_on_new(op, new_servers):
+    return op.get('outcome') == 'ok' and _server(op) in new_servers
+
+
+def failover_accounting(ops, fault_at, new_servers, old_servers=()):
+    """RTO, RPO and the fate of indeterminate DDL across a failover. Pure.
+
+    ``fault_at``: epoch of the fault (the switchover request, the kill, the
+    freeze). ``new_servers`` / ``old_servers``: the ``host:port`` names under
+    which the client reached the new and the old primary.
+
+    - ``rto_s``: from the fault to the first DDL acknowledged by the new
+      primary (its answer's time); None when the new primary acknowledged none.
+    - ``rpo_lost``: DDL the client saw acknowledged before the fault and that
+      the new primary's catalog lacks, by token (``rpo_lost_ddl`` counts them).
+      ``lost_after_fault`` lists acknowledged DDL answered after the fault and
+      missing too (a resumed old leader that acknowledged a write the new
+      history does not hold): never hidden, counted apart.
+    - ``indeterminate``: unknown and maybe outcomes, resolved against the new
+      primary's catalog. A ``maybe`` (committed locally, maybe not replicated)
+      that the new primary lacks was never acknowledged: not a loss, resolved
+      ``not_committed``; one it holds is ``committed``.
+    - ``unchecked_ok``: acknowledged DDL whose fate on the new primary is unknown (``in_catalog`` None): the
+      RPO cannot count them, so the verdict must not pass with any.
+    - ``write_pause_s``: the last acknowledgement by another server before the
+      first one by the new primary, to that first one (the window without
+      acknowledged writes), and ``committed_by``: acknowledged DDL per server.
+    """
+    new_servers = set(str(s) for s in new_servers or ())
+    old_servers = set(str(s) for s in old_servers or ())
+    fault_at = None if fault_at is None else float(fault_at)
+    rpo_lost, lost_after, committed_by, unchecked = [], [], {}, []
+    indeterminate = {'committed': [], 'not_committed': [], 'unresolved': []}
+    first_new = None
+    for op in ops:
+        outcome, token, ended = op.get('outcome'), op.get('token'), _ended(op)
+        in_catalog = op.get('in_catalog')
+        if outcome == 'ok':
+            committed_by[_server(op) or '?'] = committed_by.get(_server(op) or '?', 0) + 1
+            if in_catalog is None:
+                # Never read against the new primary's catalog: neither kept nor lost, and said so.
+                unchecked.append(dict(token=token, server=_server(op), ended=ended))
+            if in_catalog is False:
+                before = fault_at is None or ended is None or ended <= fault_at
+                (rpo_lost if before else lost_after).append(dict(token=token, server=_server(op), ended=ended))
+            if (_committed_on_new(op, new_servers) and ended is not None and fault_at is not None and ended >= fault_at
+                    and (first_new is None or ended < _ended(first_new))):
+                first_new = op
+        elif outcome in INDETERMINATE:
+            key = 'unresolved' if in_catalog is None else 'committed' if in_catalog else 'not_committed'
+            indeterminate[key].append(dict(token=token, outcome=outcome, server=_server(op)))
+    rto = round(_ended(first_new) - fault_at, 3) if first_new is not None else None
+    pause = None
+    if first_new is not None:
+        earlier = [_ended(op) for op in ops if op.get('outcome') == 'ok' and _ended(op) is not None
+                   and _ended(op) < _ended(first_new) and _server(op) not in new_servers]
+        if earlier:
+            pause = round(_ended(first_new) - max(earlier), 3)
+    return dict(
+        fault_at=fault_at, new_servers=sorted(new_servers), old_servers=sorted(old_servers),
+        rto_s=rto, first_on_new=None if first_new is None else dict(token=first_new.get('token'), ended=_ended(first_new)),
+        write_pause_s=pause,
+        rpo_lost_ddl=len(rpo_lost), rpo_lost=rpo_lost,
+        lost_after_fault_ddl=len(lost_after), lost_after_fault=lost_after,
+        indeterminate=indeterminate, committed_by=committed_by, unchecked_ok=unchecked,
+        acknowledged_by_old_after_fault=sum(1 for op in ops if op.get('outcome') == 'ok' and _server(op) in old_servers
+                                            and fault_at is not None and _ended(op) is not None and _ended(op) > fault_at),
+    )

@@ -37,8 +37,10 @@ leaves them) and the server's clock against this host's (``server_clock``).
 """
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 import threading
 import time
 
@@ -56,7 +58,11 @@ SYNC_CANCELLED = ('already committed locally', 'canceling wait for synchronous r
 # At most this many DDL keep their start and duration in the result.
 OP_TIMES_MAX = 5000
 OPTIONS = ('run_id', 'duration', 'interval', 'max_ops', 'schema', 'statement_timeout_ms', 'settle_timeout', 'cleanup',
-           'expect_tracking')
+           'expect_tracking', 'hosts', 'target_session_attrs')
+# A multi-host client gives up on a server that does not answer the connection within this (a frozen host's kernel
+# still accepts TCP; only the startup answer never comes), and on a DDL this long past its statement timeout.
+MULTI_CONNECT_TIMEOUT = 2
+HARD_CLOSE_GRACE = 1.0
 
 
 # Rows after %(start)s, each against the latest created_at of the rows before it (the 1000 rows before the run
@@ -86,6 +92,45 @@ class WorkloadError(RuntimeError):
 
 class Stopped(Exception):
     """The workload was told to stop (revert, TTL, record gone)."""
+
+
+def multi_host_params(params):
+    """Connection options of a multi-host client: ``hosts`` joined into libpq's host list (one port for all) and
+    ``target_session_attrs``, so that the client follows whichever server accepts writes. Unchanged without hosts."""
+    hosts = [str(h) for h in params.get('hosts') or [] if str(h).strip()]
+    if not hosts:
+        return params
+    extra = dict(params.get('connect_params') or {})
+    extra['target_session_attrs'] = params.get('target_session_attrs') or 'read-write'
+    return dict(params, login_host=','.join(hosts), connect_params=extra,
+                connect_timeout=params.get('connect_timeout') or MULTI_CONNECT_TIMEOUT)
+
+
+def server_of(conn):
+    """``host:port`` of the server a connection reached (libpq's own view of it), or '' when unknown."""
+    info = getattr(conn, 'info', None)
+    host, port = getattr(info, 'host', None), getattr(info, 'port', None)
+    if not host:
+        return ''
+    return '%s:%s' % (host, port) if port else str(host)
+
+
+def hard_close(conn):
+    """Shut the connection's socket down: a frozen server answers neither the statement nor a cancel request, and
+    its kernel keeps the TCP connection alive, so only this ends the wait (libpq then reports the loss)."""
+    try:
+        fd = os.dup(conn.fileno())
+    except Exception:  # pylint: disable=broad-except
+        return False
+    try:
+        sock = socket.socket(fileno=fd)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+        return True
+    except OSError:
+        return False
 
 
 def schema_problem(schema):
@@ -122,7 +167,7 @@ def _secret(params):
 
 def schema_comment(params):
     """(exists, comment) of ``params['schema']``, looked up by exact nspname."""
-    conn = _pgconn.connect(params, application_name=APP + '-cleanup')
+    conn = _pgconn.connect(multi_host_params(params), application_name=APP + '-cleanup')
     try:
         cur = conn.cursor()
         cur.execute("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (params['schema'],))
@@ -140,7 +185,7 @@ def drop_own_schema(params, run_id):
     ``pg_drop_schema`` step handler.  The outcome is ``dropped``, ``kept``
     (not there, or not that run's schema) or ``failed``."""
     schema = params['schema']
-    step = drop_step(_pgconn.stored_conn(params), schema, run_id)
+    step = drop_step(_pgconn.stored_conn(multi_host_params(params)), schema, run_id)
     try:
         _steps.check_steps([step], None)
         if _steps.STEP_HANDLERS['pg_drop_schema'](step, {'secret': _secret(params)}):
@@ -175,10 +220,32 @@ class CommitTimer(object):
         self.timer.cancel()
 
 
+class OpWatchdog(object):
+    """Shut a multi-host client's connection down when one DDL outlasts ``seconds`` (see :func:`hard_close`)."""
+
+    def __init__(self, conn, seconds):
+        self.fired = False
+        self.conn = conn
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _fire(self):
+        self.fired = hard_close(self.conn)
+
+    def cancel(self):
+        self.timer.cancel()
+
+
 class Workload(object):
     def __init__(self, params, connect=None, clock=time.time, sleep=time.sleep, should_stop=None):
         self.params = params
-        self._connect = connect or (lambda: _pgconn.connect(params, application_name=APP, autocommit=False))
+        self.multi = bool(params.get('hosts'))
+        self.conn_params = multi_host_params(params)
+        self._connect = connect or (lambda: _pgconn.connect(self.reconnect_params(), application_name=APP, autocommit=False))
+        self.server = ''
+        self.acked_by = ''
+        self.observed_on = None
         self.clock = clock
         self._sleep = sleep
         self.should_stop = should_stop or (lambda: None)
@@ -192,6 +259,25 @@ class Workload(object):
         self.audit = None
         self.prefix = None
         self.server_clock = None
+
+    def reconnect_params(self):
+        """The connection options of the next connection: a multi-host client tries the server it lost last, as
+        an application would, so that a hung server costs one connect timeout at most once per outage."""
+        if not self.multi or not self.server:
+            return self.conn_params
+        lost = self.server.rsplit(':', 1)[0]
+        hosts = [h for h in self.params['hosts'] if h != lost] + [h for h in self.params['hosts'] if h == lost]
+        return dict(self.conn_params, login_host=','.join(hosts))
+
+    def observe_params(self):
+        """The final check of a multi-host client reads the server that acknowledged its last DDL first: another
+        server that also accepts writes then (an old leader thawed before its manager demoted it) must not be
+        taken for the new leader."""
+        if not self.multi or not self.acked_by:
+            return self.conn_params
+        last = self.acked_by.rsplit(':', 1)[0]
+        hosts = [h for h in self.params['hosts'] if h == last] + [h for h in self.params['hosts'] if h != last]
+        return dict(self.conn_params, login_host=','.join(hosts))
 
     def sleep(self, seconds):
         self.check_stop()
@@ -213,6 +299,7 @@ class Workload(object):
         try:
             self.conn = self._connect()
             self.conn.autocommit = False
+            self.server = server_of(self.conn)
             self.reconnects += 1
             return True
         except _pgconn.psycopg2.Error as exc:
@@ -244,6 +331,22 @@ class Workload(object):
         if len(self.op_times) < OP_TIMES_MAX:
             self.op_times.append([round(started, 3), round((self.clock() - started) * 1000.0, 1), outcome])
         return outcome
+
+    def one_op(self, token):
+        """One tracked DDL as an op of the checker: token, outcome, the server that answered and when."""
+        server, started = self.server, self.clock()
+        watchdog = None
+        if self.multi and self.conn is not None:
+            watchdog = OpWatchdog(self.conn, self.params['statement_timeout_ms'] / 1000.0 + HARD_CLOSE_GRACE)
+        try:
+            outcome = self.one(token)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        if outcome == 'ok':
+            self.acked_by = server
+        return {'token': token, 'outcome': outcome, 'server': server, 'started': round(started, 3),
+                'ended': round(self.clock(), 3)}
 
     def commit_timer(self, conn):
         """Cancel a commit that outlasts statement_timeout_ms, as a client with a timeout does.
@@ -356,7 +459,7 @@ class Workload(object):
                     continue
                 seq += 1
                 token = '%s_%06d' % (self.params['run_id'], seq)
-                self.ops.append({'token': token, 'outcome': self.one(token)})
+                self.ops.append(self.one_op(token))
                 if self.params['interval']:
                     self.sleep(self.params['interval'])
         finally:
@@ -368,12 +471,13 @@ class Workload(object):
         last = None
         while self.clock() < deadline:
             try:
-                conn = _pgconn.connect(self.params, application_name=APP + '-check')
+                conn = _pgconn.connect(self.observe_params(), application_name=APP + '-check')
             except _pgconn.psycopg2.Error as exc:
                 last = exc
                 self.sleep(0.5)
                 continue
             try:
+                self.observed_on = server_of(conn)
                 return self._observe(conn)
             except _pgconn.psycopg2.Error as exc:
                 last = exc
@@ -434,7 +538,18 @@ class Workload(object):
                             max=max(self.latencies) if self.latencies else None),
             seconds=round(self.clock() - started, 3), tables=tables, table_count=len(tables),
             op_times=self.op_times, history_order=self.audit, history_prefix=self.prefix, server_clock=self.server_clock,
+            servers=self.server_log(catalog),
         )
+
+    def server_log(self, catalog):
+        """For a multi-host client: every DDL with the server that answered it, when, and whether the catalog read at
+        the end (on the server that then accepted writes, ``observed_on``) holds it. None for a one-host client."""
+        if not self.multi:
+            return None
+        return dict(observed_on=self.observed_on, acked_last_by=self.acked_by, hosts=list(self.params.get('hosts') or []),
+                    target_session_attrs=self.conn_params['connect_params']['target_session_attrs'],
+                    ops=[[op['token'], op['outcome'], op.get('server', ''), op.get('started'), op.get('ended'),
+                          op['token'] in catalog] for op in self.ops[:OP_TIMES_MAX]])
 
 
 def summary(verdict):

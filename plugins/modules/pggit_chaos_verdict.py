@@ -130,17 +130,25 @@ options:
         after the change, the standby cut off, and at least one commit whose
         wait was cancelled (outcome C(maybe) of the workload, resolved in the
         catalog).
+      - V(failover) needs, from O(fault), a leader change to the member the mode promises (a synchronous standby
+        before the fault in Patroni's synchronous mode; one outside the lost region for V(region_failover)), the
+        timeline up, a DDL of the multi-host O(workload) acknowledged by the new leader (its time since the fault is
+        C(rto_s)), no DDL acknowledged before the fault missing on the new leader where the mode promises RPO 0
+        (C(rpo_lost_ddl), by token; with asynchronous replication counted, not failed), and after the heal one
+        leader, every other member streaming, no cgroup left frozen and every member's C(pggit.history) digest
+        equal. The entry then carries C(rto_s), C(rpo_lost_ddl), C(old_leader), C(new_leader), C(pg_timeline),
+        C(write_pause_s), C(rejoin_s), C(rejoin_method) and C(ha_settings).
       - V(auto) picks the check from O(experiment) (V(kill_connections),
         V(trigger_failure), V(network_latency), V(packet_loss),
         V(region_partition), V(disk_pressure), V(disk_full), V(memory_pressure),
         V(cpu_pressure), V(backend_crash), V(postmaster_crash), V(process_pause),
         V(lock_contention), V(index_corruption), V(clock_skew),
-        V(dependency_failure)); any other experiment fails unless it passes
+        V(dependency_failure), V(primary_failover), V(region_failover), V(switchover), V(manual_failover)); any other experiment fails unless it passes
         V(none) or a check itself.
     type: str
     default: auto
     choices: [auto, none, connections, trigger, latency, partition, disk, disk_full, memory, cpu, backend_kill,
-              postmaster_kill, pause, lock, corrupt, clock, dependency]
+              postmaster_kill, pause, lock, corrupt, clock, dependency, failover]
   fault:
     description: Result of the module that injected the fault, reported as given.
     type: dict

@@ -135,6 +135,24 @@ options:
         schema whose comment is still this run's mark is dropped.
     type: bool
     default: true
+  hosts:
+    description:
+      - Addresses of every server of the cluster, for a client that follows the primary through a failover, as an
+        application with a multi-host connection string does. They replace O(login_host) in libpq's host list (one
+        O(login_port) for all), with O(target_session_attrs) and a connect timeout of 2 s per server (libpq's least) unless
+        O(connect_timeout) is set.
+      - The client reconnects to whichever server accepts writes, gives up on a DDL that outlasts
+        O(statement_timeout_ms) by 1 s (a frozen server answers neither the statement nor a cancel request) and
+        records per DDL the server that answered it and when, in RV(servers).
+    type: list
+    elements: str
+    default: []
+  target_session_attrs:
+    description:
+      - libpq's C(target_session_attrs) of the multi-host client (O(hosts)).
+    type: str
+    default: read-write
+    choices: [read-write, primary, any]
   expect_tracking:
     description:
       - V(true) checks that every committed DDL has exactly one history row.
@@ -226,6 +244,14 @@ server_clock:
   description: The server's C(now()) against the client's clock when the run ended.
   returned: when state=present
   type: dict
+servers:
+  description: >-
+    With O(hosts): V(observed_on), the server (C(host:port)) whose catalog the final check read, V(hosts),
+    V(target_session_attrs) and V(ops), per DDL C([token, outcome, server, started, ended, in_catalog]), the server
+    that answered it and the epoch times around it; the input of the failover RTO and RPO accounting. Null
+    without O(hosts).
+  returned: when state=present
+  type: dict
 '''
 
 import time
@@ -262,7 +288,7 @@ class WorkloadFault(BackgroundFault):
         return self.program_in_place(record)
 
     def plan(self, current):
-        detail = {'conn': _pgconn.stored_conn(self.params),
+        detail = {'conn': _pgconn.stored_conn(_workload.multi_host_params(self.params)),
                   'options': dict((k, self.params[k]) for k in _workload.OPTIONS)}
         # Should the program be killed before it cleans up, the revert drops its schema while it still carries this
         # run's mark (another run may have taken it over since).
@@ -343,6 +369,8 @@ def main():
         settle_timeout=dict(type='float', default=60),
         cleanup=dict(type='bool', default=True),
         expect_tracking=dict(type='bool', default=True),
+        hosts=dict(type='list', elements='str', default=[]),
+        target_session_attrs=dict(type='str', default='read-write', choices=['read-write', 'primary', 'any']),
     )
     chaos = ChaosModule(argument_spec)
     module, params = chaos.module, chaos.params
@@ -352,6 +380,9 @@ def main():
     problem = _workload.schema_problem(params['schema'])
     if problem:
         chaos.fail(problem)
+    bad = [h for h in params['hosts'] if not h or not h.strip() or ',' in h or h != h.strip()]
+    if bad:
+        chaos.fail('hosts must be server addresses without commas or spaces, got %r' % (bad[0],))
     if params['name'] is None:
         params['name'] = params['run_id']
     if params['ttl'] is None:

@@ -42,7 +42,8 @@ PHASES = (
     ('steady-state-after', 'revert_end', 'finished_at'),
 )
 WORKLOAD_ANOMALIES = ('lost', 'duplicated', 'unexpected')
-FILENAMES = {'json': 'chaos-report.json', 'junit': 'chaos-junit.xml', 'markdown': 'chaos-report.md'}
+FILENAMES = {'json': 'chaos-report.json', 'junit': 'chaos-junit.xml', 'markdown': 'chaos-report.md',
+             'html': 'chaos-report.html', 'metrics': 'chaos-metrics.prom'}
 
 
 # --- judging -----------------------------------------------------------------
@@ -219,12 +220,14 @@ def _convergence(raw):
     return dict(primary=primary or None, replicas=replicas, diverged=diverged, unchecked=unchecked), reasons
 
 
-def _workload(raw):
+def _workload(raw, excused=()):
     """Return (checker verdict, reasons) from the raw workload result.
 
     ``workload`` is what ``pggit_workload`` returned (directly or through
     ``async_status``); its ``check`` is the checker verdict. A bare checker
     verdict is accepted too. A skipped result means no workload ran.
+    ``excused``: lost tokens already counted, by token, as the RPO of an
+    asynchronous failover (reported there, not again here).
     """
     workload = raw.get('workload')
     if not isinstance(workload, dict) or workload.get('skipped'):
@@ -237,9 +240,11 @@ def _workload(raw):
     check = workload.get('check') if 'check' in workload else workload
     if not isinstance(check, dict):
         return None, ['workload returned no checker verdict']
-    reasons = ['workload %s %d operation(s): %s' % (key, len(check[key]), ', '.join(str(x) for x in check[key][:5]))
-               for key in WORKLOAD_ANOMALIES if check.get(key)]
-    if not reasons and check.get('valid') is False:
+    excused = set(excused)
+    shown = dict((key, [x for x in check.get(key) or [] if key != 'lost' or x not in excused]) for key in WORKLOAD_ANOMALIES)
+    reasons = ['workload %s %d operation(s): %s' % (key, len(shown[key]), ', '.join(str(x) for x in shown[key][:5]))
+               for key in WORKLOAD_ANOMALIES if shown[key]]
+    if not reasons and check.get('valid') is False and not excused:
         reasons.append('workload check reported invalid history')
     return check, reasons
 
@@ -928,6 +933,247 @@ def _commits_waited(raw):
     return reasons, evidence
 
 
+# --- failover experiments -----------------------------------------------------------------------
+# The role hands the raw facts in ``fault``: ``ha`` (patroni|none), ``fault_at`` and ``heal_at`` (epochs),
+# ``lost`` (member names lost in the window), ``regions`` (member -> region), cluster states (the shape of
+# pggit_cluster_info: leader, members [{name, host, port, role, state, timeline, lag}], sync_standbys, timeline,
+# settings) ``before`` the fault, at the ``failover`` (the first new leader seen, at ``failover_at``) and ``after``
+# the heal, ``rejoined_at`` and ``rejoin_method``, ``history`` (member -> {rows, digest} after the heal),
+# ``synchronous`` (whether the replication mode promises RPO 0), ``frozen`` (cgroups still frozen after the heal),
+# ``failback`` (manual_failover: the original primary leads again). The workload is a multi-host client whose
+# ``servers`` log says which server answered each DDL.
+FAILOVER_EXPERIMENTS = ('primary_failover', 'region_failover', 'switchover', 'manual_failover')
+# Member states of a replica that replays from the leader (Patroni 4 and the SQL view say streaming; Patroni 3.0 says
+# running for any replica that is up: the role passes replica_states for it). A leader must be running.
+STREAMING_STATES = ('streaming',)
+LEADER_ROLES = ('leader', 'primary', 'master', 'standby_leader')
+
+
+def _member_map(state):
+    return dict((str(m.get('name')), m) for m in _mapping(state).get('members') or [] if isinstance(m, dict) and m.get('name'))
+
+
+def _server_names(member):
+    host, port = member.get('host'), member.get('port')
+    if not host:
+        return []
+    return ['%s:%s' % (host, port)] if port not in (None, '') else [str(host)]
+
+
+def _server_ops(raw):
+    """The multi-host workload's DDL as checker ops with server, times and the new primary's catalog fate."""
+    servers = _mapping(_mapping(raw.get('workload')).get('servers'))
+    ops = []
+    for item in servers.get('ops') or []:
+        if isinstance(item, (list, tuple)) and len(item) == 6:
+            ops.append(dict(token=item[0], outcome=item[1], server=item[2], started=_number(item[3]),
+                            ended=_number(item[4]), in_catalog=item[5]))
+    return ops, servers
+
+
+def _is_leader(member):
+    return str(member.get('role') or '') in LEADER_ROLES
+
+
+def failover_fields(raw):
+    """The report fields of a failover experiment (rto_s, rpo_lost_ddl, leaders, timeline, rejoin, ha_settings) and
+    the accounting behind them. Pure; missing facts give None, never a made-up figure."""
+    from ansible_collections.pggit.chaos.plugins.module_utils._checker import failover_accounting
+    fault = _mapping(raw.get('fault'))
+    before, during, after = _mapping(fault.get('before')), _mapping(fault.get('failover')), _mapping(fault.get('after'))
+    old_leader = before.get('leader')
+    new_leader = _mapping(fault.get('manual')).get('promoted') or during.get('leader')
+    fault_at, heal_at = _number(fault.get('fault_at')), _number(fault.get('heal_at'))
+    # The DDL times are the client host's clock: the fault time read on that clock, when the role read it, is the
+    # one to compare them with (the controller's clock may be off by more than the RTO).
+    client_fault_at = _number(fault.get('fault_at_client'))
+    ddl_fault_at = client_fault_at if client_fault_at is not None else fault_at
+    members = _member_map(before)
+    members.update(_member_map(during))
+    new_servers = _server_names(_mapping(members.get(str(new_leader)))) if new_leader else []
+    old_servers = _server_names(_mapping(members.get(str(old_leader)))) if old_leader else []
+    ops, servers = _server_ops(raw)
+    accounting = failover_accounting(ops, ddl_fault_at, new_servers, old_servers) if ops and ddl_fault_at is not None else None
+    rejoined_at = _number(fault.get('rejoined_at'))
+    if not _rejoined(fault, old_leader):
+        # The role notes a time when its wait for the rejoin ends, met or not: no rejoin seen, no rejoin time.
+        rejoined_at = None
+    return dict(
+        old_leader=old_leader, new_leader=new_leader,
+        # Named pg_timeline: the entry's 'timeline' is the experiment's own timestamps (the Gantt chart's).
+        pg_timeline=dict(before=before.get('timeline'), after=during.get('timeline'),
+                         final=(_mapping(fault.get('final')) or after).get('timeline')),
+        rto_s=accounting['rto_s'] if accounting else None,
+        rpo_lost_ddl=accounting['rpo_lost_ddl'] if accounting else None,
+        write_pause_s=accounting['write_pause_s'] if accounting else None,
+        failover_s=round(_number(fault.get('failover_at')) - fault_at, 3)
+        if _number(fault.get('failover_at')) is not None and fault_at is not None else None,
+        rejoin_s=round(rejoined_at - heal_at, 3) if rejoined_at is not None and heal_at is not None else None,
+        rejoin_method=fault.get('rejoin_method'),
+        ha_settings=fault.get('ha_settings') if fault.get('ha_settings') is not None else before.get('settings'),
+        # Who leads when the experiment ends (after the failback, else after the heal): without a failback the
+        # cluster is left off the leader it had, and the report says so.
+        leader_at_end=(_mapping(fault.get('final')) if _member_map(_mapping(fault.get('final')))
+                       else _mapping(fault.get('after'))).get('leader'),
+    ), accounting, servers
+
+
+def _declared_members(fault):
+    """Every member of the cluster as the role declared it (``regions`` names them all) and as read before the fault:
+    the checks after the heal cover each of them, not only those a later read happened to list."""
+    names = set(str(n) for n in _mapping(fault.get('regions')))
+    names.update(_member_map(_mapping(fault.get('before'))))
+    return sorted(names)
+
+
+def _rejoined(fault, old_leader):
+    """Whether the cluster read after the heal holds the old leader and every lost member as streaming replicas."""
+    members = _member_map(_mapping(fault.get('after')))
+    streaming = tuple(fault.get('replica_states') or STREAMING_STATES)
+    back = set(str(n) for n in fault.get('lost') or [])
+    if old_leader:
+        back.add(str(old_leader))
+    return bool(back) and all(name in members and not _is_leader(members[name])
+                              and str(members[name].get('state') or '') in streaming for name in back)
+
+
+def _history_shows(fault, tl_before, new_leader):
+    """Patroni's timeline history (GET /history, read after the heal) must hold the switch to the new leader: a row
+    ending a timeline at or after the one before the fault, whose new leader is ``new_leader``."""
+    history = _mapping(fault.get('after')).get('history')
+    if not isinstance(history, list):
+        return ["the timeline history after the heal was not read (Patroni's GET /history)"]
+    for row in history:
+        if (isinstance(row, (list, tuple)) and row and _number(row[0]) is not None and tl_before is not None
+                and _number(row[0]) >= tl_before and (len(row) < 5 or str(row[4]) == str(new_leader))):
+            return []
+    return ['the timeline history after the heal does not show the switch from timeline %s to %s: %s'
+            % ('%g' % tl_before if tl_before is not None else '?', new_leader, _compact(history[-3:]))]
+
+
+def _failover_happened(raw):
+    """primary_failover, region_failover, switchover, manual_failover: the leader changed to the member the mode
+    promises (the synchronous standby; one in another region), the timeline went up, the new primary acknowledged
+    tracked DDL (the RTO), no DDL acknowledged before the fault is missing on it where the mode promises RPO 0, and
+    after the heal there is one leader, every other member streaming, the old leader among them, and every member's
+    pggit.history equal row for row."""
+    experiment = raw.get('experiment')
+    fault = _mapping(raw.get('fault'))
+    fields, accounting, servers = failover_fields(raw)
+    before, during = _mapping(fault.get('before')), _mapping(fault.get('failover'))
+    old_leader, new_leader = fields['old_leader'], fields['new_leader']
+    regions = _mapping(fault.get('regions'))
+    lost = [str(n) for n in fault.get('lost') or []]
+    synchronous = _flag(fault.get('synchronous'))
+    reasons = []
+    evidence = dict(fields, accounting=accounting, observed_on=servers.get('observed_on'), lost=lost,
+                    synchronous=synchronous, sync_standbys_before=before.get('sync_standbys'))
+    if not old_leader:
+        return ['the failover cannot be proven: the leader before the fault is unknown'], evidence
+    if not new_leader:
+        reasons.append('the failover did not happen: no new leader was seen after the fault on %s' % old_leader)
+    elif new_leader == old_leader:
+        reasons.append('the failover did not happen: %s still led after the fault' % old_leader)
+    else:
+        if experiment in ('primary_failover', 'switchover') and synchronous and fault.get('ha') == 'patroni':
+            sync = [str(n) for n in before.get('sync_standbys') or []]
+            if str(new_leader) not in sync:
+                reasons.append('the new leader %s was not a synchronous standby before the fault (%s)'
+                               % (new_leader, ', '.join(sync) or 'none'))
+        if experiment == 'region_failover':
+            lost_regions = sorted(set(str(regions.get(n)) for n in lost))
+            if str(new_leader) in lost or str(regions.get(str(new_leader))) in lost_regions:
+                reasons.append('the new leader %s is in the lost region (%s)' % (new_leader, ', '.join(lost_regions)))
+            evidence['new_leader_region'] = regions.get(str(new_leader))
+    tl_before, tl_after = _number(before.get('timeline')), _number(during.get('timeline'))
+    if tl_before is None or tl_after is None or tl_after <= tl_before:
+        reasons.append('the timeline did not go up with the failover (%s before, %s after)'
+                       % (before.get('timeline'), during.get('timeline')))
+    if fault.get('ha') == 'patroni' and new_leader and new_leader != old_leader:
+        reasons += _history_shows(fault, tl_before, new_leader)
+    observed_on = servers.get('observed_on')
+    issued = _mapping(_mapping(raw.get('workload')).get('check')).get('ops')
+    if accounting is not None and isinstance(issued, int) and len(_server_ops(raw)[0]) < issued:
+        # The server log keeps at most OP_TIMES_MAX DDL: RPO and RTO over part of the run would be made up.
+        reasons.append('RTO and RPO cannot be measured: the server log holds %d of the %d DDL issued'
+                       % (len(_server_ops(raw)[0]), issued))
+    new_names = _server_names(_mapping(_member_map(during).get(str(new_leader)) or _member_map(before).get(str(new_leader))))
+    if accounting is None:
+        reasons.append('RTO and RPO cannot be measured: the workload logged no server per DDL or the fault time is unknown')
+    elif new_names and observed_on not in new_names:
+        # The catalog that resolves RPO and the indeterminate outcomes must be the new leader's.
+        reasons.append("RPO cannot be measured: the workload's final check read %s, not the new leader %s (%s)"
+                       % (observed_on or 'no server', new_leader, ', '.join(new_names)))
+    else:
+        if fields['rto_s'] is None:
+            reasons.append('the new leader %s acknowledged no tracked DDL after the fault (no RTO)' % new_leader)
+        strict = synchronous or experiment == 'switchover'
+        if strict and accounting['rpo_lost_ddl']:
+            reasons.append('%d DDL acknowledged before the fault are missing on the new leader (RPO must be 0 %s): %s'
+                           % (accounting['rpo_lost_ddl'], 'in synchronous mode' if synchronous else 'in a switchover',
+                              _names(x['token'] for x in accounting['rpo_lost'])))
+        unresolved = [x['token'] for x in accounting['indeterminate']['unresolved'] + accounting.get('unchecked_ok', [])]
+        if unresolved:
+            # An outcome never read against the new leader's catalog is neither kept nor lost: never a silent pass.
+            reasons.append("%d DDL were not resolved against the new leader's catalog: %s" % (len(unresolved), _names(unresolved)))
+        if accounting['lost_after_fault_ddl']:
+            reasons.append('%d DDL acknowledged after the fault are missing on the new leader: %s'
+                           % (accounting['lost_after_fault_ddl'], _names(x['token'] for x in accounting['lost_after_fault'])))
+    reasons += _failover_after(fault, old_leader, new_leader)
+    return reasons, evidence
+
+
+def _failover_after(fault, old_leader, new_leader):
+    """After the heal: one leader (the original one after a failback), every other member streaming (the old
+    leader rejoined), no cgroup left frozen, and every member's pggit.history digest equal."""
+    after = _mapping(fault.get('after'))
+    members = _member_map(after)
+    reasons = []
+    if not members:
+        return ['the cluster after the heal was not read']
+    leaders = sorted(name for name, m in members.items() if _is_leader(m))
+    if len(leaders) != 1:
+        reasons.append('after the heal %d leaders (%s), not exactly one' % (len(leaders), ', '.join(leaders) or 'none'))
+    declared = _declared_members(fault)
+    absent = [name for name in declared if name not in members and name != str(old_leader)]
+    if absent:
+        reasons.append('after the heal %s not a member: every member must be back' % ', '.join(absent))
+    streaming = tuple(fault.get('replica_states') or STREAMING_STATES)
+    behind = ['%s (%s %s)' % (name, m.get('role'), m.get('state')) for name, m in sorted(members.items())
+              if not _is_leader(m) and str(m.get('state') or '') not in streaming]
+    down = ['%s (%s)' % (name, m.get('state')) for name, m in sorted(members.items())
+            if _is_leader(m) and m.get('state') not in (None, 'running')]
+    if down:
+        reasons.append('after the heal the leader is not running: %s' % ', '.join(down))
+    if behind:
+        reasons.append('after the heal not streaming: %s' % ', '.join(behind))
+    if old_leader and str(old_leader) not in members:
+        reasons.append('the old leader %s is not a member after the heal' % old_leader)
+    if fault.get('frozen'):
+        reasons.append('cgroups still frozen after the heal: %s' % _names(fault['frozen']))
+    final = _mapping(fault.get('final'))
+    if _flag(fault.get('failback')) and not final.get('members'):
+        # A failback was asked for: a cluster left off its declared primary must never pass unsaid.
+        reasons.append('the failback was asked for, but the cluster after it was not read: %s may not lead again'
+                       % old_leader)
+    if final.get('members'):
+        if str(final.get('leader')) != str(old_leader):
+            reasons.append('after the failback %s leads, not the original leader %s' % (final.get('leader'), old_leader))
+        lagging = ['%s (%s %s)' % (name, m.get('role'), m.get('state')) for name, m in sorted(_member_map(final).items())
+                   if str(m.get('state') or '') not in (('running',) if _is_leader(m) else streaming)]
+        if lagging:
+            reasons.append('after the failback not streaming: %s' % ', '.join(lagging))
+    history = _mapping(fault.get('history'))
+    digests = dict((name, _mapping(history.get(name)).get('digest')) for name in sorted(set(members) | set(declared)))
+    missing = sorted(name for name, digest in digests.items() if not digest)
+    if missing:
+        reasons.append("after the heal the pggit.history digest of %s was not read" % ', '.join(missing))
+    if len(set(d for d in digests.values() if d)) > 1:
+        reasons.append('after the heal pggit.history differs between members: %s' % ', '.join(
+            '%s %s rows' % (name, _mapping(history.get(name)).get('rows', '?')) for name in sorted(digests)))
+    return reasons
+
+
 # Fault check -> rule; 'auto' picks the rule by experiment name.
 FAULT_CHECKS = {
     'connections': _kills_hit,
@@ -945,6 +1191,7 @@ FAULT_CHECKS = {
     'corrupt': _index_corrupted,
     'clock': _clock_skewed,
     'dependency': _commits_waited,
+    'failover': _failover_happened,
 }
 EXPERIMENT_FAULT_CHECKS = {
     'kill_connections': 'connections',
@@ -963,6 +1210,10 @@ EXPERIMENT_FAULT_CHECKS = {
     'index_corruption': 'corrupt',
     'clock_skew': 'clock',
     'dependency_failure': 'dependency',
+    'primary_failover': 'failover',
+    'region_failover': 'failover',
+    'switchover': 'failover',
+    'manual_failover': 'failover',
 }
 
 
@@ -994,7 +1245,15 @@ def judge(raw):
     revert, failures, confirmed = _revert_outcome(raw)
     revert_reason = _revert_reason(failures, confirmed)
     convergence, convergence_reasons = _convergence(raw)
-    workload, workload_reasons = _workload(raw)
+    failover = None
+    if raw.get('experiment') in FAILOVER_EXPERIMENTS:
+        failover, accounting, _servers = failover_fields(raw)
+    excused = ()
+    if failover is not None and accounting and not (_flag(_mapping(raw.get('fault')).get('synchronous'))
+                                                    or raw.get('experiment') == 'switchover'):
+        # Asynchronous replication may lose acknowledged DDL in a failover: counted by token as the RPO, not hidden.
+        excused = [x['token'] for x in accounting['rpo_lost']]
+    workload, workload_reasons = _workload(raw, excused)
     entry = dict(
         experiment=raw.get('experiment'),
         experiment_id=raw.get('experiment_id'),
@@ -1017,6 +1276,8 @@ def judge(raw):
         timings={name: _span(timeline, start, end) for name, (start, end) in DURATIONS.items()},
         timeline=timeline,
     )
+    if failover is not None:
+        entry.update(failover)
     if entry['skipped_reason']:
         entry.update(status='skipped', reasons=['skipped: %s' % entry['skipped_reason']])
     elif entry['aborted']:
@@ -1159,6 +1420,51 @@ def _gantt(entries):
     return ['```mermaid', 'gantt', '    title Chaos timeline', '    dateFormat x', '    axisFormat %H:%M:%S'] + lines + ['```']
 
 
+def _settings_text(settings):
+    settings = _mapping(settings)
+    keys = ('ttl', 'loop_wait', 'retry_timeout', 'synchronous_mode', 'synchronous_node_count', 'maximum_lag_on_failover')
+    shown = ['%s=%s' % (key, settings[key]) for key in keys if key in settings]
+    use = _mapping(settings.get('postgresql'))
+    if 'use_pg_rewind' in use:
+        shown.append('use_pg_rewind=%s' % use['use_pg_rewind'])
+    return ', '.join(shown) or ('-' if not settings else _compact(settings))
+
+
+def _timeline_text(timeline):
+    timeline = _mapping(timeline)
+    if timeline.get('before') is None and timeline.get('after') is None:
+        return '-'
+    text = '%s → %s' % (timeline.get('before', '?'), timeline.get('after', '?'))
+    if timeline.get('final') not in (None, timeline.get('after')):
+        text += ' (%s after the heal)' % timeline['final']
+    return text
+
+
+def _leads_text(entry):
+    leader, old = entry.get('leader_at_end'), entry.get('old_leader')
+    if leader is None:
+        return '?'
+    return '%s%s' % (leader, '' if str(leader) == str(old) else ' (not the leader before: no failback)')
+
+
+def _failover_table(entries):
+    """The failover figures of each failover experiment: leaders, timeline, RTO, RPO, write pause, rejoin, settings."""
+    rows = [e for e in entries if e.get('experiment') in FAILOVER_EXPERIMENTS]
+    if not rows:
+        return []
+    lines = ['', '## Failover', '',
+             '| Experiment | Host | Old leader | New leader | Timeline | RTO s | RPO lost DDL | Write pause s | Rejoin s '
+             '| Rejoin method | HA settings | Leads at the end |',
+             '|---|---|---|---|---|---:|---:|---:|---:|---|---|---|']
+    for entry in rows:
+        cells = [entry.get('experiment'), entry.get('host'), entry.get('old_leader'), entry.get('new_leader'),
+                 _timeline_text(entry.get('pg_timeline')), _seconds(entry.get('rto_s')), _count(entry.get('rpo_lost_ddl')),
+                 _seconds(entry.get('write_pause_s')), _seconds(entry.get('rejoin_s')), entry.get('rejoin_method'),
+                 _settings_text(entry.get('ha_settings')), _leads_text(entry)]
+        lines.append('| %s |' % ' | '.join(_cell(c) for c in cells))
+    return lines
+
+
 def render_markdown(entries, meta, generated_at=None):
     meta = meta or {}
     lines = ['# Chaos report', '',
@@ -1171,6 +1477,7 @@ def render_markdown(entries, meta, generated_at=None):
                  _seconds(entry['timings'].get('inject_s')), _seconds(entry['timings'].get('window_s')),
                  _seconds(entry['timings'].get('revert_s')), _workload_cell(entry.get('workload'))]
         lines.append('| %s |' % ' | '.join(_cell(c) for c in cells))
+    lines += _failover_table(entries)
     not_passed = [e for e in entries if e['status'] != 'passed']
     if not_passed:
         lines += ['', '## Reasons']
@@ -1200,7 +1507,11 @@ def write_reports(report_dir, entries, meta):
     """Write the JSON, JUnit and Markdown reports; return their paths by format."""
     os.makedirs(report_dir, exist_ok=True)
     generated_at = _utc_now()
-    renderers = {'json': render_json, 'junit': render_junit, 'markdown': render_markdown}
+    # The HTML page and the OpenMetrics text (plugin_utils/_html.py, _metrics.py) render the same entries.
+    from ansible_collections.pggit.chaos.plugins.plugin_utils._html import render_html
+    from ansible_collections.pggit.chaos.plugins.plugin_utils._metrics import render_openmetrics
+    renderers = {'json': render_json, 'junit': render_junit, 'markdown': render_markdown, 'html': render_html,
+                 'metrics': render_openmetrics}
     paths = {}
     for fmt, render in renderers.items():
         paths[fmt] = os.path.join(report_dir, FILENAMES[fmt])

@@ -168,17 +168,19 @@ def test_fault_check_is_picked_by_experiment_name():
                                                'backend_crash': 'backend_kill', 'postmaster_crash': 'postmaster_kill',
                                                'process_pause': 'pause',
                                                'lock_contention': 'lock', 'index_corruption': 'corrupt',
-                                               'clock_skew': 'clock', 'dependency_failure': 'dependency'}
+                                               'clock_skew': 'clock', 'dependency_failure': 'dependency',
+                                               'primary_failover': 'failover', 'region_failover': 'failover',
+                                               'switchover': 'failover', 'manual_failover': 'failover'}
     assert set(_report.FAULT_CHECKS) == {'connections', 'trigger', 'latency', 'partition', 'disk', 'disk_full', 'memory',
                                          'cpu', 'backend_kill', 'postmaster_kill', 'pause', 'lock', 'corrupt', 'clock',
-                                         'dependency'}
+                                         'dependency', 'failover'}
     # A known experiment with no facts cannot prove its fault: never passed.
     for experiment in _report.EXPERIMENT_FAULT_CHECKS:
         entry = _report.judge(raw(experiment=experiment))
         assert entry['status'] == 'failed', experiment
     assert _report.judge(raw(experiment='kill_connections', fault_check='none'))['status'] == 'passed'
     assert reasons(fault_check='bogus') == ["unknown fault_check 'bogus'; expected one of auto, none, backend_kill, clock, connections, "
-                                            "corrupt, cpu, dependency, disk, disk_full, latency, lock, memory, partition, pause, "
+                                            "corrupt, cpu, dependency, disk, disk_full, failover, latency, lock, memory, partition, pause, "
                                             "postmaster_kill, trigger"]
 
 
