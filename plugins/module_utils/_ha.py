@@ -174,7 +174,10 @@ def cluster_state(urls, timeout=DEFAULT_TIMEOUT):
 
 
 # -- no HA manager: ask every member ---------------------------------------------------
-PLAIN_SQL = ("SELECT pg_is_in_recovery(), (SELECT timeline_id FROM pg_control_checkpoint()), "
+# The timeline: a primary's from the name of its current WAL file (pg_control_checkpoint() keeps the old one until the
+# next checkpoint, tens of seconds after a promotion); a standby's from its walreceiver when it streams.
+PLAIN_SQL = ("SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
+             "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, "
              "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END")
 REPLICATION_SQL = ("SELECT application_name, host(client_addr), state, sync_state, "
                    "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication")
@@ -195,6 +198,8 @@ def _ask(member, params, timeout):
             cur.execute(RECEIVER_SQL)
             row = cur.fetchone()
             found['receiver'] = {'status': row[0], 'sender_host': row[1], 'timeline': row[2]} if row else None
+            if row and isinstance(row[2], int) and row[2] > (found['timeline'] or 0):
+                found['timeline'] = row[2]
         else:
             cur.execute(REPLICATION_SQL)
             found['replication'] = [{'application_name': r[0], 'client_addr': r[1], 'state': r[2], 'sync_state': r[3], 'lag': r[4]}
