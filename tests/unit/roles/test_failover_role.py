@@ -17,8 +17,7 @@ def _tasks(items):
     for item in items or []:
         yield item
         for key in ('block', 'rescue', 'always'):
-            for sub in _tasks(item.get(key)):
-                yield sub
+            yield from _tasks(item.get(key))
 
 
 def task(name):

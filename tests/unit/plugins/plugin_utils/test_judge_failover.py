@@ -24,8 +24,8 @@ DURING = dict(leader='lab-2', timeline=2, members=[member('lab-2', '198.18.0.12'
                                                    member('lab-3', '198.18.0.13', 'sync_standby', 'streaming', 2)])
 AFTER = dict(leader='lab-2', timeline=2, history=[[1, 50331808, 'no recovery target specified', '2026-11-28T00:00:00+00:00', 'lab-2']],
              members=[member('lab-1', '198.18.0.11', 'sync_standby', 'streaming', 2),
-                                                  member('lab-2', '198.18.0.12', 'leader', 'running', 2),
-                                                  member('lab-3', '198.18.0.13', 'sync_standby', 'streaming', 2)])
+                      member('lab-2', '198.18.0.12', 'leader', 'running', 2),
+                      member('lab-3', '198.18.0.13', 'sync_standby', 'streaming', 2)])
 OLD, NEW = '198.18.0.11:5432', '198.18.0.12:5432'
 OPS = [['r_1', 'ok', OLD, 99.0, 99.1, True], ['r_2', 'unknown', OLD, 100.2, 104.0, False],
        ['r_3', 'fail', '', 104.5, 107.0, False], ['r_4', 'ok', NEW, 108.0, 108.4, True], ['r_5', 'ok', NEW, 108.5, 108.6, True]]
