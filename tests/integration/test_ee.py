@@ -84,6 +84,17 @@ def test_containerfile_installs_the_collection_from_the_tarball(context):
     assert re.search(r'ARG ANSIBLE_INSTALL_REFS="ansible-core>=2\.19,<2\.20 ansible-runner>=2\.4"', text)
 
 
+def build_env(tmp_path):
+    """The environment of an image build: none of this checkout's Ansible settings (make exports ANSIBLE_CONFIG, whose
+    collections_path links this tree: ansible-galaxy would find pggit.chaos "already installed" there and install
+    nothing) and a HOME of its own."""
+    env = dict((k, v) for k, v in os.environ.items() if not k.startswith('ANSIBLE_'))
+    home = tmp_path / 'home'
+    home.mkdir(exist_ok=True)
+    env.update(HOME=str(home), ANSIBLE_GALAXY_DISABLE_GPG_VERIFY='1')
+    return env
+
+
 def test_galaxy_stage_replayed_installs_this_collection(context, tmp_path):
     # The galaxy stage's command, run as the image build runs it (in a copy of _build), into a scratch path.
     build = tmp_path / 'build'
@@ -91,7 +102,7 @@ def test_galaxy_stage_replayed_installs_this_collection(context, tmp_path):
     target = tmp_path / 'usr-share-ansible-collections'
     proc = subprocess.run([os.path.join(BIN, 'ansible-galaxy'), 'collection', 'install', '-r', 'requirements.yml',
                            '--collections-path', str(target)], cwd=str(build), capture_output=True, text=True,
-                          env=dict(os.environ, ANSIBLE_GALAXY_DISABLE_GPG_VERIFY='1'), check=False)
+                          env=build_env(tmp_path), check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     root = target / 'ansible_collections' / 'pggit' / 'chaos'
     assert (root / 'playbooks' / 'chaos.yml').is_file() and (root / 'plugins' / 'filter' / 'chaos_summary.py').is_file()

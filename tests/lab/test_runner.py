@@ -81,9 +81,12 @@ def private_data_dir(root, tarball, extravars, envvars=None):
     (root / 'inventory').mkdir()
     shutil.copy(INVENTORY, str(root / 'inventory' / 'hosts.yml'))
     collections = root / 'requirements_collections'
-    # Run from the job's folder: this checkout's ansible.cfg (run from REPO) would find the collection linked there.
+    # Run from the job's folder, with none of this checkout's Ansible settings: its ansible.cfg (found from REPO, or
+    # through the ANSIBLE_CONFIG that make exports) links this tree as pggit.chaos, and ansible-galaxy would skip the
+    # install as "already installed".
+    galaxy_env = dict((k, v) for k, v in os.environ.items() if not k.startswith('ANSIBLE_'))
     proc = subprocess.run([os.path.join(BIN, 'ansible-galaxy'), 'collection', 'install', tarball, '-p', str(collections)],
-                          cwd=str(root), capture_output=True, text=True, check=False)
+                          cwd=str(root), capture_output=True, text=True, check=False, env=galaxy_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert os.path.isfile(str(collections / 'ansible_collections' / 'pggit' / 'chaos' / 'playbooks' / 'chaos.yml')), proc.stdout
     env = root / 'env'
