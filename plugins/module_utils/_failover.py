@@ -605,6 +605,10 @@ class Cluster(object):
         if not rows or not rows[0][0]:
             raise UndoError('pg_promote() on %s did not finish within %ss' % (name, PROMOTE_WAIT_S))
         self.log.append('promoted %s' % name)
+        # A primary has no use for the primary_conninfo it followed as a standby: dropped (postgresql.auto.conf only),
+        # so that the declared primary, promoted back by the failback, ends with the settings it began with.
+        self.sql(name, 'ALTER SYSTEM RESET primary_conninfo', fetch=False)
+        self.sql(name, 'SELECT pg_reload_conf()', fetch=False)
         return self.status(name).get('timeline')
 
     def repoint(self, name, primary):
