@@ -20,14 +20,21 @@ from ansible_collections.pggit.chaos.plugins.module_utils._errors import UndoErr
 PG_CTL = '/usr/lib/postgresql/15/bin/pg_ctl'
 
 
+# Appends a byte to its file every 10 ms: its progress shows that it runs (a state letter can be D or R or S).
+TICKER = 'import sys, time\nf = open(sys.argv[2], "ab", 0)\nwhile True:\n    f.write(b".")\n    time.sleep(0.01)\n'
+
+
 @pytest.fixture
-def paused():
+def paused(tmp_path):
     """A real process named like a PostgreSQL child, stopped with SIGSTOP; killed in any case."""
-    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', 'postgres: walreceiver'])
+    ticks = tmp_path / 'ticks'
+    proc = subprocess.Popen([sys.executable, '-c', TICKER, 'postgres: walreceiver', str(ticks)])
+    proc.ticks = ticks
     threading.Thread(target=proc.wait, daemon=True).start()
     deadline = time.time() + 5
-    while 'postgres' not in _steps.proc_cmdline(proc.pid) and time.time() < deadline:
+    while not (ticks.exists() and ticks.stat().st_size > 0) and time.time() < deadline:
         time.sleep(0.01)
+    assert 'postgres' in _steps.proc_cmdline(proc.pid)
     os.kill(proc.pid, signal.SIGSTOP)
     while _steps.proc_state(proc.pid) != 'T' and time.time() < deadline:
         time.sleep(0.01)
@@ -45,9 +52,16 @@ def cont(proc, **change):
 
 def test_signal_process_resumes_that_very_process(paused):
     step = cont(paused)
+    stopped_at = paused.ticks.stat().st_size
+    time.sleep(0.2)
+    assert paused.ticks.stat().st_size == stopped_at  # stopped: no progress
     assert _steps.run_steps([step], {}) is True
-    # Resumed: no longer stopped (T). Running, sleeping, or D while the machine is busy paging it back in.
-    assert _steps.proc_state(paused.pid) in ('S', 'R', 'D')
+    # Resumed: it makes progress again (its state letter may be R, S or D on a busy machine).
+    deadline = time.time() + 10
+    while paused.ticks.stat().st_size == stopped_at and time.time() < deadline:
+        time.sleep(0.02)
+    assert paused.ticks.stat().st_size > stopped_at
+    assert _steps.proc_state(paused.pid) != 'T'
     assert _steps.run_steps([step], {}) is False  # idempotent: it runs, nothing to do
 
 
