@@ -160,7 +160,7 @@ def overhead(host, rounds=None):
             pid = injected['daemon']['pid']
             try:
                 cpu_before = cpu_seconds(pid)
-                through, _transactions = pgbench_tps(host)
+                through, transactions = pgbench_tps(host)
                 cpu_after = cpu_seconds(pid)
             finally:
                 fault(host, state='absent')
@@ -170,6 +170,9 @@ def overhead(host, rounds=None):
             pair = {'tps_no_rule': round(plain, 1), 'tps_nfqueue_0ms': round(through, 1),
                     'cost_pct': round(100.0 * (plain - through) / plain, 1),
                     'noise_pct': round(100.0 * abs(before - after) / plain, 1)}
+            if seen:
+                # About 1: every transaction's query packet went through the daemon (no packet skipped at 0 ms).
+                pair['packets_per_transaction'] = round(float(seen) / max(transactions, 1), 2)
             if seen and cpu_before is not None and cpu_after is not None:
                 # Nothing but pgbench sends to port 5432 meanwhile: the packets it saw are this run's.
                 pair['daemon_cpu_us_per_packet'] = round(1e6 * (cpu_after - cpu_before) / seen, 2)
@@ -189,7 +192,12 @@ def overhead(host, rounds=None):
                       'of the rounds\' costs against the mean of the two runs without the rule; noise_pct = median gap '
                       'between those two runs: above %g %% the machine was too busy to measure a cost (reliable false, '
                       'target null); daemon_cpu_us_per_packet: the daemon\'s CPU time (user + system, verdict path in '
-                      'the kernel included) over the packets it saw' % NOISE_LIMIT_PCT}
+                      'the kernel included) over the packets it saw; packets_per_transaction: packets the daemon saw over '
+                      'pgbench\'s transactions (about 1: each query packet took the real queue path, 0 ms included)'
+                      % NOISE_LIMIT_PCT}
+    per = [p['packets_per_transaction'] for p in pairs if 'packets_per_transaction' in p]
+    if per:
+        result['packets_per_transaction'] = round(statistics.median(per), 2)
     cpu = [p['daemon_cpu_us_per_packet'] for p in pairs if 'daemon_cpu_us_per_packet' in p]
     if cpu:
         result['daemon_cpu_us_per_packet'] = round(statistics.median(cpu), 2)

@@ -453,3 +453,44 @@ def test_main_stops_on_sigterm_while_blocked(pipe_binding, capsys):
     killer.join()
     assert time.time() - started < 2
     assert 'stopped (SIGTERM)' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('delay_ms, jitter_ms, loss_pct, passes', [
+    (0, 0, 0, True),
+    (0.0, 0.0, 0.0, True),
+    (1, 0, 0, False),
+    (0, 5, 0, False),
+    (0, 0, 0.5, False),
+    (100, 20, 10, False),
+])
+def test_only_a_delayer_that_never_holds_nor_drops_is_bound_without_the_lock(delay_ms, jitter_ms, loss_pct, passes):
+    server = server_for(Delayer(delay_ms, jitter_ms, loss_pct))
+    assert server.delayer.passes is passes
+    assert server.handler() == (server.pass_through if passes else server.callback)
+
+
+def test_pass_through_accepts_at_once_counts_and_never_takes_the_lock(clock, log):
+    delayer = Delayer(0, clock=clock)
+    server = server_for(delayer)
+    server.lock = None  # any use of the lock would raise
+    for name in 'abc':
+        server.pass_through(Packet(name, log))
+    assert log == [('accept', 'a'), ('accept', 'b'), ('accept', 'c')]
+    assert delayer.stats == {'seen': 3, 'dropped': 0, 'accepted': 3} and delayer.heap == []
+
+
+def test_main_at_zero_delay_binds_the_pass_through_and_every_packet_is_still_queued_to_it(pipe_binding, capsys):
+    packets = [TimedPacket() for _n in range(5)]
+
+    def feed():
+        while not pipe_binding or pipe_binding[0].callback is None:
+            time.sleep(0.005)
+        for packet in packets:
+            pipe_binding[0].callback(packet)
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    assert _nfqdelay.main(['--queue', '1000', '--delay-ms', '0', '--until', str(time.time() + 0.4)]) == 0
+    feeder.join()
+    assert pipe_binding[0].callback.__func__ is Server.pass_through
+    assert [p.verdict[0] for p in packets] == ['accept'] * 5
+    assert "'seen': 5, 'dropped': 0, 'accepted': 5" in capsys.readouterr().out
