@@ -11,6 +11,7 @@ the probe falls back on its own checks.
 from __future__ import annotations
 
 import json
+import math
 import select
 import threading
 import time
@@ -415,6 +416,25 @@ class Probe(object):
                     pass
         return summarize(checks, self.in_recovery, self.clock() - started, self.clock())
 
+    def wait_history(self, digest, timeout, interval=0.5, sleep=time.sleep):
+        """Probe until pggit.history's digest equals ``digest`` (a replica catching up with its primary), at most
+        ``timeout`` seconds; the last probe is returned with ``converged``, ``waited_s`` and ``history_rounds``.
+
+        One module run polls every ``interval`` seconds, instead of a task retried every few seconds over SSH."""
+        started = self.clock()
+        deadline = started + timeout
+        rounds = 0
+        while True:
+            result = self.run_once()
+            rounds += 1
+            converged = (result.get('history') or {}).get('digest') == digest
+            remaining = deadline - self.clock()
+            if converged or remaining <= 0:
+                break
+            sleep(min(interval, remaining))
+        result.update(converged=converged, waited_s=round(self.clock() - started, 3), history_rounds=rounds)
+        return result
+
     def watch(self, duration, interval, abort_after, sleep=time.sleep, monitor=None):
         """Probe repeatedly; stop early after ``abort_after`` bad rounds in a row.
 
@@ -434,8 +454,11 @@ class Probe(object):
         return result
 
     def _watch(self, deadline, interval, abort_after, sleep, rounds, streak, worst):
+        last = False
         while True:
+            started = self.clock()
             outcome = self.run_once()
+            took = self.clock() - started
             latest = outcome
             rounds.append({'at': outcome['at'], 'healthy': outcome['healthy'], 'failed': outcome['failed_checks']})
             streak = 0 if outcome['healthy'] else streak + 1
@@ -446,9 +469,10 @@ class Probe(object):
                 worst['abort_reason'] = '%d consecutive unhealthy probe(s): %s' % (streak, ', '.join(outcome['failed_checks']))
                 break
             remaining = deadline - self.clock()
-            if remaining <= 0:
+            if remaining <= 0 or last:
                 break
-            sleep(min(interval, remaining))
+            gap, last = round_gap(remaining, interval, took)
+            sleep(gap)
         # The first unhealthy round explains a failure; when all were healthy the
         # latest round is the freshest picture (history at the window's end).
         result = dict(worst if not worst['healthy'] else latest)
@@ -456,6 +480,18 @@ class Probe(object):
         result['rounds'] = rounds
         result['healthy'] = all(r['healthy'] for r in rounds)
         return result
+
+
+def round_gap(remaining, interval, took):
+    """(seconds to wait before the next round of a watch, whether that round is the last one).
+
+    The rounds still to come (each as long as the latest one, ``took``) are spread at most ``interval`` apart so that
+    the last one ENDS at the deadline: a watch no longer overruns its window by one round, which a slowed target
+    (latency, loss, a busy host) makes seconds long, and it still reads the state at the window's end. The round
+    planned as the last one is the last (no burst of rounds when one ends early). With instant rounds this is
+    min(interval, remaining), the plain schedule."""
+    rounds = max(1, int(math.ceil(remaining / (interval + took))))
+    return max(0.0, min(interval, (remaining - rounds * took) / rounds)), rounds == 1
 
 
 # -- the chaos monitor: one cheap read-only sample per second -------------------

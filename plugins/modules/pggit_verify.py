@@ -221,6 +221,19 @@ options:
         report RV(aborted). V(0) never stops early.
     type: int
     default: 2
+  wait_for_digest:
+    description:
+      - Probe until the digest of C(pggit.history) here equals this one (the
+        primary's digest in RV(history)), for a replica catching up after a fault,
+        at most O(wait_timeout) seconds. Needs O(history_digest=true). The
+        last probe is returned with RV(converged); the caller compares the
+        digests itself. Not with O(watch_duration).
+    type: str
+  wait_timeout:
+    description:
+      - Seconds O(wait_for_digest) waits at most, from 0 to 3600.
+    type: float
+    default: 120
   fail_on_unhealthy:
     description:
       - Fail the task when the probe is not healthy. By default the result is
@@ -308,6 +321,18 @@ amcheck:
   type: dict
   sample: {function: bt_index_check, indexes_checked: 7, corrupt: [{index: pggit.history_pkey,
            error: item order invariant violated for index "history_pkey", sqlstate: XX002}]}
+converged:
+  description: With O(wait_for_digest), whether the digest of C(pggit.history) came to equal it.
+  returned: when wait_for_digest
+  type: bool
+waited_s:
+  description: With O(wait_for_digest), seconds spent probing until it converged or O(wait_timeout) ran out.
+  returned: when wait_for_digest
+  type: float
+history_rounds:
+  description: With O(wait_for_digest), how many probes it took.
+  returned: when wait_for_digest
+  type: int
 aborted:
   description: In watch mode, whether the abort condition fired.
   returned: always
@@ -361,6 +386,7 @@ RANGES = (
     ('amcheck_timeout_ms', 100, 3600000),
     ('monitor_interval', 0.2, 60),
     ('monitor_timeout_ms', 100, 60000),
+    ('wait_timeout', 0, 3600),
 )
 # Never a canary here: system catalogs, and pgGit's own schema (not tracked).
 FORBIDDEN_CANARY_SCHEMAS = ('information_schema', 'pggit')
@@ -398,6 +424,8 @@ def main():
         monitor_timeout_ms=dict(type='int', default=1000),
         monitor_phase=dict(type='str', default='window'),
         abort_after=dict(type='int', default=2),
+        wait_for_digest=dict(type='str'),
+        wait_timeout=dict(type='float', default=120),
         fail_on_unhealthy=dict(type='bool', default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -405,6 +433,12 @@ def main():
     check_canary_schema(module)
     if module.params['amcheck_create'] and module.params['amcheck'] == 'none':
         module.fail_json(msg='amcheck_create=true needs amcheck=check or amcheck=parent, got amcheck=none')
+    if module.params['wait_for_digest'] is not None:
+        if not module.params['history_digest']:
+            module.fail_json(msg='wait_for_digest needs history_digest=true, got history_digest=false')
+        if module.params['watch_duration'] > 0:
+            module.fail_json(msg='wait_for_digest cannot be combined with watch_duration, got watch_duration=%s'
+                             % module.params['watch_duration'])
     check_postgres_params(module)
     ensure_psycopg2(module)
     params = dict(module.params)
@@ -422,7 +456,10 @@ def main():
         if params['watch_duration'] > 0:
             result = probe.watch(params['watch_duration'], params['watch_interval'], params['abort_after'], monitor=monitor)
         else:
-            result = probe.run_once()
+            if params['wait_for_digest'] is not None:
+                result = probe.wait_history(params['wait_for_digest'], params['wait_timeout'])
+            else:
+                result = probe.run_once()
             result.update(aborted=False, rounds=[{'at': result['at'], 'healthy': result['healthy'], 'failed': result['failed_checks']}])
             if monitor is not None:
                 monitor.sample()
