@@ -172,3 +172,38 @@ def failover_accounting(ops, fault_at, new_servers, old_servers=()):
         acknowledged_by_old_after_fault=sum(1 for op in ops if op.get('outcome') == 'ok' and _server(op) in old_servers
                                             and fault_at is not None and _ended(op) is not None and _ended(op) > fault_at),
     )
+
+
+# --- several workers ------------------------------------------------------------------
+# ``pggit_workload workers=N`` runs N tracked-DDL workers at once, each with its own
+# connection and its own token space (``<run_id>_w<k>_<seq>``).  The merge judges every
+# worker on its own tokens and the run as a whole: a history row whose token no worker
+# issued is unexpected in the total (and in the worker whose token space it is in).
+
+def worker_prefix(run_id, worker):
+    """The token prefix of one worker of a multi-worker run."""
+    return '%s_w%d_' % (run_id, worker)
+
+
+def merge_workers(ops_by_worker, history_counts, catalog=None, expect_tracked=True, prefixes=None):
+    """Exactly-once over several workers: (total verdict, [{'worker': k, 'check': verdict}, ...]). Pure.
+
+    ``ops_by_worker``: one list of ops per worker (as :func:`check` takes them).
+    ``prefixes``: the token prefix of each worker, so that a history row no
+    worker issued is charged to the worker whose token space holds it; without
+    them such rows count in the total only.  The total is :func:`check` over
+    every op at once, so lost, duplicated, unexpected, phantom, unknown and
+    maybe (with how the catalog resolved them) add up over the workers, and a
+    token two workers both issued would show as duplicated there."""
+    history_counts = dict(history_counts or {})
+    everyone = [op for ops in ops_by_worker for op in ops]
+    total = check(everyone, history_counts, catalog, expect_tracked)
+    workers = []
+    for index, ops in enumerate(ops_by_worker):
+        mine = set(op['token'] for op in ops)
+        prefix = prefixes[index] if prefixes else None
+        counts = dict((token, n) for token, n in history_counts.items()
+                      if token in mine or (prefix and token.startswith(prefix)))
+        workers.append({'worker': index, 'check': check(ops, counts, catalog, expect_tracked)})
+    total['workers'] = len(ops_by_worker)
+    return total, workers

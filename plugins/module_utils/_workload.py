@@ -46,7 +46,7 @@ import time
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn, _program, _steps
 from ansible_collections.pggit.chaos.plugins.module_utils._errors import UndoError
-from ansible_collections.pggit.chaos.plugins.module_utils._checker import INDETERMINATE, check, percentile
+from ansible_collections.pggit.chaos.plugins.module_utils._checker import INDETERMINATE, check, merge_workers, percentile, worker_prefix
 
 PROC_TAG = 'pggit-chaos-workload'
 APP = 'pggit-chaos-workload'
@@ -58,10 +58,16 @@ SYNC_CANCELLED = ('already committed locally', 'canceling wait for synchronous r
 # At most this many DDL keep their start and duration in the result.
 OP_TIMES_MAX = 5000
 OPTIONS = ('run_id', 'duration', 'interval', 'max_ops', 'schema', 'statement_timeout_ms', 'settle_timeout', 'cleanup',
-           'expect_tracking', 'hosts', 'target_session_attrs')
+           'expect_tracking', 'hosts', 'target_session_attrs', 'workers', 'tracking_cost')
 # A multi-host client gives up on a server that does not answer the connection within this (a frozen host's kernel
 # still accepts TCP; only the startup answer never comes), and on a DDL this long past its statement timeout.
 MULTI_CONNECT_TIMEOUT = 2
+# connection_exhaustion (helper S): a new connection per DDL, as op_login_user (op_login_password in the secret file).
+OPTIONS = OPTIONS + ('connect_per_op', 'op_login_user')
+# At most this many refused connections are kept by time and message.
+REFUSED_MAX = 1000
+# SQLSTATE undefined_object: GRANT to a role that does not exist.
+UNDEFINED_OBJECT = '42704'
 HARD_CLOSE_GRACE = 1.0
 
 
@@ -238,8 +244,12 @@ class OpWatchdog(object):
 
 
 class Workload(object):
-    def __init__(self, params, connect=None, clock=time.time, sleep=time.sleep, should_stop=None):
+    def __init__(self, params, connect=None, clock=time.time, sleep=time.sleep, should_stop=None, worker=None):
         self.params = params
+        # One worker of several (workers > 1) has a token space of its own: <run_id>_w<k>_<seq>.
+        self.worker = worker
+        self.token_prefix = (worker_prefix(params.get('run_id'), worker) if worker is not None
+                             else '%s_' % params.get('run_id'))
         self.multi = bool(params.get('hosts'))
         self.conn_params = multi_host_params(params)
         self._connect = connect or (lambda: _pgconn.connect(self.reconnect_params(), application_name=APP, autocommit=False))
@@ -259,6 +269,7 @@ class Workload(object):
         self.audit = None
         self.prefix = None
         self.server_clock = None
+        self.refused = []
 
     def reconnect_params(self):
         """The connection options of the next connection: a multi-host client tries the server it lost last, as
@@ -401,6 +412,53 @@ class Workload(object):
         except _pgconn.psycopg2.Error:
             self._drop_conn()
 
+    def op_params(self):
+        """The connection of one DDL: as ``op_login_user`` when set (a client without superuser, which the
+        server refuses once the non-reserved slots are full), else the workload's own."""
+        params = self.reconnect_params()
+        if not self.params.get('op_login_user'):
+            return params
+        return dict(params, login_user=self.params['op_login_user'], login_password=self.params.get('op_login_password') or '')
+
+    def fresh_op(self, token):
+        """One tracked DDL on a connection of its own (``connect_per_op``). A connection the server refuses sent no
+        DDL: that op is a definite ``fail``, kept with the time and the server's message in ``refused``."""
+        started = self.clock()
+        self._drop_conn()
+        try:
+            self.conn = self._connect_op()
+            self.conn.autocommit = False
+            self.server = server_of(self.conn)
+        except _pgconn.psycopg2.Error as exc:
+            self._error(exc)
+            self.conn = None
+            if len(self.refused) < REFUSED_MAX:
+                self.refused.append([round(started, 3), _pgconn.one_line(exc)])
+            if len(self.op_times) < OP_TIMES_MAX:
+                self.op_times.append([round(started, 3), round((self.clock() - started) * 1000.0, 1), 'fail'])
+            return {'token': token, 'outcome': 'fail', 'server': '', 'started': round(started, 3), 'ended': round(self.clock(), 3)}
+        try:
+            return self.one_op(token)
+        finally:
+            self._drop_conn()
+
+    def _connect_op(self):
+        return _pgconn.connect(self.op_params(), application_name=APP, autocommit=False)
+
+    def _grant_op_user(self, cur):
+        """Let ``op_login_user`` create its tables in the workload's own schema (nothing else is granted)."""
+        if not self.params.get('op_login_user'):
+            return
+        try:
+            cur.execute(_pgconn.sql.SQL('GRANT USAGE, CREATE ON SCHEMA {} TO {}').format(
+                _pgconn.sql.Identifier(self.params['schema']), _pgconn.sql.Identifier(self.params['op_login_user'])))
+        except _pgconn.psycopg2.Error as exc:
+            if getattr(exc, 'pgcode', None) != UNDEFINED_OBJECT and exc.__class__.__name__ != 'UndefinedObject':
+                raise
+            # A missing role never appears by waiting: say so at once (prepare rolls the schema back).
+            raise WorkloadError("op_login_user '%s' is not a role of this server (%s): create it first, e.g. with "
+                                "pggit_chaos_sessions hold=false" % (self.params['op_login_user'], _pgconn.one_line(exc)))
+
     def _claim_schema(self, cur):
         """Create the schema with this run's mark, or take over one that carries a workload mark by re-marking it.
 
@@ -437,6 +495,7 @@ class Workload(object):
                     cur.execute('SELECT coalesce(max(id), 0) FROM pggit.history')
                     self.history_start = int(cur.fetchone()[0])
                     self._claim_schema(cur)
+                    self._grant_op_user(cur)
                     self.conn.commit()
                     return
                 except WorkloadError:
@@ -454,12 +513,12 @@ class Workload(object):
         try:
             while self.clock() < deadline and seq < self.params['max_ops']:
                 self.check_stop()
-                if not self._ensure_conn():
+                if not self.params.get('connect_per_op') and not self._ensure_conn():
                     self.sleep(0.2)
                     continue
                 seq += 1
-                token = '%s_%06d' % (self.params['run_id'], seq)
-                self.ops.append(self.one_op(token))
+                token = '%s%06d' % (self.token_prefix, seq)
+                self.ops.append(self.fresh_op(token) if self.params.get('connect_per_op') else self.one_op(token))
                 if self.params['interval']:
                     self.sleep(self.params['interval'])
         finally:
@@ -521,27 +580,35 @@ class Workload(object):
         middle = (before + after) / 2.0
         return dict(offset_s=round(server - middle, 3), at=round(middle, 3), uncertainty_s=round((after - before) / 2.0, 3))
 
-    def committed(self, catalog):
+    def committed(self, catalog, ops=None):
         """Every table this run committed: acknowledged, or indeterminate (unknown, maybe) and found in the catalog."""
-        return ['%s.t_%s' % (self.params['schema'], op['token']) for op in self.ops
+        return ['%s.t_%s' % (self.params['schema'], op['token']) for op in (self.ops if ops is None else ops)
                 if op['outcome'] == 'ok' or (op['outcome'] in INDETERMINATE and op['token'] in catalog)]
 
     def cleanup(self):
         """Drop the schema while it carries this run's mark (the rule of the undo step in its record): (outcome, message)."""
         return drop_own_schema(self.params, self.params['run_id'])
 
-    def result(self, verdict, catalog, started):
-        tables = self.committed(catalog)
+    def result(self, verdict, catalog, started, crew=None):
+        """The run's result; ``crew``: every worker of a multi-worker run (this one first), whose figures add up."""
+        crew = crew or [self]
+        ops = [op for worker in crew for op in worker.ops]
+        latencies = [ms for worker in crew for ms in worker.latencies]
+        op_times = thin(sorted(item for worker in crew for item in worker.op_times), OP_TIMES_MAX)
+        errors = {}
+        for worker in crew:
+            for name, count in worker.errors.items():
+                errors[name] = errors.get(name, 0) + count
+        tables = self.committed(catalog, ops)
         return dict(
-            changed=bool(self.ops), check=verdict, reconnects=max(0, self.reconnects), errors=self.errors,
-            latency_ms=dict(p50=percentile(self.latencies, 50), p95=percentile(self.latencies, 95),
-                            max=max(self.latencies) if self.latencies else None),
+            changed=bool(ops), check=verdict, reconnects=sum(max(0, worker.reconnects) for worker in crew), errors=errors,
+            latency_ms=latency_figures(latencies),
             seconds=round(self.clock() - started, 3), tables=tables, table_count=len(tables),
-            op_times=self.op_times, history_order=self.audit, history_prefix=self.prefix, server_clock=self.server_clock,
-            servers=self.server_log(catalog),
+            op_times=op_times, history_order=self.audit, history_prefix=self.prefix, server_clock=self.server_clock,
+            servers=self.server_log(catalog, ops),
         )
 
-    def server_log(self, catalog):
+    def server_log(self, catalog, ops=None):
         """For a multi-host client: every DDL with the server that answered it, when, and whether the catalog read at
         the end (on the server that then accepted writes, ``observed_on``) holds it. None for a one-host client."""
         if not self.multi:
@@ -549,7 +616,154 @@ class Workload(object):
         return dict(observed_on=self.observed_on, acked_last_by=self.acked_by, hosts=list(self.params.get('hosts') or []),
                     target_session_attrs=self.conn_params['connect_params']['target_session_attrs'],
                     ops=[[op['token'], op['outcome'], op.get('server', ''), op.get('started'), op.get('ended'),
-                          op['token'] in catalog] for op in self.ops[:OP_TIMES_MAX]])
+                          op['token'] in catalog] for op in (self.ops if ops is None else ops)[:OP_TIMES_MAX]])
+
+
+def thin(items, most):
+    """At most ``most`` of ``items``, taken evenly over the whole list (so that every phase of a run keeps its share)."""
+    if len(items) <= most:
+        return items
+    step = -(-len(items) // most)
+    return items[::step]
+
+
+def latency_figures(latencies):
+    """p50, p95, p99 and max of DDL latencies in ms (None each when there are none)."""
+    return dict(p50=percentile(latencies, 50), p95=percentile(latencies, 95), p99=percentile(latencies, 99),
+                max=max(latencies) if latencies else None)
+
+
+# --- pgGit's own cost: the same DDL with its event triggers firing and not firing --------------
+# The "off" side runs in a session of its own with session_replication_role = replica: event triggers
+# left at their default (ENABLE, fires in origin and local) do not fire in that session, and only in
+# it. Nothing is disabled for anyone else and nothing is left behind when the session ends, so this
+# is no fault and needs no ledger record. Whether the triggers really stayed quiet is read back from
+# pggit.objects (off_tracked must be 0), never assumed.
+COST_PREFIX = 'c_'
+COST_TRACKED_SQL = 'SELECT count(*) FROM pggit.objects WHERE schema_name = %s AND starts_with(object_name, %s)'
+
+
+def cost_prefix(run_id, side):
+    return '%s%s_%s_' % (COST_PREFIX, run_id, side)
+
+
+def cost_figures(on_ms, off_ms, tracked=None):
+    """The tracking cost from the DDL times with tracking on and off (ms). Pure."""
+    on_p50, off_p50 = percentile(on_ms, 50), percentile(off_ms, 50)
+    overhead = None if on_p50 is None or off_p50 is None else round(on_p50 - off_p50, 3)
+    pct = round(100.0 * overhead / off_p50, 1) if overhead is not None and off_p50 else None
+    tracked = tracked or {}
+    figures = dict(n=min(len(on_ms), len(off_ms)), on_p50_ms=on_p50, off_p50_ms=off_p50, on_p95_ms=percentile(on_ms, 95),
+                   off_p95_ms=percentile(off_ms, 95), overhead_ms=overhead, overhead_pct=pct,
+                   on_tracked=tracked.get('on'), off_tracked=tracked.get('off'))
+    # Valid only when every "on" DDL was tracked and no "off" one was: the triggers did, and did not, fire.
+    figures['valid'] = bool(figures['n']) and tracked.get('on') == len(on_ms) and tracked.get('off') == 0
+    return figures
+
+
+def measure_tracking_cost(params, count, clock=time.time, connect=None, should_stop=None):
+    """CREATE TABLE ``count`` times with pgGit's triggers firing and ``count`` times without, alternating, in the
+    workload's own schema (tables ``c_<run_id>_on_<i>`` and ``c_<run_id>_off_<i>``, outside the checker's tokens);
+    returns :func:`cost_figures`, or ``{'n': 0, 'error': ...}`` when it could not measure (never fails the run)."""
+    connect = connect or (lambda: _pgconn.connect(multi_host_params(params), application_name=APP + '-cost',
+                                                  autocommit=False))
+    should_stop = should_stop or (lambda: None)
+    schema, run_id = params['schema'], params['run_id']
+    conns = {}
+    try:
+        try:
+            conns['on'], conns['off'] = connect(), connect()
+            cur = conns['off'].cursor()
+            cur.execute('SET session_replication_role = replica')
+            conns['off'].commit()
+        except _pgconn.psycopg2.Error as exc:
+            return {'n': 0, 'error': 'cannot open a session with the triggers off (SET session_replication_role = replica '
+                                     'needs a superuser): %s' % _pgconn.one_line(exc)}
+        times = {'on': [], 'off': []}
+        for index in range(int(count)):
+            reason = should_stop()
+            if reason:
+                raise Stopped(reason)
+            for side in (('on', 'off') if index % 2 == 0 else ('off', 'on')):
+                conn = conns[side]
+                ident = _pgconn.sql.Identifier(schema, '%s%d' % (cost_prefix(run_id, side), index))
+                began = clock()
+                try:
+                    conn.cursor().execute(_pgconn.sql.SQL('CREATE TABLE {} (id int)').format(ident))
+                    conn.commit()
+                except _pgconn.psycopg2.Error as exc:
+                    return {'n': 0, 'error': 'the tracking-cost DDL failed: %s' % _pgconn.one_line(exc)}
+                times[side].append(round((clock() - began) * 1000.0, 3))
+        tracked = {}
+        cur = conns['on'].cursor()
+        for side in ('on', 'off'):
+            cur.execute(COST_TRACKED_SQL, (schema, cost_prefix(run_id, side)))
+            tracked[side] = int(cur.fetchone()[0])
+        conns['on'].commit()
+        return cost_figures(times['on'], times['off'], tracked)
+    finally:
+        for conn in conns.values():
+            try:
+                conn.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+
+
+class Crew(object):
+    """The workers of one run, run at once in threads (each its own connection and token space)."""
+
+    def __init__(self, workers):
+        self.workers = workers
+
+    def cancel(self):
+        for worker in self.workers:
+            worker.cancel()
+
+    def run(self):
+        """Run every worker to its end; raise Stopped when any was told to stop (they all are, by the same stop)."""
+        stopped, failures = [], []
+
+        def body(worker):
+            try:
+                worker.run()
+            except Stopped as exc:
+                stopped.append(str(exc))
+            except Exception as exc:  # pylint: disable=broad-except
+                failures.append('worker %s: %s' % (worker.worker, exc))
+
+        threads = [threading.Thread(target=body, args=(worker,), name='ddl-worker-%s' % worker.worker)
+                   for worker in self.workers]
+        for thread in threads:
+            thread.daemon = True
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if stopped:
+            raise Stopped(stopped[0])
+        if failures:
+            raise RuntimeError('; '.join(failures))
+
+    def ops(self):
+        return [worker.ops for worker in self.workers]
+
+    def count(self):
+        return sum(len(worker.ops) for worker in self.workers)
+
+
+def worker_results(crew, verdicts):
+    """Per worker: its index, its checker verdict, its DDL count and latency."""
+    return [dict(worker=item['worker'], check=item['check'], ops=len(worker.ops), latency_ms=latency_figures(worker.latencies))
+            for worker, item in zip(crew.workers, verdicts)]
+
+
+def refused_summary(refused):
+    """The refused connections of a ``connect_per_op`` run: count, first and last time, the server's messages."""
+    refused = sorted(refused)
+    messages = {}
+    for _at, msg in refused:
+        messages[msg] = messages.get(msg, 0) + 1
+    return dict(count=len(refused), first_at=refused[0][0] if refused else None, last_at=refused[-1][0] if refused else None,
+                messages=[{'msg': m, 'count': n} for m, n in sorted(messages.items(), key=lambda item: -item[1])[:5]])
 
 
 def summary(verdict):
@@ -592,36 +806,53 @@ class SignalStop(object):
 
 
 def run_workload(program):
-    """The program's body: prepare, pass the gate, run, check, clean up, report."""
+    """The program's body: prepare, pass the gate, measure the tracking cost if asked, run the workers, check,
+    clean up, report."""
     out = program.out
     params = program.conn_params()
     params.update(program.detail['options'])
+    count = int(params.get('workers') or 1)
     stop = SignalStop(program.stop_condition())
     stop.start()
-    workload = Workload(params, should_stop=stop)
-    stop.workload = workload
+    crew = Crew([Workload(params, should_stop=stop, worker=None if count == 1 else index) for index in range(count)])
+    lead = crew.workers[0]
+    stop.workload = crew
     started = time.time()
+    cost = None
     try:
-        workload.prepare()
+        lead.prepare()
         if not program.recorded():
             raise Stopped('never recorded in the ledger')
-        workload.run()
-        history, catalog = workload.observe()
+        if params.get('tracking_cost'):
+            cost = measure_tracking_cost(params, params['tracking_cost'], should_stop=stop)
+        crew.run()
+        history, catalog = lead.observe()
     except Stopped as exc:
-        cleaned = workload.cleanup()[1] if params['cleanup'] else 'schema %s kept (cleanup=false)' % params['schema']
-        out.write('stopped', reason=str(exc), ops=len(workload.ops), cleanup=cleaned)
-        program.log('stopped (%s) after %d DDL; %s' % (exc, len(workload.ops), cleaned))
+        cleaned = lead.cleanup()[1] if params['cleanup'] else 'schema %s kept (cleanup=false)' % params['schema']
+        out.write('stopped', reason=str(exc), ops=crew.count(), cleanup=cleaned)
+        program.log('stopped (%s) after %d DDL; %s' % (exc, crew.count(), cleaned))
         return 0
     except (WorkloadError, RuntimeError) as exc:
-        out.write('error', msg=str(exc), errors=workload.errors)
+        out.write('error', msg=str(exc), errors=lead.errors)
         program.log(str(exc))
         return 1
-    verdict = check(workload.ops, history, catalog, expect_tracked=params['expect_tracking'])
-    result = workload.result(verdict, catalog, started)
+    if count == 1:
+        verdict = check(lead.ops, history, catalog, expect_tracked=params['expect_tracking'])
+        per_worker = [dict(worker=0, check=verdict, ops=len(lead.ops), latency_ms=latency_figures(lead.latencies))]
+    else:
+        verdict, verdicts = merge_workers(crew.ops(), history, catalog, expect_tracked=params['expect_tracking'],
+                                          prefixes=[worker.token_prefix for worker in crew.workers])
+        per_worker = worker_results(crew, verdicts)
+    result = lead.result(verdict, catalog, started, crew=crew.workers)
+    result['workers'] = per_worker
+    if params.get('connect_per_op'):
+        result['refused'] = refused_summary([r for worker in crew.workers for r in worker.refused])
+    if cost is not None:
+        result['tracking_cost'] = cost
     outcome = 'kept'
     if params['cleanup']:
-        outcome, result['cleanup'] = workload.cleanup()
-    result['msg'] = summary(verdict)
+        outcome, result['cleanup'] = lead.cleanup()
+    result['msg'] = summary(verdict) + ('' if count == 1 else ' (%d workers)' % count)
     out.write('done', result=result, cleanup_outcome=outcome)
     program.log(result['msg'])
     return 0

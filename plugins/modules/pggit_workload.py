@@ -153,6 +153,22 @@ options:
     type: str
     default: read-write
     choices: [read-write, primary, any]
+  workers:
+    description:
+      - Number of tracked-DDL workers running at once, from 1 to 64, each with its own connection and its own tokens
+        (C(<run_id>_w<k>_<seq>) when there are several). Every worker runs for O(duration), at most O(max_ops) DDL each.
+      - The checker judges each worker on its own tokens and the run as a whole (RV(workers), RV(check)).
+    type: int
+    default: 1
+  tracking_cost:
+    description:
+      - Measure pgGit's own cost before the run, from 0 (do not) to 1000. That many C(CREATE TABLE) with pgGit's
+        event triggers firing, and as many in a second session with C(session_replication_role) set to V(replica),
+        where event triggers left at their default do not fire, alternating, in the workload's own schema.
+      - Only that session is affected, and only while it lasts; nothing is turned off for anyone else, so this is
+        no fault. It needs a superuser (to set C(session_replication_role)); RV(tracking_cost) says so otherwise.
+    type: int
+    default: 0
   expect_tracking:
     description:
       - V(true) checks that every committed DDL has exactly one history row.
@@ -160,6 +176,21 @@ options:
         committed DDL must have none, and one that has a row is unexpected.
     type: bool
     default: true
+  connect_per_op:
+    description:
+      - Open a new connection for every DDL and close it after, as short-lived clients do. A connection the server
+        refuses sent no DDL, so that DDL's outcome is V(fail), with the time and the server's message in RV(refused).
+    type: bool
+    default: false
+  op_login_user:
+    description:
+      - Role of the connection of each DDL with O(connect_per_op), instead of O(login_user) (which still prepares,
+        checks and cleans up). The workload grants it C(USAGE) and C(CREATE) on its own schema, nothing else.
+    type: str
+  op_login_password:
+    description:
+      - Password of O(op_login_user). It reaches the workload through the ledger's 0600 secret file.
+    type: str
 '''
 
 EXAMPLES = r'''
@@ -212,13 +243,34 @@ errors:
   returned: always
   type: dict
 latency_ms:
-  description: DDL latency (statement plus commit) of acknowledged statements, V(p50), V(p95) and V(max).
+  description: DDL latency (statement plus commit) of acknowledged statements, V(p50), V(p95), V(p99) and V(max), over every worker.
   returned: always
+  type: dict
+workers:
+  description: >-
+    Per worker (O(workers)), V(worker) (its index), V(check) (its own checker verdict, on its own tokens), V(ops) and
+    V(latency_ms). RV(check) is the merged verdict of them all (its V(workers) says how many).
+  returned: when state=present
+  type: list
+  elements: dict
+tracking_cost:
+  description: >-
+    With O(tracking_cost), pgGit's own cost per DDL. V(n) C(CREATE TABLE) with pgGit's event triggers firing and V(n)
+    without, alternating, in the workload's schema before the run. V(on_p50_ms), V(off_p50_ms), V(on_p95_ms),
+    V(off_p95_ms), V(overhead_ms) (p50 on minus off), V(overhead_pct), V(on_tracked) and V(off_tracked) (read back from
+    C(pggit.objects)) and V(valid) (every on DDL tracked, no off DDL tracked). V(error) instead when it could not measure.
+  returned: when O(tracking_cost) is set and the run ended
   type: dict
 cleanup:
   description: What happened to the schema at the end (dropped, kept, not there).
   returned: when the schema was cleaned up
   type: str
+refused:
+  description: >-
+    With O(connect_per_op), the connections refused before any DDL was sent, V(count), V(first_at) and V(last_at)
+    (epoch s) and V(messages), the server's messages with their V(count).
+  returned: when O(connect_per_op) is set and the run ended
+  type: dict
 fault_id:
   description: Ledger id of the workload, C(workload--<name>).
   returned: always
@@ -263,14 +315,15 @@ from ansible_collections.pggit.chaos.plugins.module_utils.chaos import TTL_MAX, 
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import check_postgres_params, ensure_psycopg2, postgres_argument_spec
 
 RANGES = (('duration', 1, 3600), ('interval', 0, 60), ('max_ops', 1, 100000),
-          ('statement_timeout_ms', 100, 600000), ('settle_timeout', 1, 600))
+          ('statement_timeout_ms', 100, 600000), ('settle_timeout', 1, 600), ('workers', 1, 64), ('tracking_cost', 0, 1000))
 # How long past its TTL the module keeps waiting for the program's last word.
 WAIT_MARGIN = 30.0
 EMPTY = dict(check={}, reconnects=0, errors={}, latency_ms={})
 
 
 def default_ttl(params):
-    return int(min(TTL_MAX, params['duration'] + 2 * params['settle_timeout'] + 60))
+    # The tracking-cost measure runs before the workers: up to a second for each of its on/off pairs.
+    return int(min(TTL_MAX, params['duration'] + 2 * params['settle_timeout'] + 60 + (params.get('tracking_cost') or 0)))
 
 
 class WorkloadFault(BackgroundFault):
@@ -296,7 +349,10 @@ class WorkloadFault(BackgroundFault):
         return [self.results_undo(), drop], detail, {'workload': 'running'}
 
     def secret(self):
-        return _pgconn.secret_conn(self.params)
+        secret = _pgconn.secret_conn(self.params)
+        if self.params.get('op_login_password'):
+            secret['op_login_password'] = self.params['op_login_password']
+        return secret
 
     def apply(self, detail):
         return {'program': self.start_program(ready_timeout=self.params['settle_timeout'] + 15)}
@@ -371,6 +427,11 @@ def main():
         expect_tracking=dict(type='bool', default=True),
         hosts=dict(type='list', elements='str', default=[]),
         target_session_attrs=dict(type='str', default='read-write', choices=['read-write', 'primary', 'any']),
+        workers=dict(type='int', default=1),
+        tracking_cost=dict(type='int', default=0),
+        connect_per_op=dict(type='bool', default=False),
+        op_login_user=dict(type='str'),
+        op_login_password=dict(type='str', no_log=True),
     )
     chaos = ChaosModule(argument_spec)
     module, params = chaos.module, chaos.params
@@ -383,6 +444,9 @@ def main():
     bad = [h for h in params['hosts'] if not h or not h.strip() or ',' in h or h != h.strip()]
     if bad:
         chaos.fail('hosts must be server addresses without commas or spaces, got %r' % (bad[0],))
+    if (params['op_login_user'] or params['op_login_password']) and not params['connect_per_op']:
+        chaos.fail('op_login_user and op_login_password apply only with connect_per_op=true (each DDL on a new '
+                   'connection as that role); got op_login_user=%r with connect_per_op=false' % (params['op_login_user'],))
     if params['name'] is None:
         params['name'] = params['run_id']
     if params['ttl'] is None:

@@ -1,0 +1,302 @@
+# Copyright: pggit.chaos contributors
+# MIT License
+"""``pggit-chaos-load``: a pgbench load on the target, as a ledger-recorded program.
+
+The module (``pggit_chaos_load``) makes sure the load's own database exists
+(``pggit_chaos_load``, created by us and marked with the comment
+:data:`MARK`; a database of that name without the mark is refused) and is
+initialised (``pgbench -i -s <scale>`` once, reused afterwards), writes the
+fault's record, then starts this program.  Started by ``_daemon.spawn`` it
+leads a process group of its own, and pgbench runs in that group, so the one
+undo step that stops it, a ``kill_process`` step with ``group: true`` and
+``members_match: pgbench`` naming this program's pid, is in the record before
+the program passes its gate (``_program.Program.recorded``), that is before
+pgbench may run.  The step kills every pgbench process of the group even when
+this program is gone.
+
+The program runs ``pgbench -T <duration> -P 1`` (bounded by what is left of
+the TTL too), writes each progress line as a ``progress`` event, and at the
+end a ``done`` event with the run's figures: TPS of the whole run, TPS per
+second, transaction latency p50/p95/p99 (from pgbench's per-transaction log,
+written in a scratch folder inside the state dir and removed after).  It
+stops when its record is gone or reverted, past ``expires_at`` plus a grace,
+or on SIGTERM (the revert, the reaper), and then kills every pgbench process
+of its group.
+
+Standard library only: it runs detached, from the engine copy.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn, _program, _steps
+from ansible_collections.pggit.chaos.plugins.module_utils._errors import UndoError
+
+PROC_TAG = 'pggit-chaos-load'
+BINARY = 'pgbench'
+# The command-line mark of the processes the group undo kills.
+MEMBERS = 'pgbench'
+DATABASE = 'pggit_chaos_load'
+MARK = 'pggit.chaos load database'
+MODES = ('tpcb', 'select')
+LOG_FOLDER = 'pgbench-log'
+APP = 'pggit-chaos-load'
+# How long pgbench must stay up after it is started to count as started (a bad option exits at once).
+START_CHECK_S = 0.3
+STOP_GRACE = 1.0
+# Environment variables of libpq, from the connection keywords of _pgconn.conn_kwargs.
+LIBPQ_ENV = (('host', 'PGHOST'), ('hostaddr', 'PGHOSTADDR'), ('port', 'PGPORT'), ('user', 'PGUSER'),
+             ('password', 'PGPASSWORD'), ('sslmode', 'PGSSLMODE'), ('sslcert', 'PGSSLCERT'), ('sslkey', 'PGSSLKEY'),
+             ('sslrootcert', 'PGSSLROOTCERT'), ('connect_timeout', 'PGCONNECT_TIMEOUT'), ('passfile', 'PGPASSFILE'))
+PROGRESS_RE = re.compile(r'^progress: ([0-9.]+) s, ([0-9.]+) tps')
+TPS_RE = re.compile(r'^tps = ([0-9.]+)')
+FAILED_RE = re.compile(r'^number of failed transactions: ([0-9]+)')
+PROCESSED_RE = re.compile(r'^number of transactions actually processed: ([0-9]+)')
+# Per-transaction log line: client_id transaction_no time script_no time_epoch time_us [schedule_lag]
+LOG_FIELDS = 6
+
+
+def candidates(version_num, server_bin=None):
+    """Where pgbench may be, in order: the server's own bin folder, the distribution's folders for the major, PATH's."""
+    major = int(version_num) // 10000 if version_num else None
+    found = []
+    if server_bin:
+        found.append(os.path.join(server_bin, BINARY))
+    if major:
+        found += ['/usr/lib/postgresql/%d/bin/%s' % (major, BINARY), '/usr/pgsql-%d/bin/%s' % (major, BINARY)]
+    found += [os.path.join(folder, BINARY) for folder in _steps.BIN_DIRS]
+    return found
+
+
+def find_pgbench(version_num, server_bin=None):
+    """The first executable pgbench of :func:`candidates`, or None."""
+    for path in candidates(version_num, server_bin):
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def libpq_env(kwargs, application_name=APP):
+    """The libpq environment of a connection (``_pgconn.conn_kwargs`` output): the password never goes on argv."""
+    env = dict((name, str(kwargs[key])) for key, name in LIBPQ_ENV if kwargs.get(key) not in (None, ''))
+    env['PGAPPNAME'] = application_name
+    env['PGDATABASE'] = DATABASE
+    return env
+
+
+def init_argv(binary, scale):
+    """``pgbench -i`` of the load's database at ``scale`` (no vacuum: the tables are fresh)."""
+    return [binary, '-i', '-s', str(int(scale)), '-q', '-n', DATABASE]
+
+
+def threads_for(clients):
+    return max(1, min(int(clients), 4))
+
+
+def run_argv(binary, spec, duration_s, log_prefix=None):
+    """The pgbench command line of a run: clients, threads, rate, mode, duration, progress every second."""
+    mode = spec.get('mode')
+    if mode not in MODES:
+        raise ValueError('mode must be one of %s, got %r' % (', '.join(MODES), mode))
+    argv = [binary, '-c', str(int(spec['clients'])), '-j', str(threads_for(spec['clients'])),
+            '-T', str(max(1, int(round(duration_s)))), '-P', '1', '-n']
+    if mode == 'select':
+        argv.append('-S')
+    if spec.get('rate'):
+        argv += ['-R', str(int(spec['rate']))]
+    if log_prefix:
+        argv += ['-l', '--log-prefix', log_prefix]
+    argv.append(DATABASE)
+    return argv
+
+
+def parse_output(lines):
+    """(tps of the whole run or None, [[t, tps], ...] per second, transactions, failed) from pgbench's output lines."""
+    tps, series, processed, failed = None, [], None, None
+    for line in lines:
+        line = line.strip()
+        match = PROGRESS_RE.match(line)
+        if match:
+            series.append([float(match.group(1)), float(match.group(2))])
+            continue
+        match = TPS_RE.match(line)
+        if match and tps is None:
+            tps = float(match.group(1))
+            continue
+        match = PROCESSED_RE.match(line)
+        if match:
+            processed = int(match.group(1))
+            continue
+        match = FAILED_RE.match(line)
+        if match:
+            failed = int(match.group(1))
+    return tps, series, processed, failed
+
+
+def percentile(values, pct):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(pct / 100.0 * (len(ordered) - 1)))))]
+
+
+def log_latencies(paths):
+    """Transaction latencies in ms from pgbench per-transaction logs (bad lines skipped)."""
+    values = []
+    for path in paths:
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    fields = line.split()
+                    if len(fields) >= LOG_FIELDS:
+                        try:
+                            values.append(int(fields[2]) / 1000.0)
+                        except ValueError:
+                            continue
+        except (IOError, OSError):
+            continue
+    return values
+
+
+def latency_figures(values):
+    return dict(p50=percentile(values, 50), p95=percentile(values, 95), p99=percentile(values, 99),
+                max=max(values) if values else None, transactions=len(values))
+
+
+def log_dir(state_dir, fid):
+    """The scratch folder of a run's per-transaction logs: inside the state dir, named after the fault id."""
+    return os.path.join(state_dir, LOG_FOLDER, fid.replace('/', '_'))
+
+
+class Terminated(Exception):
+    pass
+
+
+def _on_term(signum, frame):
+    raise Terminated('signal %d' % signum)
+
+
+def _stop_group(program, me):
+    try:
+        return _steps.stop_group(os.getpgrp(), MEMBERS, since=me, grace=STOP_GRACE)
+    except UndoError as exc:
+        program.log(str(exc))
+        return False
+
+
+def _reader(stream, lines, out):
+    for raw in iter(stream.readline, ''):
+        line = raw.rstrip('\n')
+        lines.append(line)
+        match = PROGRESS_RE.match(line.strip())
+        if match:
+            out.write('progress', t=float(match.group(1)), tps=float(match.group(2)), at=time.time())
+
+
+def run_load(program):
+    """The program's body: pass the gate, run pgbench in this group, report its figures, stop it all."""
+    spec = program.detail.get('load') or {}
+    out = program.out
+    signal.signal(signal.SIGTERM, _on_term)
+    me = _steps.proc_starttime(os.getpid())
+    proc, folder, reason, lines = None, None, 'finished', []
+    started_at = None
+    ran = False  # False on every early return: the scratch folder is removed in ``finally`` then
+    try:
+        if os.getsid(0) != os.getpid():
+            os.setsid()  # lead a session and group of our own (see _stress._prepare)
+        binary = spec.get('binary')
+        if not binary or not os.access(binary, os.X_OK):
+            out.write('error', msg='pgbench %r is not an executable file on this host' % (binary,))
+            return 1
+        folder = log_dir(program.ledger.state_dir, program.fid)
+        parent = os.path.dirname(folder)
+        if not os.path.isdir(parent):
+            os.mkdir(parent, 0o700)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.mkdir(folder, 0o700)
+        if not program.recorded():
+            out.write('done', reason='never recorded in the ledger; pgbench never ran')
+            return 1
+        left = float(program.record['expires_at']) - time.time()
+        duration = min(float(spec['duration']), left - 1)
+        if duration < 1:
+            out.write('done', reason='the TTL was over before pgbench could start')
+            return 1
+        argv = run_argv(binary, spec, duration, os.path.join(folder, 'tx'))
+        env = dict(os.environ)
+        env.update(libpq_env(program_kwargs(program)))
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    cwd=folder, close_fds=True, env=env, universal_newlines=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            out.write('error', msg='cannot start %s: %s' % (' '.join(argv), exc))
+            return 1
+        started_at = time.time()
+        thread = threading.Thread(target=_reader, args=(proc.stdout, lines, out), name='pgbench-output')
+        thread.daemon = True
+        thread.start()
+        end = time.monotonic() + START_CHECK_S
+        while time.monotonic() < end and proc.poll() is None:
+            time.sleep(0.02)
+        if proc.poll() is not None and proc.returncode != 0:
+            thread.join(2)
+            out.write('error', msg='%s exited at once with status %s: %s' % (' '.join(argv), proc.returncode,
+                                                                             ' | '.join(lines[-4:]) or 'no output'))
+            return 1
+        out.write('started', pid=proc.pid, pgid=os.getpgrp(), argv=argv, at=started_at)
+        program.log('started %s (pid %d)' % (' '.join(argv), proc.pid))
+        should_stop = program.stop_condition()
+        while proc.poll() is None:
+            time.sleep(0.25)
+            why = should_stop()
+            if why:
+                reason = why
+                break
+        if proc.poll() is not None:
+            thread.join(5)
+        ran = True
+    except Terminated as exc:
+        reason = str(exc)
+        ran = True
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stopped = _stop_group(program, me)
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        if not ran and folder:
+            shutil.rmtree(folder, ignore_errors=True)
+    ended_at = time.time()
+    tps, series, processed, failed = parse_output(lines)
+    latencies = log_latencies(sorted(glob.glob(os.path.join(folder, 'tx*')))) if folder else []
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+    figures = dict(tps=tps, tps_series=series, latency_ms=latency_figures(latencies), transactions=processed,
+                   failed_transactions=failed, started_at=started_at, ended_at=ended_at,
+                   returncode=None if proc is None else proc.returncode, output_tail=lines[-6:])
+    if reason == 'finished' and proc is not None and proc.returncode == 0:
+        out.write('done', reason=reason, **figures)
+    else:
+        out.write('stopped', reason=reason if reason != 'finished' else 'pgbench exited with status %s' % (
+            None if proc is None else proc.returncode), killed=stopped, **figures)
+    program.log('%s: tps %s over %s transactions' % (reason, tps, processed))
+    return 0
+
+
+def program_kwargs(program):
+    """The libpq keywords of the record's connection (with its secret), as _pgconn builds them."""
+    return _pgconn.conn_kwargs(program.conn_params(), APP)
+
+
+def main(argv=None):
+    return _program.main(PROC_TAG, run_load, argv)
