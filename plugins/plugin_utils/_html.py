@@ -344,11 +344,59 @@ def _facts(entry):
     return '<table class="facts">%s</table>%s' % (rows, more)
 
 
+def _ramp_bars(ramp, width=520, height=170):
+    """A ramp of pggit_chaos_ramp: the breaking point, then one bar per step (its window DDL latency p95),
+    coloured by the step's outcome, with the SLO as a dashed line."""
+    steps = [s for s in ramp.get('steps') or [] if isinstance(s, dict)]
+    left, right, top, bottom = 48, 8, 18, 30
+    values = [_num(s.get('p95_ms')) for s in steps]
+    slo = _num(ramp.get('slo_ms'))
+    hi = max([v for v in values if v is not None] + ([slo] if slo is not None else []) + [1.0])
+    slot = (width - left - right) / float(max(1, len(steps)))
+
+    def y(v):
+        return top + (1 - v / hi) * (height - top - bottom)
+
+    parts = ['<svg class="chart" data-metric="ramp" data-param="%s" xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+             'viewBox="0 0 %d %d" role="img" aria-label="Ramp">' % (esc(ramp.get('param')), width, height, width, height),
+             '<text x="%d" y="12" font-weight="bold">Window DDL latency p95 (ms) per %s</text>' % (left, esc(ramp.get('param'))),
+             '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#999"/>' % (left, height - bottom, width - right, height - bottom),
+             '<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (left - 3, y(hi) + 4, _fmt(hi))]
+    for index, (step, value) in enumerate(zip(steps, values)):
+        x = left + index * slot + slot * 0.15
+        # A skipped step or one with no verdict stopped the ramp without breaking it: drawn apart from a break.
+        colour = STATUS_COLOURS['passed'] if step.get('passed') else STATUS_COLOURS.get(
+            'skipped' if step.get('inconclusive') else 'failed', STATUS_COLOURS['failed'])
+        level = esc(step.get('level'))
+        breaks = '' if step.get('passed') or not step.get('stop_reason') else ' (%s: %s)' % (
+            'stops' if step.get('inconclusive') else 'breaks', esc(step.get('stop_reason')))
+        title = '%s=%s: p95 %s ms, %s%s' % (esc(ramp.get('param')), level, _fmt(value), esc(step.get('status')), breaks)
+        if value is not None:
+            parts.append('<rect class="step" data-level="%s" data-passed="%s" x="%.1f" y="%.1f" width="%.1f" height="%.1f" '
+                         'fill="%s"><title>%s</title></rect>' % (level, 'true' if step.get('passed') else 'false', x, y(value),
+                                                                 slot * 0.7, height - bottom - y(value), colour, title))
+        else:
+            parts.append('<text class="step" data-level="%s" data-passed="%s" x="%.1f" y="%d" fill="%s">?<title>%s</title></text>' % (
+                level, 'true' if step.get('passed') else 'false', x, height - bottom - 4, colour, title))
+        parts.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (x + slot * 0.35, height - bottom + 12, level))
+    if slo is not None:
+        parts.append('<line class="slo" x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#c62828" stroke-dasharray="4 3"/>'
+                     '<text x="%d" y="%.1f" fill="#c62828" text-anchor="end">SLO %s ms</text>' % (
+                         left, y(slo), width - right, y(slo), width - right, y(slo) - 3, _fmt(slo)))
+    parts.append('<text x="%d" y="%d">%s (%s)</text></svg>' % (left, height - 4, esc(ramp.get('param')), esc(ramp.get('unit'))))
+    point = ('<p class="breaking-point" data-last-passing="%s" data-first-failing="%s">%s</p>' % (
+        esc(ramp.get('last_passing')), esc(ramp.get('first_failing')), esc(ramp.get('summary'))))
+    return '<h4>Ramp</h4>%s<div class="charts">%s</div>' % (point, ''.join(parts))
+
+
 def _ramp(entry):
-    """Ramp results (a list of steps, each a dict of numbers with a ``level``), as one chart; nothing when absent."""
+    """Ramp results (a list of steps, each a dict of numbers with a ``level``), as one chart; nothing when absent.
+    The ramp entry of pggit_chaos_ramp (a mapping with ``param``) is drawn as bars with its breaking point."""
     ramp = entry.get('ramp')
     if not ramp:
         return ''
+    if isinstance(ramp, dict) and 'param' in ramp:
+        return _ramp_bars(ramp)
     steps = ramp.get('steps') if isinstance(ramp, dict) else ramp
     steps = [s for s in steps or [] if isinstance(s, dict)]
     if not steps:
