@@ -11,7 +11,9 @@ description:
     P(pggit.chaos.pggit_chaos_verdict#module)) and returns the run's summary, the data that
     C(playbooks/chaos.yml) publishes with M(ansible.builtin.set_stats) as C(pggit_chaos_summary)
     so that AWX workflows can branch on it.
-  - The counts are the entries' own statuses, judged by the verdict; nothing is judged again here.
+  - The counts are the entries' own statuses, judged by the verdict; nothing is judged again here, except that
+    the failing step at which a ramp (C(chaos_ramp)) found its breaking point counts under C(breaking_points),
+    not C(failed), since the ramp's own entry judges the ramp.
   - An entry without an experiment, a host or a known status is an error that names it, never a silent
     count.
 author: pggit.chaos maintainers (@pggit)
@@ -38,7 +40,7 @@ EXAMPLES = r'''
 RETURN = r'''
 _value:
   description:
-    - C(passed), C(failed), C(aborted) and C(skipped) (counts), C(total), C(ok) (true when nothing
+    - C(passed), C(failed), C(aborted), C(skipped) and C(breaking_points) (counts), C(total), C(ok) (true when nothing
       failed or aborted), C(experiments), one C({experiment, host, status}) per entry in run order, and
       C(failures), one line per failed or aborted experiment with its reasons.
   type: dict
@@ -47,6 +49,7 @@ _value:
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.pggit.chaos.plugins.plugin_utils._report import ramp_breaks
 
 STATUSES = ('passed', 'failed', 'aborted', 'skipped')
 
@@ -74,14 +77,21 @@ def _entries(value):
 def chaos_summary(value):
     """{passed, failed, aborted, skipped, total, ok, experiments: [{experiment, host, status}], failures: [text]}."""
     summary = dict((status, 0) for status in STATUSES)
+    summary['breaking_points'] = 0
     experiments, failures = [], []
-    for entry in _entries(value):
+    entries = _entries(value)
+    breaks = ramp_breaks(entries)
+    for entry in entries:
         experiment, host, status = entry.get('experiment'), entry.get('host'), entry.get('status')
         if not experiment or not host:
             raise AnsibleFilterError('chaos_summary: an entry has no experiment or host: %r' % (dict(entry),))
         if status not in STATUSES:
             raise AnsibleFilterError("chaos_summary: %s@%s has status %r, not one of %s"
                                      % (experiment, host, status, ', '.join(STATUSES)))
+        if status == 'failed' and entry.get('experiment_id') in breaks:
+            summary['breaking_points'] += 1
+            experiments.append(dict(experiment=str(experiment), host=str(host), status=status, ramp_breaking_point=True))
+            continue
         summary[status] += 1
         experiments.append(dict(experiment=str(experiment), host=str(host), status=status))
         if status in ('failed', 'aborted'):

@@ -28,11 +28,13 @@ PROGRAMS = {
     'pggit-chaos-workload': '_workload',
     'pggit-chaos-locker': '_locker',
     'pggit-chaos-stress': '_stress',
+    'pggit-chaos-load': '_pgbench',
+    'pggit-chaos-holder': '_holder',
 }
 # Files copied into <state_dir>/lib: every program and everything they import.
 ENGINE = ('_errors', '_ledger', '_steps', '_undo', '_pgconn', '_daemon', '_boot', '_reaper', '_nfqdelay', '_results',
           '_program', '_killer', '_locker', '_checker', '_workload', '_cgroup', '_server', '_stress',
-          '_restart', '_hostloss', '_failover')
+          '_restart', '_hostloss', '_failover', '_holder', '_pgbench')
 _PKG = ('ansible_collections', 'pggit', 'chaos', 'plugins', 'module_utils')
 
 
@@ -50,8 +52,8 @@ def _bundled():  # pragma: no cover - never called
     it names every ENGINE file."""
     # pylint: disable=unused-import,import-outside-toplevel,cyclic-import
     from ansible_collections.pggit.chaos.plugins.module_utils import (  # noqa: F401
-        _boot, _cgroup, _checker, _errors, _failover, _hostloss, _killer, _locker, _nfqdelay, _pgconn, _program, _reaper, _restart, _results, _server,
-        _stress, _undo, _workload)
+        _boot, _cgroup, _checker, _errors, _failover, _holder, _hostloss, _killer, _locker, _nfqdelay, _pgconn, _program, _reaper, _restart, _results, _server,
+        _stress, _undo, _workload, _pgbench)
 
 
 def _source(module):

@@ -8,4 +8,4 @@ accepts only these in ``kinds`` (a unit test holds both to this list).
 from __future__ import annotations
 
 FAULT_KINDS = ('trigger', 'latency', 'partition', 'bandwidth', 'connections', 'workload', 'disk', 'stress', 'process', 'lock', 'corrupt',
-               'clock', 'setting', 'failover', 'host')
+               'clock', 'setting', 'failover', 'host', 'sessions', 'load')

@@ -44,7 +44,7 @@ TC_HANDLE = '7a3c:'
 PROTECTED_SCHEMAS = ('pggit', 'public', 'information_schema')
 TRIGGER_PREFIX = 'pggit'
 # What a kill_process step with group: true may kill in its group (by command line).
-GROUP_MEMBERS = ('stress-ng',)
+GROUP_MEMBERS = ('stress-ng', 'pgbench')
 # Disk-fill files: the only files outside the state dir an undo may remove.
 FILL_FILE_RE = re.compile(r'^\.pggit-chaos-fill-[A-Za-z0-9_.-]+$')
 _CHAIN_RE = re.compile(r'^pggit-chaos-[A-Za-z0-9_-]+$')

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 TIMESTAMPS = ('started_at', 'inject_start', 'inject_end', 'window_end', 'revert_start', 'revert_end', 'finished_at')
 FAULT_CHECKS = ('auto', 'none', 'connections', 'trigger', 'latency', 'partition', 'disk', 'disk_full', 'memory', 'cpu',
-                'backend_kill', 'postmaster_kill', 'pause', 'lock', 'corrupt', 'clock', 'dependency', 'failover')
+                'backend_kill', 'postmaster_kill', 'pause', 'lock', 'corrupt', 'clock', 'dependency', 'failover',
+                'load', 'sessions', 'bandwidth')
 
 
 def verdict_argument_spec():

@@ -42,7 +42,8 @@ options:
         every kind.
     type: list
     elements: str
-    choices: [trigger, latency, partition, bandwidth, connections, workload, disk, stress, process, lock, corrupt, clock, setting, failover, host]
+    choices: [trigger, latency, partition, bandwidth, connections, workload, disk, stress, process, lock, corrupt, clock, setting, failover, host,
+              sessions, load]
     default: []
   state_dir:
     description:

@@ -148,7 +148,7 @@ options:
     type: str
     default: auto
     choices: [auto, none, connections, trigger, latency, partition, disk, disk_full, memory, cpu, backend_kill,
-              postmaster_kill, pause, lock, corrupt, clock, dependency, failover]
+              postmaster_kill, pause, lock, corrupt, clock, dependency, failover, load, sessions, bandwidth]
   fault:
     description: Result of the module that injected the fault, reported as given.
     type: dict

@@ -933,6 +933,163 @@ def _commits_waited(raw):
     return reasons, evidence
 
 
+# --- region_bandwidth (pggit_chaos_bandwidth between the regions) ------------------------------------
+# The role hands in ``fault``: ``replicas`` ([host, application_name or '', address] of each throttled replica),
+# ``throttle`` (pggit_chaos_bandwidth's result on the primary), ``rate_kbit``, ``min_growth_bytes``,
+# ``caught_up_bytes``, ``heal_started_at`` and ``heal_ended_at`` (epochs around the heal task) and ``catchup`` (the
+# monitor samples from just before the heal on, oldest first, each with the lag per replica). The lag series over the
+# window is the window's chaos monitor.
+BANDWIDTH_GROWTH_BYTES = 128 * 1024  # without the throttle a replica's replay lag stays near 0
+BANDWIDTH_CAUGHT_UP_BYTES = 64 * 1024
+
+
+def _monitor_samples(raw):
+    during = _mapping(_mapping(raw.get('steady_state')).get('during'))
+    series = _mapping(during.get('monitor')).get('series')
+    if not isinstance(series, list):
+        series = during.get('series')
+    return [s for s in series or [] if isinstance(s, dict) and _number(s.get('t')) is not None]
+
+
+def _replica_ids(fault):
+    """[(host, name in pg_stat_replication, address)] of the throttled replicas (the name defaults to the host)."""
+    ids = []
+    for item in fault.get('replicas') or []:
+        item = list(item) if isinstance(item, (list, tuple)) else [item]
+        if item and item[0]:
+            host = str(item[0])
+            ids.append((host, str(item[1]) if len(item) > 1 and item[1] else host, item[2] if len(item) > 2 else None))
+    return ids
+
+
+def _lag_of(sample, name, address=None):
+    """A replica's replay lag in bytes in one monitor sample, or None.
+
+    The monitor keys a replica by its application_name, and by ``name@client_addr`` only when two replicas share
+    that name (client_addr as inet text, ``198.18.0.13/32``): then only the key with this replica's own address is
+    its lag, never a twin's."""
+    lags = _mapping(_mapping(sample).get('lag_bytes'))
+    if name in lags:
+        return _number(lags.get(name))
+    own = str(address).split('/', 1)[0] if address else None
+    for key, value in sorted(lags.items()):
+        key_name, at, addr = str(key).rpartition('@')
+        if at and key_name == name and own is not None and addr.split('/', 1)[0] == own:
+            return _number(value)
+    return None
+
+
+def _int_or_none(value):
+    return None if value is None else int(value)
+
+
+def lag_growth(points):
+    """The largest rise of the lag over the window: a later sample minus the lowest one before it."""
+    low, rise = None, 0.0
+    for point in points:
+        lag = point[1]
+        low = lag if low is None else min(low, lag)
+        rise = max(rise, lag - low)
+    return rise
+
+
+def lag_held(points):
+    """The rise of the lag still there at the window's end: the last sample minus the lowest one before it. The
+    throttle is still on at the window's end, so its backlog is too; a burst of WAL (a bulk load, full-page writes
+    after a checkpoint) that the replica replays at once rises and falls back on an unthrottled link."""
+    lags = [point[1] for point in points]
+    return lags[-1] - min(lags) if lags else 0.0
+
+
+def _caught_up_from(samples, name, address, caught_up):
+    """The first sample from which on the replica's lag stayed at most ``caught_up``, or None when the last one is
+    not (a sample without the replica, disconnected, is not caught up)."""
+    first = None
+    for sample in samples:
+        lag = _lag_of(sample, name, address)
+        if lag is None or lag > caught_up:
+            first = None
+        elif first is None:
+            first = sample
+    return first
+
+
+def _bandwidth_throttled(raw):
+    """region_bandwidth: the throttle was applied, every throttled replica's replay lag grew during the window, and
+    after the heal it came back under the caught-up threshold and stayed there, and its pggit.history was compared
+    with the primary's (the convergence judges the digests)."""
+    fault = _mapping(raw.get('fault'))
+    throttle = _mapping(fault.get('throttle'))
+    growth = _number(fault.get('min_growth_bytes'))
+    growth = BANDWIDTH_GROWTH_BYTES if growth is None else growth
+    caught_up = _number(fault.get('caught_up_bytes'))
+    caught_up = BANDWIDTH_CAUGHT_UP_BYTES if caught_up is None else caught_up
+    window = [s for s in _monitor_samples(raw) if s.get('phase') == 'window']
+    start = _number(window[0]['t']) if window else None
+    catch = fault.get('catchup')
+    catch = [s for s in (catch if isinstance(catch, list) else []) if isinstance(s, dict) and _number(s.get('t')) is not None]
+    heal_start, heal_end = _epoch(fault.get('heal_started_at')), _epoch(fault.get('heal_ended_at'))
+    heal_end = heal_start if heal_end is None else heal_end
+    # A sample before the heal began says nothing about the catch-up.
+    since_heal = [s for s in catch if heal_start is None or _number(s['t']) >= heal_start]
+    # finish's convergence (converge_results): the replicas whose pggit.history was compared with the primary's.
+    compared = set(_host(_mapping(r)) for r in raw.get('converge_results') or [])
+    load = _mapping(fault.get('load'))
+    evidence = dict(rate_kbit=_number(fault.get('rate_kbit')), interface=throttle.get('interface'),
+                    min_growth_bytes=growth, caught_up_bytes=caught_up, window_samples=len(window), replicas={},
+                    load_tps=_number(load.get('tps')), load_error=_result_msg(load, '') if load.get('failed') else None)
+    reasons = []
+    if not throttle or throttle.get('failed') or throttle.get('skipped') or not throttle.get('interface'):
+        reasons.append('the fault did not happen: pggit_chaos_bandwidth did not throttle the primary (%s)'
+                       % _result_msg(throttle, 'no result'))
+    replicas = _replica_ids(fault)
+    if not replicas:
+        reasons.append('the fault cannot be proven: no throttled replica was named')
+    if not window:
+        reasons.append('the fault cannot be proven: the chaos monitor took no sample in the window')
+    for host, name, address in replicas:
+        points = [(round(_number(s['t']) - start, 3), _lag_of(s, name, address)) for s in window]
+        points = [(t, lag) for t, lag in points if lag is not None]
+        lags = [point[1] for point in points]
+        rise, held = lag_growth(points), lag_held(points)
+        after = _lag_of(since_heal[-1], name, address) if since_heal else None
+        first = _caught_up_from(since_heal, name, address, caught_up)
+        # From the end of the heal (the throttle surely gone) to the first sample under the threshold from which on
+        # the replica stayed caught up; 0 when it was back before the heal task returned.
+        catchup_s = (round(max(0.0, _number(first['t']) - heal_end), 3)
+                     if first is not None and heal_end is not None else None)
+        evidence['replicas'][host] = dict(
+            name=name, lag_series=[[t, int(lag)] for t, lag in points], max_lag_bytes=int(max(lags)) if lags else None,
+            growth_bytes=int(rise), held_bytes=int(held), lag_at_window_end=int(lags[-1]) if lags else None,
+            # Window samples without this replica's row (disconnected, or its replay position unknown): no lag read.
+            missing_samples=len(window) - len(points),
+            lag_after_heal=None if after is None else int(after), catchup_s=catchup_s,
+            catchup_series=[[round(_number(s['t']) - heal_end, 3) if heal_end is not None else None,
+                             _int_or_none(_lag_of(s, name, address))] for s in since_heal])
+        if window and not points:
+            reasons.append("the fault cannot be proven: no monitor sample of the window gives %s's replay lag (no %r%s in "
+                           "pg_stat_replication; set the host var pggit_application_name)"
+                           % (host, name, ' from %s' % address if address else ''))
+        elif points and rise < growth:
+            reasons.append('the fault did not happen: the replay lag of %s grew by %d bytes in the window, less than %d '
+                           '(max %d bytes)' % (host, rise, growth, max(lags)))
+        elif points and held < growth:
+            reasons.append('the fault did not happen: the replay lag of %s rose by %d bytes but at the end of the window, '
+                           'still throttled, it was only %d bytes above its low (less than %d): a burst of WAL the '
+                           'replica replayed, not a throttled link' % (host, rise, held, growth))
+        if 'catchup' not in fault:
+            continue  # inject.yml alone (chaos_compose): no catch-up watch; finish judges the replicas' convergence
+        if after is None:
+            reasons.append("after the heal the replay lag of %s was not read (no %r in pg_stat_replication)" % (host, name))
+        elif after > caught_up:
+            reasons.append('after the heal %s did not catch up: its replay lag is still %d bytes (more than %d)'
+                           % (host, after, caught_up))
+        if host not in compared:
+            reasons.append("after the heal the pggit.history of %s was not compared with the primary's (not among "
+                           "finish's converge_hosts)" % host)
+    return reasons, evidence
+
+
 # --- failover experiments -----------------------------------------------------------------------
 # The role hands the raw facts in ``fault``: ``ha`` (patroni|none), ``fault_at`` and ``heal_at`` (epochs),
 # ``lost`` (member names lost in the window), ``regions`` (member -> region), cluster states (the shape of
@@ -1174,8 +1331,114 @@ def _failover_after(fault, old_leader, new_leader):
     return reasons
 
 
+# --- connection_exhaustion (pggit_chaos_sessions) ---------------------------------
+# The server's words when it has no slot left for a non-superuser (PostgreSQL 9.6 to 17).
+SLOT_REFUSALS = ('too many clients', 'remaining connection slots are reserved')
+
+
+def _is_slot_refusal(msg):
+    return any(mark in str(msg or '') for mark in SLOT_REFUSALS)
+
+
+def _sessions_exhausted(raw):
+    """connection_exhaustion: the holder held idle sessions, pg_stat_activity showed them during the window, and
+    new DDL clients were refused for want of a slot (each such DDL a definite fail: lost ones fail the workload rule)."""
+    fault = _mapping(raw.get('fault'))
+    held = _number(fault.get('held'))
+    seen = _number(fault.get('held_during') if fault.get('held_during') is not None else fault.get('seen_sessions'))
+    refused = _mapping(_mapping(raw.get('workload')).get('refused'))
+    messages = [m for m in refused.get('messages') or [] if isinstance(m, dict)]
+    slot = [m for m in messages if _is_slot_refusal(m.get('msg'))]
+    count = sum(_number(m.get('count')) or 0 for m in slot)
+    evidence = dict(sessions_held=held, sessions_seen_during=seen, refused=count,
+                    refused_other=(_number(refused.get('count')) or 0) - count,
+                    first_refused_at=_epoch(refused.get('first_at')), last_refused_at=_epoch(refused.get('last_at')),
+                    refusal_message=slot[0].get('msg') if slot else fault.get('refusal'))
+    reasons = []
+    if not held or held <= 0:
+        reasons.append('the fault did not happen: the holder held %s session(s)' % _count(held))
+    if seen is None or seen <= 0:
+        reasons.append("the fault did not happen: pg_stat_activity showed %s of the holder's sessions during the window"
+                       % _count(seen))
+    if count <= 0:
+        reasons.append('the fault did not happen: no DDL client was refused for want of a connection slot (%s refused '
+                       'connection(s) in all)' % _count(_number(refused.get('count'))))
+    return reasons, evidence
+
+
+# --- load_spike: pgbench and several tracked-DDL workers ----------------------------------
+LOAD_PHASES = ('before', 'during', 'after')
+
+
+def _load_phases(ops, started, ended):
+    """DDL latency (ms, acknowledged DDL only) before, during and after the pgbench run, by each DDL's start."""
+    phases = dict((phase, []) for phase in LOAD_PHASES)
+    for at, ms, outcome in ops:
+        if outcome != 'ok':
+            continue
+        phases['before' if at < started else 'during' if at < ended else 'after'].append(ms)
+    return dict((phase, dict(p50=_pct(values, 50), p95=_pct(values, 95), p99=_pct(values, 99), n=len(values)))
+                for phase, values in phases.items())
+
+
+def _check_counts(check):
+    check = _mapping(check)
+    counts = dict((key, check.get(key)) for key in ('ops', 'ok', 'failed', 'unknown', 'maybe'))
+    counts.update((key, len(check.get(key) or [])) for key in WORKLOAD_ANOMALIES + ('phantom',))
+    counts['valid'] = check.get('valid')
+    return counts
+
+
+def _load_spiked(raw):
+    """load_spike: pgbench really ran during the window, and the DDL workers met it.
+
+    Evidence: pgbench TPS before (the baseline run) and during, DDL latency
+    p50/p95/p99 before, during and after the pgbench run (``latency_ms``, by
+    phase: R's ramp reads ``evidence.latency_ms.during.p95``), exactly-once per
+    worker and in total, and pgGit's tracking cost (on against off)."""
+    fault = _mapping(raw.get('fault'))
+    load, baseline = _mapping(fault.get('load')), _mapping(fault.get('baseline'))
+    workload = _mapping(raw.get('workload'))
+    reasons = []
+    tps, transactions = _number(load.get('tps')), _number(load.get('transactions'))
+    started, ended = _number(load.get('started_at')), _number(load.get('ended_at'))
+    if load.get('failed') is True:
+        reasons.append('the pgbench load failed: %s' % _result_msg(load, 'no detail'))
+    elif not tps or not transactions:
+        reasons.append('the fault did not happen: pgbench ran %s transaction(s) during the window (tps %s)'
+                       % (_count(transactions), tps))
+    phases = None
+    if started is not None and ended is not None:
+        phases = _load_phases(_op_times(raw), started, ended)
+        if not phases['during']['n']:
+            reasons.append('no tracked DDL was acknowledged while pgbench ran: the workers never met the load')
+    elif not reasons:
+        reasons.append('the pgbench run has no start and end time: the DDL cannot be placed against the load')
+    workers = [w for w in workload.get('workers') or [] if isinstance(w, dict)]
+    asked = _number(fault.get('ddl_workers'))
+    if asked and workload and len(workers) != int(asked):
+        reasons.append('%d DDL worker(s) were asked for, the workload reports %d' % (int(asked), len(workers)))
+    cost = workload.get('tracking_cost')
+    if isinstance(cost, dict) and not cost.get('error') and cost.get('valid') is False:
+        reasons.append('the tracking-cost measure is not valid: %s of %s DDL with tracking on were tracked, %s with it off'
+                       % (cost.get('on_tracked'), cost.get('n'), cost.get('off_tracked')))
+    before = _number(baseline.get('tps'))
+    evidence = dict(
+        tps_before=before, tps_during=tps,
+        tps_change_pct=round(100.0 * (tps - before) / before, 1) if tps is not None and before else None,
+        tps_series=load.get('tps_series') or [], transactions=transactions,
+        pgbench_latency_ms=load.get('latency_ms'), load_window=[started, ended],
+        latency_ms=phases,
+        workers=[dict(_check_counts(w.get('check')), worker=w.get('worker'), latency_ms=w.get('latency_ms')) for w in workers],
+        total=_check_counts(workload.get('check')),
+        tracking_cost=cost if isinstance(cost, dict) else None,
+    )
+    return reasons, evidence
+
+
 # Fault check -> rule; 'auto' picks the rule by experiment name.
 FAULT_CHECKS = {
+    'load': _load_spiked,
     'connections': _kills_hit,
     'trigger': _drift_complete,
     'latency': _latency_mark,
@@ -1191,9 +1454,12 @@ FAULT_CHECKS = {
     'corrupt': _index_corrupted,
     'clock': _clock_skewed,
     'dependency': _commits_waited,
+    'bandwidth': _bandwidth_throttled,
     'failover': _failover_happened,
+    'sessions': _sessions_exhausted,
 }
 EXPERIMENT_FAULT_CHECKS = {
+    'load_spike': 'load',
     'kill_connections': 'connections',
     'trigger_failure': 'trigger',
     'network_latency': 'latency',
@@ -1210,15 +1476,128 @@ EXPERIMENT_FAULT_CHECKS = {
     'index_corruption': 'corrupt',
     'clock_skew': 'clock',
     'dependency_failure': 'dependency',
+    'region_bandwidth': 'bandwidth',
     'primary_failover': 'failover',
     'region_failover': 'failover',
     'switchover': 'failover',
     'manual_failover': 'failover',
+    'connection_exhaustion': 'sessions',
 }
+
+
+def _member_fault(member, jobs):
+    """A composed member's fault: a background job's handle is replaced by that job's collected result."""
+    fault = _mapping(member.get('fault'))
+    job = fault.get('ansible_job_id')
+    if job is not None and not fault.get('finished'):
+        return jobs.get(str(job), fault)
+    return fault
+
+
+# Composed members whose fault makes the shared DDL workload's connections fail (terminated, refused).
+ERROR_MAKERS = frozenset(('kill_connections', 'connection_exhaustion'))
+
+
+def _compose_member_raw(name, own):
+    """A member's fault in the shape its own rule reads. load_spike's rule reads ``fault.load`` (the pgbench run during
+    the window) and ``fault.baseline``; in a composed run its inject.yml hands over the pgbench run itself (collected by
+    job id), and compose runs no pgbench baseline. That result has a ``load`` key of its own (the pgbench plan), so the
+    shape is told by the member's place (a composed member), never guessed from its keys."""
+    if name == 'load_spike':
+        return dict(load=own, baseline={}, ddl_workers=None)
+    return own
+
+
+def _chain_packets(counters):
+    """{chain: {target: packets}} from ``iptables -L CHAIN -v -x -n`` listings (compose reads its members' chains)."""
+    packets = {}
+    for item in counters or []:
+        item = _mapping(item)
+        chain = item.get('pggit_chaos_compose_chain') or item.get('chain')
+        if not chain or item.get('rc') != 0:
+            continue
+        totals = packets.setdefault(str(chain), {})
+        for line in str(item.get('stdout') or '').splitlines():
+            fields = line.split()
+            if len(fields) < 3 or not fields[0].isdigit():
+                continue  # the "Chain ..." line and the column names
+            totals[fields[2]] = totals.get(fields[2], 0) + int(fields[0])
+    return packets
+
+
+def _own_packets(own, packets):
+    """A latency or loss member's own mark: (packets its rules queued or dropped, why it cannot be told or None)."""
+    chains = [str(c) for c in own.get('chains') or []]
+    if own.get('method') == 'netem' and not chains:
+        return None, None  # a netem qdisc has no rule counters here: the workload's mark alone decides
+    if not chains:
+        return None, 'it has no iptables chain of its own (method %s)' % own.get('method')
+    unread = [c for c in chains if c not in packets]
+    if unread:
+        return None, 'the packet counters of its chain(s) %s were not read' % ', '.join(unread)
+    target = 'DROP' if own.get('method') == 'iptables' else 'NFQUEUE'
+    return sum(packets[c].get(target, 0) for c in chains), None
+
+
+def _composed(raw):
+    """compose(a+b): every member's fault left its own mark, judged by that member's own rule.
+
+    ``fault.members``: what each member's tasks/inject.yml handed over ({experiment, fault, owns, parameters});
+    ``fault.jobs``: the collected results of the faults that ran in the background (matched by job id).
+    A member named in ``parameters.members`` that handed over no fault was never injected."""
+    fault = _mapping(raw.get('fault'))
+    parameters = _mapping(raw.get('parameters'))
+    jobs = dict((str(j.get('ansible_job_id')), j) for j in fault.get('jobs') or []
+                if isinstance(j, dict) and j.get('ansible_job_id') is not None)
+    members = [m for m in fault.get('members') or [] if isinstance(m, dict)]
+    reasons, evidence = [], {}
+    injected = [m.get('experiment') for m in members]
+    for name in parameters.get('members') or []:
+        if name not in injected:
+            reasons.append('the fault did not happen: %s handed over no fault (its inject tasks did not run)' % name)
+    if not members:
+        reasons.append('the fault did not happen: the composed experiment injected no fault')
+    for member in members:
+        name = member.get('experiment')
+        own = _member_fault(member, jobs)
+        check = EXPERIMENT_FAULT_CHECKS.get(name)
+        rule = FAULT_CHECKS.get(check)
+        if rule is None:
+            reasons.append('%s: no check that its fault happened is known' % name)
+            continue
+        if own.get('ansible_job_id') is not None and not own.get('finished'):
+            reasons.append('%s: its background fault (job %s) was never collected' % (name, own['ansible_job_id']))
+            continue
+        workload = raw.get('workload')
+        if name in ('network_latency', 'packet_loss') and isinstance(workload, dict) and (set(injected) & ERROR_MAKERS):
+            # The shared workload's errors are another member's doing (killed or refused connections), not the loss's:
+            # the loss must show as its own mark (a DDL slowed past a retransmission), or not at all.
+            workload = dict(workload, errors={})
+        member_raw = dict(raw, experiment=name, fault=_compose_member_raw(name, own), kills=None, workload=workload,
+                          parameters=dict(parameters, **_mapping(member.get('parameters'))))
+        member_reasons, member_evidence = rule(member_raw)
+        member_evidence = dict(member_evidence or {})
+        if check == 'latency' and len(members) > 1:
+            # The shared workload's slow or failed DDL may be another member's doing: the member's own rules must have
+            # matched packets too (its DROP rule dropped some, or its NFQUEUE rule queued some).
+            hit, unknown = _own_packets(own, _chain_packets(fault.get('counters')))
+            member_evidence['own_packets'] = hit
+            if unknown:
+                member_reasons.append('cannot tell whether the fault happened: %s' % unknown)
+            elif hit is not None and not hit:
+                member_reasons.append('the fault did not happen: its own %s rule matched no packet in the window'
+                                      % ('DROP' if own.get('method') == 'iptables' else 'NFQUEUE'))
+        reasons += ['%s: %s' % (name, reason) for reason in member_reasons]
+        evidence[name] = dict(member_evidence, fault_check=check, owns=member.get('owns'))
+    return reasons, dict(members=evidence)
 
 
 def _fault_check(raw):
     name = raw.get('fault_check') or 'auto'
+    if name == 'auto' and str(raw.get('experiment') or '').startswith('compose('):
+        # A composed experiment (pggit_chaos_compose): each member is judged by its own rule.
+        reasons, evidence = _composed(raw)
+        return reasons, dict(evidence, fault_check='compose')
     if name == 'auto':
         name = EXPERIMENT_FAULT_CHECKS.get(raw.get('experiment'))
         if name is None:  # an experiment with no rule must say fault_check: none itself; never a silent pass
@@ -1297,15 +1676,41 @@ def judge(raw):
     return entry
 
 
-def summarize(entries):
-    summary = dict(total=len(entries), **{status: 0 for status in STATUSES})
+def ramp_breaks(entries):
+    """The experiment ids of the steps at which a ramp found its breaking point.
+
+    A ramp (pggit_chaos_ramp) stops at its first failing step: that step's own verdict is ``failed``, and that is the
+    finding, not a failure of the run. The ramp's own entry judges the whole ramp (passed: a breaking point found,
+    or none up to the last level, every step reverted). Only a ``failed`` last step of a ramp whose entry ``passed``
+    with a breaking point counts here; an aborted step, or any step of a ramp that did not pass, stays a failure."""
+    ids = set()
     for entry in entries:
-        summary[entry['status']] += 1
+        ramp = entry.get('ramp')
+        if entry.get('status') != 'passed' or not isinstance(ramp, dict) or ramp.get('breaking_point') is not True:
+            continue
+        rows = [row for row in ramp.get('steps') or [] if isinstance(row, dict)]
+        if rows and rows[-1].get('status') == 'failed' and not rows[-1].get('passed') and rows[-1].get('experiment_id'):
+            ids.add(rows[-1]['experiment_id'])
+    return ids
+
+
+def summarize(entries):
+    """Counts by status; a ramp's breaking step counts as ``breaking_points``, not as ``failed`` (see ramp_breaks)."""
+    breaks = ramp_breaks(entries)
+    summary = dict(total=len(entries), breaking_points=0, **{status: 0 for status in STATUSES})
+    for entry in entries:
+        if entry.get('experiment_id') in breaks and entry['status'] == 'failed':
+            summary['breaking_points'] += 1
+        else:
+            summary[entry['status']] += 1
     return summary
 
 
 def summary_line(summary):
-    return '%d experiment(s): %s' % (summary['total'], ', '.join('%d %s' % (summary[s], s) for s in STATUSES))
+    line = '%d experiment(s): %s' % (summary['total'], ', '.join('%d %s' % (summary[s], s) for s in STATUSES))
+    if summary.get('breaking_points'):
+        line += ', %d ramp breaking point(s)' % summary['breaking_points']
+    return line
 
 
 # --- rendering -----------------------------------------------------------------
@@ -1350,11 +1755,15 @@ def render_junit(entries, meta, generated_at=None):
     properties = ET.SubElement(suite, 'properties')
     for key, value in sorted((meta or {}).items()):
         ET.SubElement(properties, 'property', name=_xml(key), value=_xml(value))
+    breaks = ramp_breaks(entries)
     for entry in entries:
         case = ET.SubElement(suite, 'testcase', classname='pggit.chaos.%s' % _xml(entry.get('experiment')),
                              name=_xml(_label(entry)), time='%.3f' % (entry['timings'].get('total_s') or 0))
         message = _xml('; '.join(entry['reasons']))
-        if entry['status'] in ('failed', 'aborted'):
+        if entry.get('experiment_id') in breaks and entry['status'] == 'failed':
+            # The ramp's finding, judged by the ramp's own test case: this step's reasons stay in its output.
+            ET.SubElement(case, 'properties').append(ET.Element('property', name='ramp_breaking_point', value=message))
+        elif entry['status'] in ('failed', 'aborted'):
             ET.SubElement(case, 'failure', message=message, type=entry['status']).text = _xml('\n'.join(entry['reasons']))
         elif entry['status'] == 'skipped':
             ET.SubElement(case, 'skipped', message=message)
@@ -1447,6 +1856,48 @@ def _leads_text(entry):
     return '%s%s' % (leader, '' if str(leader) == str(old) else ' (not the leader before: no failback)')
 
 
+BANDWIDTH_POINTS_SHOWN = 30
+
+
+def _kib(value):
+    return '?' if value is None else '%.0f' % (float(value) / 1024.0)
+
+
+def _lag_series_text(points):
+    """The window's lag in KiB, one figure per sample (every n-th when there are many), with their times."""
+    points = [p for p in points or [] if isinstance(p, (list, tuple)) and len(p) == 2]
+    if not points:
+        return '-'
+    step = -(-len(points) // BANDWIDTH_POINTS_SHOWN)
+    shown = points[::step]
+    return '%s (KiB at %s s)' % (' '.join(_kib(point[1]) for point in shown), ' '.join('%g' % point[0] for point in shown))
+
+
+def _bandwidth_table(entries):
+    """region_bandwidth: per throttled replica, the replay lag over the window (series, max), and the catch-up."""
+    rows = [e for e in entries if e.get('experiment') == 'region_bandwidth' and isinstance(e.get('evidence'), dict)]
+    if not rows:
+        return []
+    lines = ['', '## Region bandwidth', '',
+             '| Experiment | Host | Replica | Rate kbit/s | pgbench TPS | Max lag KiB | Lag at window end KiB | Catch-up s '
+             '| History equal | Lag over the window |',
+             '|---|---|---|---:|---:|---:|---:|---:|---|---|']
+    for entry in rows:
+        ev = entry['evidence']
+        convergence = _mapping(entry.get('convergence'))
+        for host, rep in sorted(_mapping(ev.get('replicas')).items()):
+            rep = _mapping(rep)
+            diverged = any(str(d).startswith(host + ' (') for d in convergence.get('diverged') or [])
+            equal = ('no' if diverged or host in (convergence.get('unchecked') or [])
+                     else 'yes' if host in _mapping(convergence.get('replicas')) else '?')
+            tps = '-' if ev.get('load_tps') is None else '%.1f' % ev['load_tps']
+            cells = [entry.get('experiment'), entry.get('host'), host, _count(ev.get('rate_kbit')), tps, _kib(rep.get('max_lag_bytes')),
+                     _kib(rep.get('lag_at_window_end')), _seconds(rep.get('catchup_s')), equal,
+                     _lag_series_text(rep.get('lag_series'))]
+            lines.append('| %s |' % ' | '.join(_cell(c) for c in cells))
+    return lines
+
+
 def _failover_table(entries):
     """The failover figures of each failover experiment: leaders, timeline, RTO, RPO, write pause, rejoin, settings."""
     rows = [e for e in entries if e.get('experiment') in FAILOVER_EXPERIMENTS]
@@ -1465,6 +1916,99 @@ def _failover_table(entries):
     return lines
 
 
+def _time_text(value):
+    value = _epoch(value)
+    return '-' if value is None else datetime.datetime.fromtimestamp(value, datetime.timezone.utc).strftime('%H:%M:%S.%f')[:-3]
+
+
+def _sessions_table(entries):
+    """connection_exhaustion: sessions held, seen during the window, DDL clients refused (first, last, the message)."""
+    rows = [e for e in entries if e.get('experiment') == 'connection_exhaustion' and isinstance(e.get('evidence'), dict)]
+    if not rows:
+        return []
+    lines = ['', '## Connection exhaustion', '',
+             '| Experiment | Host | Sessions held | Seen during window | DDL clients refused | First refusal (UTC) '
+             '| Last refusal (UTC) | Server said |',
+             '|---|---|---:|---:|---:|---|---|---|']
+    for entry in rows:
+        ev = entry['evidence']
+        cells = [entry.get('experiment'), entry.get('host'), _count(ev.get('sessions_held')), _count(ev.get('sessions_seen_during')),
+                 _count(ev.get('refused')), _time_text(ev.get('first_refused_at')), _time_text(ev.get('last_refused_at')),
+                 ev.get('refusal_message') or '-']
+        lines.append('| %s |' % ' | '.join(_cell(c) for c in cells))
+    return lines
+
+
+def _ramp_sections(entries):
+    """One section per ramp entry (pggit_chaos_ramp): the breaking point and a text bar chart of the steps."""
+    from ansible_collections.pggit.chaos.plugins.plugin_utils._ramp import ramp_markdown
+    lines = []
+    for entry in entries:
+        ramp = entry.get('ramp')
+        if not isinstance(ramp, dict) or 'param' not in ramp:
+            continue
+        lines += ['', '## Ramp %s' % _md(_label(entry)), '']
+        chart = ramp_markdown(ramp)
+        # The summary is a paragraph (escaped); the chart a fenced text block that no text inside can close.
+        lines += [_md(chart[0]), ''] + [line if line == '```' or line == '```text' else line.replace('`', "'") for line in chart[2:]]
+    return lines
+
+
+def _phase_text(phase):
+    phase = _mapping(phase)
+    if not phase.get('n'):
+        return '-'
+    return '%s / %s / %s (%d)' % (_ms(phase.get('p50')), _ms(phase.get('p95')), _ms(phase.get('p99')), phase['n'])
+
+
+def _exactly_once_text(counts):
+    counts = _mapping(counts)
+    keys = ('ok', 'lost', 'duplicated', 'unexpected', 'maybe')
+    return ' / '.join(_count(_number(counts.get(key))) for key in keys)
+
+
+def _cost_text(cost):
+    cost = _mapping(cost)
+    if cost.get('error'):
+        return 'not measured: %s' % cost['error']
+    if not cost.get('n'):
+        return '-'
+    pct = cost.get('overhead_pct')
+    shown = (_ms(cost.get('on_p50_ms')), _ms(cost.get('off_p50_ms')), _ms(cost.get('overhead_ms')),
+             '?' if pct is None else '%.1f' % pct, cost['n'])
+    return '%s / %s ms, +%s ms (%s%%), n=%s' % shown
+
+
+def _load_table(entries):
+    """load_spike: pgbench TPS before and during, DDL latency by phase, exactly-once per worker and in total, pgGit's cost."""
+    rows = [e for e in entries if e.get('experiment') == 'load_spike' and isinstance(e.get('evidence'), dict)]
+    if not rows:
+        return []
+    lines = ['', '## Load', '',
+             '| Host | TPS before | TPS during | DDL ms p50 / p95 / p99 (n) before | during | after '
+             '| DDL ok / lost / dup / unexpected / maybe | Tracking on / off p50 |',
+             '|---|---:|---:|---|---|---|---|---|']
+    for entry in rows:
+        ev = entry['evidence']
+        phases = _mapping(ev.get('latency_ms'))
+        cells = [entry.get('host'), _ms(_number(ev.get('tps_before'))), _ms(_number(ev.get('tps_during')))]
+        cells += [_phase_text(phases.get(phase)) for phase in LOAD_PHASES]
+        cells += [_exactly_once_text(ev.get('total')), _cost_text(ev.get('tracking_cost'))]
+        lines.append('| %s |' % ' | '.join(_cell(c) for c in cells))
+    for entry in rows:
+        workers = [w for w in entry['evidence'].get('workers') or [] if isinstance(w, dict)]
+        if not workers:
+            continue
+        lines += ['', 'Workers of %s:' % _md(_label(entry)), '',
+                  '| Worker | DDL | ok / lost / dup / unexpected / maybe | p50 / p95 / p99 ms |', '|---:|---:|---|---|']
+        for worker in workers:
+            lat = _mapping(worker.get('latency_ms'))
+            cells = [worker.get('worker'), _count(_number(worker.get('ops'))), _exactly_once_text(worker),
+                     '%s / %s / %s' % (_ms(_number(lat.get('p50'))), _ms(_number(lat.get('p95'))), _ms(_number(lat.get('p99'))))]
+            lines.append('| %s |' % ' | '.join(_cell(c) for c in cells))
+    return lines
+
+
 def render_markdown(entries, meta, generated_at=None):
     meta = meta or {}
     lines = ['# Chaos report', '',
@@ -1477,7 +2021,11 @@ def render_markdown(entries, meta, generated_at=None):
                  _seconds(entry['timings'].get('inject_s')), _seconds(entry['timings'].get('window_s')),
                  _seconds(entry['timings'].get('revert_s')), _workload_cell(entry.get('workload'))]
         lines.append('| %s |' % ' | '.join(_cell(c) for c in cells))
+    lines += _bandwidth_table(entries)
     lines += _failover_table(entries)
+    lines += _ramp_sections(entries)
+    lines += _sessions_table(entries)
+    lines += _load_table(entries)
     not_passed = [e for e in entries if e['status'] != 'passed']
     if not_passed:
         lines += ['', '## Reasons']

@@ -11,7 +11,8 @@ from labtools import INVENTORY, REPO, chaos_processes, host_rules, ledger, load_
 KNOWN = ['kill_connections', 'trigger_failure', 'network_latency', 'packet_loss', 'region_partition',
          'disk_pressure', 'disk_full', 'memory_pressure', 'cpu_pressure', 'backend_crash', 'postmaster_crash', 'process_pause',
          'lock_contention', 'index_corruption', 'clock_skew', 'dependency_failure',
-         'primary_failover', 'region_failover', 'switchover', 'manual_failover']
+         'primary_failover', 'region_failover', 'switchover', 'manual_failover',
+         'load_spike', 'connection_exhaustion', 'region_bandwidth']
 
 
 @pytest.mark.parametrize('extra, needle', [

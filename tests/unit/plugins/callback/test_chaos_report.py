@@ -55,7 +55,7 @@ def test_collects_entries_and_writes_reports(callback, tmp_path):
     report_dir = str(tmp_path / 'reports')
     assert sorted(os.listdir(report_dir)) == sorted(FILENAMES.values())
     document = load(report_dir)
-    assert document['summary'] == dict(total=5, passed=1, failed=2, aborted=1, skipped=1)
+    assert document['summary'] == dict(total=5, passed=1, failed=2, aborted=1, skipped=1, breaking_points=0)
     assert document['meta']['playbook'] == 'chaos.yml'
     suite = ET.parse(os.path.join(report_dir, FILENAMES['junit'])).getroot().find('testsuite')
     assert (suite.get('tests'), suite.get('failures'), suite.get('skipped')) == ('5', '3', '1')

@@ -36,7 +36,8 @@ def test_ok_only_when_nothing_failed_or_aborted(status, ok):
 
 
 def test_nothing_ran_is_zero_not_an_error():
-    assert chaos_summary([[], None]) == dict(passed=0, failed=0, aborted=0, skipped=0, total=0, ok=True, experiments=[], failures=[])
+    assert chaos_summary([[], None]) == dict(passed=0, failed=0, aborted=0, skipped=0, breaking_points=0, total=0, ok=True,
+                                             experiments=[], failures=[])
     assert chaos_summary([])['total'] == 0
 
 
@@ -61,3 +62,35 @@ def test_bad_entries_are_named(bad, words):
 
 def test_registered_under_its_name():
     assert FilterModule().filters()['chaos_summary'] is chaos_summary
+
+
+def ramp_run(ramp_status='passed', break_status='failed', breaking_point=True):
+    """A latency ramp of two steps on lab-1: 10 ms passed, 20 ms broke it; then the ramp's own entry."""
+    steps = [entry('network_latency', 'lab-1', 'passed', experiment_id='s1'),
+             entry('network_latency', 'lab-1', break_status, experiment_id='s2')]
+    rows = [dict(level=10, status='passed', passed=True, experiment_id='s1'),
+            dict(level=20, status=break_status, passed=False, experiment_id='s2')]
+    ramp = entry('ramp(network_latency)', 'lab-1', ramp_status, experiment_id='ramp-s1',
+                 ramp=dict(param='chaos_latency_ms', steps=rows, breaking_point=breaking_point))
+    return steps + [ramp]
+
+
+def test_the_step_where_a_ramp_broke_is_its_finding_not_a_failure():
+    summary = chaos_summary([ramp_run()])
+    assert {k: summary[k] for k in ('passed', 'failed', 'breaking_points', 'total', 'ok')} == \
+        dict(passed=2, failed=0, breaking_points=1, total=3, ok=True)
+    assert summary['experiments'][1] == dict(experiment='network_latency', host='lab-1', status='failed', ramp_breaking_point=True)
+    assert summary['failures'] == []
+
+
+@pytest.mark.parametrize('change', [dict(ramp_status='failed'), dict(break_status='aborted'), dict(breaking_point=False)])
+def test_a_ramp_that_did_not_pass_or_an_aborted_step_still_fails_the_run(change):
+    summary = chaos_summary([ramp_run(**change)])
+    assert summary['ok'] is False
+    assert summary['breaking_points'] == 0
+
+
+def test_a_failure_elsewhere_is_never_taken_for_a_breaking_point():
+    other = entry('network_latency', 'lab-2', 'failed', experiment_id='x9')
+    summary = chaos_summary([ramp_run(), [other]])
+    assert summary['failed'] == 1 and summary['breaking_points'] == 1 and summary['ok'] is False

@@ -174,7 +174,7 @@ STEP = {'type': 'kill_process', 'pid': 4242, 'starttime': 1, 'match': 'pggit-cha
 @pytest.mark.parametrize('change, words', [
     (dict(group=False), 'group must be true'),
     (dict(group='yes'), 'group must be true'),
-    (dict(members_match='postgres'), "members_match must be one of stress-ng, got 'postgres'"),
+    (dict(members_match='postgres'), "members_match must be one of stress-ng, pgbench, got 'postgres'"),
     (dict(members_match=''), 'members_match must be one of'),
     (dict(members_match=None), 'members_match must be one of'),
 ])

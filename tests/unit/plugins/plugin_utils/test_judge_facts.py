@@ -170,18 +170,20 @@ def test_fault_check_is_picked_by_experiment_name():
                                                'lock_contention': 'lock', 'index_corruption': 'corrupt',
                                                'clock_skew': 'clock', 'dependency_failure': 'dependency',
                                                'primary_failover': 'failover', 'region_failover': 'failover',
-                                               'switchover': 'failover', 'manual_failover': 'failover'}
+                                               'switchover': 'failover', 'manual_failover': 'failover',
+                                               'load_spike': 'load', 'connection_exhaustion': 'sessions',
+                                               'region_bandwidth': 'bandwidth'}
     assert set(_report.FAULT_CHECKS) == {'connections', 'trigger', 'latency', 'partition', 'disk', 'disk_full', 'memory',
                                          'cpu', 'backend_kill', 'postmaster_kill', 'pause', 'lock', 'corrupt', 'clock',
-                                         'dependency', 'failover'}
+                                         'dependency', 'failover', 'load', 'sessions', 'bandwidth'}
     # A known experiment with no facts cannot prove its fault: never passed.
     for experiment in _report.EXPERIMENT_FAULT_CHECKS:
         entry = _report.judge(raw(experiment=experiment))
         assert entry['status'] == 'failed', experiment
     assert _report.judge(raw(experiment='kill_connections', fault_check='none'))['status'] == 'passed'
-    assert reasons(fault_check='bogus') == ["unknown fault_check 'bogus'; expected one of auto, none, backend_kill, clock, connections, "
-                                            "corrupt, cpu, dependency, disk, disk_full, failover, latency, lock, memory, partition, pause, "
-                                            "postmaster_kill, trigger"]
+    assert reasons(fault_check='bogus') == ["unknown fault_check 'bogus'; expected one of auto, none, backend_kill, bandwidth, clock, "
+                                            "connections, corrupt, cpu, dependency, disk, disk_full, failover, latency, load, lock, memory, "
+                                            "partition, pause, postmaster_kill, sessions, trigger"]
 
 
 def test_an_error_explains_itself_without_fault_check_noise():

@@ -144,8 +144,8 @@ META = dict(playbook='chaos.yml')
 
 
 def test_summarize():
-    assert _report.summarize(ENTRIES) == dict(total=4, passed=1, failed=1, aborted=1, skipped=1)
-    assert _report.summarize([]) == dict(total=0, passed=0, failed=0, aborted=0, skipped=0)
+    assert _report.summarize(ENTRIES) == dict(total=4, passed=1, failed=1, aborted=1, skipped=1, breaking_points=0)
+    assert _report.summarize([]) == dict(total=0, passed=0, failed=0, aborted=0, skipped=0, breaking_points=0)
 
 
 def test_json_round_trip():
