@@ -45,7 +45,7 @@ LAB_ARGS      = $(LAB_VARS) -e pggit_lab_hosts=$(LAB_HOSTS) -e pggit_lab_python=
                 $(if $(LAB_SUBNET_INDEX),-e pggit_lab_subnet_index=$(LAB_SUBNET_INDEX)) \
                 $(if $(LAB_HA),-e pggit_lab_ha=$(LAB_HA)) $(if $(LAB_PATRONI),-e pggit_lab_patroni=$(LAB_PATRONI))
 
-.PHONY: help deps apt venv link lab lab-down demo test unit integration sanity lint molecule deadman lab-tests ha bench torture build clean
+.PHONY: help deps apt venv link lab lab-down demo test unit integration sanity lint molecule deadman lab-tests ha bench bench-suite torture build clean
 
 help:
 	@echo "make demo | make test | make lab [LAB_NAME=lab LAB_HOSTS=3] | make lab-down [LAB_NAME=lab] | make bench | make build"
@@ -157,6 +157,16 @@ bench: deps
 	$(MAKE) lab LAB_NAME=$(LAB_NAME)
 	trap '$(MAKE) lab-down LAB_NAME=$(LAB_NAME)' EXIT; $(BIN)/python bench/spine.py && $(BIN)/python bench/network.py \
 	  && $(BIN)/python bench/resource.py && $(BIN)/python bench/database.py && $(BIN)/python bench/torture.py --runs $(TORTURE_RUNS)
+
+# Speed of the suite (bench/results/suite.json): the wall/window ratio and pgGit's tracking cost on a 3-host lab, then
+# network_latency on every host of a 1-host and of an 8-host lab. One lab at a time, each removed whatever happens.
+bench-suite: deps
+	for n in 3 1 8; do ( \
+	  trap '$(MAKE) lab-down LAB_NAME=bsuite'$$n EXIT; inv=$(CURDIR)/inventories/bsuite$$n/hosts.yml; \
+	  $(MAKE) lab LAB_NAME=bsuite$$n LAB_HOSTS=$$n && case $$n in \
+	    3) $(BIN)/python bench/suite.py ratio --inventory $$inv && $(BIN)/python bench/suite.py tracking-cost --inventory $$inv;; \
+	    *) $(BIN)/python bench/suite.py scale-$$n --inventory $$inv;; \
+	  esac ) || exit 1; done
 
 # SIGKILL ansible-playbook at random moments of every experiment; nothing may be left (bench/results/torture.json).
 torture: LAB_NAME = $(BENCH_LAB_NAME)
