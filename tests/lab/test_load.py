@@ -14,6 +14,8 @@ import subprocess
 import time
 
 from labtools import REPO, INVENTORY, BIN, chaos_processes, ledger, load_report, playbook_env, query, run_playbook, trigger_modes
+from torture import leftovers
+from waiting import wait_until
 
 DATABASE = 'pggit_chaos_load'
 MARK = 'pggit.chaos load database'
@@ -73,7 +75,7 @@ def test_load_spike_passes_with_pgbench_and_workers(primary, tmp_path):
     assert '## Load' in text and 'Workers of load_spike' in text
 
 
-def test_revert_stops_pgbench_after_the_controller_died(primary, tmp_path):
+def test_revert_stops_pgbench_after_the_controller_died(lab, primary, tmp_path):
     state_dir = primary['pggit_chaos_state_dir']
     argv = [os.path.join(BIN, 'ansible'), 'lab-1', '-i', INVENTORY, '-m', 'pggit.chaos.pggit_chaos_load', '-a',
             'name=orphan duration=60 ttl=90 clients=2 rate=200 mode=select db=%s login_host=%s login_user=%s state_dir=%s'
@@ -100,3 +102,5 @@ def test_revert_stops_pgbench_after_the_controller_died(primary, tmp_path):
     assert revert.returncode == 0, revert.stdout[-2000:]
     assert pgbench_processes() == []
     assert ledger(primary) == [] and chaos_processes() == []
+    # The orphaned module ends once its pgbench is gone: nothing of ours stays on a lab host.
+    assert wait_until(lambda: leftovers(lab) == [], time.time() + 60), leftovers(lab)

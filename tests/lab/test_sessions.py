@@ -14,6 +14,7 @@ import psycopg2
 from waiting import wait_until
 from labtools import REPO, chaos_processes, ledger, load_report, playbook_argv, playbook_env, query
 from test_resource_deadman import kill_controller_after_injection, nothing_left
+from torture import leftovers
 
 ROLE = 'pggit_chaos_client'
 HOLDERS = ("SELECT count(*) FILTER (WHERE application_name LIKE 'pggit-chaos-holder-%%'), count(*) FILTER (WHERE usename = %s) "
@@ -122,7 +123,10 @@ def test_killed_controller_mid_exhaustion_frees_every_session_by_the_ttl(lab, pr
         holder_sessions(primary), holder_processes(), ledger(primary))
     assert holder_sessions(primary)[0] == 0 and not holder_processes()
     assert freed_at - killed_at < TTL + 5
-    # The workload the dead controller started ends by its own duration; then nothing of ours is left.
+    # The workload the dead controller started ends by its own duration; then nothing of ours is left: no record,
+    # no program, no session, and no process at all on a lab host (the workload module's async wrapper included),
+    # so the next test starts from the baseline.
     assert wait_until(lambda: nothing_left(lab) and holder_sessions(primary) == (0, 0), time.time() + 60), \
         (chaos_processes(), [ledger(h) for h in lab.values()], holder_sessions(primary))
+    assert wait_until(lambda: leftovers(lab) == [], time.time() + 60), leftovers(lab)
     print('deadman sessions: freed %.2f s after expires_at (%.2f s after the kill)' % (freed_at - expires_at, freed_at - killed_at))
