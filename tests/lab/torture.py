@@ -45,7 +45,9 @@ EXPERIMENTS = NETWORK_EXPERIMENTS + RESOURCE_EXPERIMENTS + DATABASE_EXPERIMENTS
 PHASES = {
     'steady_state': (re.compile(r'^TASK \[.*Steady state before the fault'), 1.5),
     'inject': (re.compile(r'^TASK \[.*Stamp the timeline with inject_start'), 1.0),
-    'window': (re.compile(r'^TASK \[.*Stamp the timeline with inject_end'), None),  # None: up to the window
+    # None: into the first half of the window, where every fault is live. Later, a fault made of rounds
+    # (kill_connections) may have ended by itself, with the workload that started before the injection.
+    'window': (re.compile(r'^TASK \[.*Stamp the timeline with inject_end'), None),
     'revert': (re.compile(r'^TASK \[.*Stamp the timeline with revert_start'), 0.6),
 }
 DURATION, TTL = 6, 12
@@ -417,7 +419,7 @@ def one_run(experiment, phase, rng, report_dir, hosts=None, duration=DURATION, t
         if seen is None:
             run['error'] = 'phase %s never showed (rc %s): %s' % (phase, proc.poll(), ' / '.join(l for _t, l in lines[-6:]))
             return run
-        delay = rng.uniform(0, span if span is not None else duration)
+        delay = rng.uniform(0, span if span is not None else duration / 2.0)
         time.sleep(max(0.0, seen + delay - time.time()))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
