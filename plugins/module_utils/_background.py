@@ -78,6 +78,20 @@ class BackgroundFault(Fault):
         self.started = started
         return {'pid': started['pid'], 'starttime': started['starttime']}
 
+    def await_event(self, names, timeout, poll=0.05):
+        """The program's first results event named in ``names``, within ``timeout`` s; None when it never came.
+
+        A program that has exited gets one last read: what it wrote before it ended still counts."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            event = self.reader.first(*names)
+            if event is not None:
+                return event
+            if not _steps.same_process(self.started['pid'], self.started['starttime'], self.program):
+                return self.reader.first(*names)
+            time.sleep(poll)
+        return None
+
     def wait(self, timeout):
         """Wait until the program has exited (or ``timeout`` s pass); return (events, still_running)."""
         deadline = time.monotonic() + timeout

@@ -204,9 +204,8 @@ fault_id:
   type: str
 '''
 
-import time
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _locker, _pgconn, _results, _steps
+from ansible_collections.pggit.chaos.plugins.module_utils import _locker, _pgconn, _results
 from ansible_collections.pggit.chaos.plugins.module_utils._background import BackgroundFault
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosError, ChaosModule
@@ -215,7 +214,6 @@ from ansible_collections.pggit.chaos.plugins.module_utils.postgres import connec
 RANGES = (('acquire_timeout_ms', 0, 60000), ('then_after_ms', 0, 600000))
 # How long past acquire_timeout_ms the module waits for the holder to say it holds its locks.
 LOCKED_MARGIN = 10.0
-POLL = 0.05
 
 
 def check_options(module):
@@ -315,17 +313,6 @@ class LockFault(BackgroundFault):
         if detail.get('then_tables'):
             done['then_lock'] = then_lock(self.reader)
         return done
-
-    def await_event(self, names, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            event = self.reader.first(*names)
-            if event is not None:
-                return event
-            if not _steps.same_process(self.started['pid'], self.started['starttime'], self.program):
-                return self.reader.first(*names)
-            time.sleep(POLL)
-        return None
 
     def finish(self, result):
         if self.params['state'] != 'present':

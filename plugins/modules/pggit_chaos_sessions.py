@@ -119,9 +119,8 @@ fault_id:
   type: str
 '''
 
-import time
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _holder, _pgconn, _steps
+from ansible_collections.pggit.chaos.plugins.module_utils import _holder, _pgconn
 from ansible_collections.pggit.chaos.plugins.module_utils._background import BackgroundFault
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosError, ChaosModule
@@ -129,7 +128,6 @@ from ansible_collections.pggit.chaos.plugins.module_utils.postgres import check_
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import postgres_argument_spec
 
 RANGES = (('fill_timeout', 1, 600, ' seconds'),)
-POLL = 0.05
 
 
 def option_problem(params):
@@ -224,17 +222,6 @@ class SessionsFault(BackgroundFault):
             return None
         finally:
             conn.close()
-
-    def await_event(self, names, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            event = self.reader.first(*names)
-            if event is not None:
-                return event
-            if not _steps.same_process(self.started['pid'], self.started['starttime'], self.program):
-                return self.reader.first(*names)
-            time.sleep(POLL)
-        return None
 
     def finish(self, result):
         if self.params['state'] != 'present':
