@@ -24,7 +24,9 @@ import time
 from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _ledger, _results, _steps, _undo
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import ChaosError, DaemonError, Fault
 
-POLL = 0.2
+# How often a module waiting for its program looks at it (a /proc read and a results file's new lines): the
+# module returns at most this late after its program ended, on each of a run's many workloads.
+POLL = 0.05
 
 
 class BackgroundFault(Fault):
