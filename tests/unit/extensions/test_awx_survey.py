@@ -183,3 +183,25 @@ def test_the_project_enables_the_report_callback_and_leaves_the_report_dir_to_th
     enabled = [c.strip() for c in config.get('defaults', 'callbacks_enabled', fallback='').split(',')]
     assert 'pggit.chaos.chaos_report' in enabled
     assert not config.has_option('pggit_chaos', 'report_dir')  # False too when the section is absent
+
+
+def run_each_experiment_loop(**answers):
+    """chaos.yml's "Run each experiment" loop, rendered with the survey's answers (plain Jinja: the filters it uses are
+    Jinja's own)."""
+    import jinja2  # pylint: disable=import-outside-toplevel
+    plays = chaos_plays()
+    task = [t for p in plays for t in p.get('tasks') or [] if t.get('name') == 'Run each experiment'][0]
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    return env.from_string(task['loop']).render(pggit_chaos_experiments=['network_latency'], **answers).strip()
+
+
+@pytest.mark.parametrize('variable', ['chaos_ramp', 'chaos_compose'])
+def test_ramp_and_compose_are_optional_and_an_empty_answer_runs_the_plain_experiments(variable):
+    q = question(load_survey(), variable)
+    assert q['type'] == 'text' and q['required'] is False and q['default'] == '' and q['min'] == 0
+    # AWX sends an unanswered optional text question as an empty string (or leaves it out).
+    assert run_each_experiment_loop(**{variable: ''}) == "['network_latency']"
+    assert run_each_experiment_loop() == "['network_latency']"
+    answer = '{"param": "chaos_latency_ms", "from": 10, "to": 40, "factor": 2}' if variable == 'chaos_ramp' \
+        else 'network_latency,kill_connections'
+    assert run_each_experiment_loop(**{variable: answer}) == "['%s']" % variable.split('_')[1]
