@@ -4,30 +4,40 @@
 
 The module (``pggit_chaos_load``) makes sure the load's own database exists
 (``pggit_chaos_load``, created by us and marked with the comment
-:data:`MARK`; a database of that name without the mark is refused) and is
-initialised (``pgbench -i -s <scale>`` once, reused afterwards), writes the
-fault's record, then starts this program.  Started by ``_daemon.spawn`` it
-leads a process group of its own, and pgbench runs in that group, so the one
-undo step that stops it, a ``kill_process`` step with ``group: true`` and
-``members_match: pgbench`` naming this program's pid, is in the record before
-the program passes its gate (``_program.Program.recorded``), that is before
-pgbench may run.  The step kills every pgbench process of the group even when
-this program is gone.
+:data:`MARK`; a database of that name without the mark is refused), looks
+whether it is initialised (:func:`ready`: the pgbench tables at the asked
+scale with their primary keys), writes the fault's record, then starts this
+program.  Started by ``_daemon.spawn`` it leads a process group of its own,
+and every pgbench it runs, the initialisation (``pgbench -i -s <scale>``, when
+the module found the database not ready) as well as the run, is in that group,
+so the one undo step that stops it, a ``kill_process`` step with ``group:
+true`` and ``members_match: pgbench`` naming this program's pid, is in the
+record before the program passes its gate (``_program.Program.recorded``),
+that is before any pgbench may run.  The step kills every pgbench process of
+the group even when this program is gone: a revert or the TTL reaper stops a
+long initialisation at any moment, even when the controller that asked for it
+is dead.  An initialisation cut short leaves the tables without their primary
+keys or without their rows: :func:`ready` says no, and the next run starts the
+initialisation over (``pgbench -i`` drops the tables first).
 
-The program runs ``pgbench -T <duration> -P 1`` (bounded by what is left of
-the TTL too), writes each progress line as a ``progress`` event, and at the
+The program then runs ``pgbench -T <duration> -P 1`` (bounded by what is left
+of the TTL too), writes each progress line as a ``progress`` event, and at the
 end a ``done`` event with the run's figures: TPS of the whole run, TPS per
 second, transaction latency p50/p95/p99 (from pgbench's per-transaction log,
-written in a scratch folder inside the state dir and removed after).  It
+written in a scratch folder inside the state dir and removed after), and the
+seconds the initialisation took (``init_s``, null when there was none).  It
 stops when its record is gone or reverted, past ``expires_at`` plus a grace,
 or on SIGTERM (the revert, the reaper), and then kills every pgbench process
-of its group.
+of its group, and ends the server sessions of an initialisation it cut short
+(an index build goes on in the server after its client is gone).
 
-Standard library only: it runs detached, from the engine copy.
+Standard library only, plus psycopg2 (lazily, in ``_pgconn``) to end those
+sessions: it runs detached, from the engine copy.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -48,6 +58,20 @@ MARK = 'pggit.chaos load database'
 MODES = ('tpcb', 'select')
 LOG_FOLDER = 'pgbench-log'
 APP = 'pggit-chaos-load'
+# The prefix of the application_name of an initialisation's sessions (see init_app): the only sessions the program
+# ends when it cuts one short, and only those of its own fault, never another run's.
+INIT_APP = 'pggit-chaos-load-init'
+APP_MAX = 63  # PostgreSQL keeps the first NAMEDATALEN - 1 bytes of application_name
+# pgbench's tables; the initialisation adds the primary keys last, the accounts' after the others.
+TABLES = ('pgbench_branches', 'pgbench_tellers', 'pgbench_accounts', 'pgbench_history')
+KEYED = ('pgbench_branches', 'pgbench_tellers', 'pgbench_accounts')
+READY_SQL = (
+    "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname = ANY(%s)")
+KEYS_SQL = (
+    "SELECT count(*) FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = 'public' AND c.relname = ANY(%s) AND i.indisprimary AND i.indisvalid")
 # How long pgbench must stay up after it is started to count as started (a bad option exits at once).
 START_CHECK_S = 0.3
 STOP_GRACE = 1.0
@@ -89,6 +113,30 @@ def libpq_env(kwargs, application_name=APP):
     env['PGAPPNAME'] = application_name
     env['PGDATABASE'] = DATABASE
     return env
+
+
+def init_app(fid):
+    """The application_name of the initialisation of fault ``fid``: ``pggit-chaos-load-init-<fid>``, or a digest of the
+    id when that is too long (a truncated id could name another run's)."""
+    name = '%s-%s' % (INIT_APP, fid)
+    if len(name) <= APP_MAX:
+        return name
+    return '%s-%s' % (INIT_APP, hashlib.sha256(fid.encode('utf-8')).hexdigest()[:APP_MAX - len(INIT_APP) - 1])
+
+
+def ready(cur, scale):
+    """Whether the load's database (``cur`` is connected to it) is initialised at ``scale``: the four tables, the
+    three primary keys (added last by ``pgbench -i``), ``scale`` branches and ``10 * scale`` tellers (the rows are
+    loaded in one transaction: all or none).  An initialisation cut short anywhere gives False."""
+    cur.execute(READY_SQL, (list(TABLES),))
+    if int(cur.fetchone()[0]) != len(TABLES):
+        return False
+    cur.execute(KEYS_SQL, (list(KEYED),))
+    if int(cur.fetchone()[0]) != len(KEYED):
+        return False
+    cur.execute('SELECT (SELECT count(*) FROM public.pgbench_branches), (SELECT count(*) FROM public.pgbench_tellers)')
+    branches, tellers = cur.fetchone()
+    return int(branches) == int(scale) and int(tellers) == 10 * int(scale)
 
 
 def init_argv(binary, scale):
@@ -196,18 +244,89 @@ def _reader(stream, lines, out):
         line = raw.rstrip('\n')
         lines.append(line)
         match = PROGRESS_RE.match(line.strip())
-        if match:
+        if match and out is not None:
             out.write('progress', t=float(match.group(1)), tps=float(match.group(2)), at=time.time())
 
 
+def _spawn(argv, env, folder, lines, out=None):
+    """Start one pgbench in this program's group, its output read into ``lines`` (progress lines as events)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=folder, close_fds=True, env=env, universal_newlines=True)
+    thread = threading.Thread(target=_reader, args=(proc.stdout, lines, out), name='pgbench-output')
+    thread.daemon = True
+    thread.start()
+    return proc, thread
+
+
+def _watch(proc, should_stop):
+    """Wait for ``proc`` to end; the reason to stop it when the record says so first, else None."""
+    while proc.poll() is None:
+        time.sleep(0.25)
+        why = should_stop()
+        if why:
+            return why
+    return None
+
+
+def _end_init_sessions(program):
+    """End the server sessions of an initialisation cut short: a primary key's index build goes on in the server
+    after its pgbench is gone, holding its table's lock.  Only sessions named :func:`init_app` of this fault in the load's own
+    database are ended; a failure is logged, never raised (the sessions end by themselves with their statement)."""
+    try:
+        conn = _pgconn.connect(dict(program.conn_params(), db=DATABASE), application_name=APP)
+    except Exception as exc:  # pylint: disable=broad-except
+        program.log('cannot connect to end the initialisation sessions: %s' % exc)
+        return 0
+    try:
+        cur = conn.cursor()
+        cur.execute('SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity '
+                    'WHERE application_name = %s AND datname = %s AND pid <> pg_catalog.pg_backend_pid()',
+                    (init_app(program.fid), DATABASE))
+        return int(cur.fetchone()[0])
+    except Exception as exc:  # pylint: disable=broad-except
+        program.log('cannot end the initialisation sessions: %s' % exc)
+        return 0
+    finally:
+        conn.close()
+
+
+def _initialise(program, binary, spec, env, folder, should_stop):
+    """Run ``pgbench -i`` in this group: (None, seconds) when it succeeded, else (why, seconds); events on the way."""
+    out = program.out
+    argv = init_argv(binary, spec['scale'])
+    init_env = dict(env, PGAPPNAME=init_app(program.fid))
+    lines = []
+    began = time.time()
+    out.write('initialising', argv=argv, scale=int(spec['scale']), at=began)
+    program.log('initialising: %s' % ' '.join(argv))
+    try:
+        proc, thread = _spawn(argv, init_env, folder, lines)
+    except (OSError, subprocess.SubprocessError) as exc:
+        out.write('error', msg='cannot start %s: %s' % (' '.join(argv), exc))
+        return 'error', 0.0
+    why = _watch(proc, should_stop)
+    if why:
+        return why, round(time.time() - began, 3)
+    thread.join(5)
+    seconds = round(time.time() - began, 3)
+    if proc.returncode != 0:
+        tail = ' | '.join(lines[-4:]) or 'no output'
+        out.write('error', msg='%s failed (status %s): %s' % (' '.join(argv), proc.returncode, tail), init_s=seconds)
+        return 'error', seconds
+    out.write('initialised', seconds=seconds, at=time.time())
+    return None, seconds
+
+
 def run_load(program):
-    """The program's body: pass the gate, run pgbench in this group, report its figures, stop it all."""
+    """The program's body: pass the gate, initialise the database when asked, run pgbench in this group, report its
+    figures, stop it all."""
     spec = program.detail.get('load') or {}
     out = program.out
     signal.signal(signal.SIGTERM, _on_term)
     me = _steps.proc_starttime(os.getpid())
     proc, folder, reason, lines = None, None, 'finished', []
-    started_at = None
+    started_at, init_s = None, None
+    initialising = False  # True while pgbench -i runs: a stop then also ends its server sessions
     ran = False  # False on every early return: the scratch folder is removed in ``finally`` then
     try:
         if os.getsid(0) != os.getpid():
@@ -225,24 +344,35 @@ def run_load(program):
         if not program.recorded():
             out.write('done', reason='never recorded in the ledger; pgbench never ran')
             return 1
+        if float(program.record['expires_at']) - time.time() < 2:
+            out.write('done', reason='the TTL was over before pgbench could start')
+            return 1
+        env = dict(os.environ)
+        env.update(libpq_env(program_kwargs(program)))
+        should_stop = program.stop_condition()
+        if spec.get('initialise'):
+            initialising = True
+            why, init_s = _initialise(program, binary, spec, env, folder, should_stop)
+            if why == 'error':
+                initialising = False  # pgbench -i ended by itself: its sessions with it
+                return 1
+            if why:
+                reason = why
+                raise Terminated(why)
+            initialising = False
         left = float(program.record['expires_at']) - time.time()
         duration = min(float(spec['duration']), left - 1)
         if duration < 1:
-            out.write('done', reason='the TTL was over before pgbench could start')
+            out.write('done', reason='the TTL was over before pgbench could start%s' % (
+                '' if init_s is None else ' (the initialisation took %ss of it: raise ttl)' % init_s), init_s=init_s)
             return 1
         argv = run_argv(binary, spec, duration, os.path.join(folder, 'tx'))
-        env = dict(os.environ)
-        env.update(libpq_env(program_kwargs(program)))
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    cwd=folder, close_fds=True, env=env, universal_newlines=True)
+            proc, thread = _spawn(argv, env, folder, lines, out)
         except (OSError, subprocess.SubprocessError) as exc:
             out.write('error', msg='cannot start %s: %s' % (' '.join(argv), exc))
             return 1
         started_at = time.time()
-        thread = threading.Thread(target=_reader, args=(proc.stdout, lines, out), name='pgbench-output')
-        thread.daemon = True
-        thread.start()
         end = time.monotonic() + START_CHECK_S
         while time.monotonic() < end and proc.poll() is None:
             time.sleep(0.02)
@@ -251,24 +381,22 @@ def run_load(program):
             out.write('error', msg='%s exited at once with status %s: %s' % (' '.join(argv), proc.returncode,
                                                                              ' | '.join(lines[-4:]) or 'no output'))
             return 1
-        out.write('started', pid=proc.pid, pgid=os.getpgrp(), argv=argv, at=started_at)
+        out.write('started', pid=proc.pid, pgid=os.getpgrp(), argv=argv, at=started_at, init_s=init_s)
         program.log('started %s (pid %d)' % (' '.join(argv), proc.pid))
-        should_stop = program.stop_condition()
-        while proc.poll() is None:
-            time.sleep(0.25)
-            why = should_stop()
-            if why:
-                reason = why
-                break
-        if proc.poll() is not None:
+        why = _watch(proc, should_stop)
+        if why:
+            reason = why
+        else:
             thread.join(5)
         ran = True
     except Terminated as exc:
-        reason = str(exc)
+        reason = reason if reason != 'finished' else str(exc)
         ran = True
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stopped = _stop_group(program, me)
+        if initialising:
+            _end_init_sessions(program)
         if proc is not None:
             try:
                 proc.wait(timeout=5)
@@ -282,11 +410,13 @@ def run_load(program):
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
     figures = dict(tps=tps, tps_series=series, latency_ms=latency_figures(latencies), transactions=processed,
-                   failed_transactions=failed, started_at=started_at, ended_at=ended_at,
+                   failed_transactions=failed, started_at=started_at, ended_at=ended_at, init_s=init_s,
                    returncode=None if proc is None else proc.returncode, output_tail=lines[-6:])
     if reason == 'finished' and proc is not None and proc.returncode == 0:
         out.write('done', reason=reason, **figures)
     else:
+        if proc is None and reason != 'finished':
+            reason = '%s, during the initialisation' % reason
         out.write('stopped', reason=reason if reason != 'finished' else 'pgbench exited with status %s' % (
             None if proc is None else proc.returncode), killed=stopped, **figures)
     program.log('%s: tps %s over %s transactions' % (reason, tps, processed))

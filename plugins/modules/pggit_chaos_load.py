@@ -18,16 +18,23 @@ description:
     triggers never see its statements. The module creates that database when
     it is missing and marks it with the comment C(pggit.chaos load database);
     a database of that name without that comment is refused, before anything
-    runs. It initialises it once (C(pgbench -i -s <scale>)) and reuses it
-    afterwards, again only when C(pgbench_branches) holds O(scale) rows. The
-    database is kept after the run, for the next one.
+    runs. It initialises it (C(pgbench -i -s <scale>)) when it is not ready
+    and reuses it afterwards. Ready means the pgbench tables with their primary
+    keys, O(scale) branches and 10 times O(scale) tellers, so an initialisation
+    cut short is started over by the next run. The database is kept after the
+    run, for the next one.
   - Like every fault, the load is a detached program on the target,
     C(pggit-chaos-load), recorded in the fault ledger before C(pgbench) may
-    run. C(pgbench) runs in that program's process group, and the undo step
-    kills every C(pgbench) process of the group, even when the program itself
-    is gone. The revert (O(state=absent), C(pggit_chaos_revert), the red
-    button) and the TTL reaper leave no C(pgbench) process behind. C(pgbench)
-    also gets C(-T) bounded by what is left of the TTL.
+    run. The initialisation and the run both happen inside that program, in
+    its process group, and the undo step kills every C(pgbench) process of the
+    group, even when the program itself is gone. The revert (O(state=absent),
+    C(pggit_chaos_revert), the red button) and the TTL reaper leave no
+    C(pgbench) process behind, at any moment, also during a long
+    initialisation whose controller died. The program then also ends the
+    server sessions of the initialisation it cut short. C(pgbench) gets C(-T)
+    bounded by what is left of the TTL, after the initialisation.
+  - The O(ttl) must cover the initialisation too; at a large O(scale), run a
+    short load first with a long O(ttl) to initialise the database.
   - The module waits for the run to end and returns its figures; run it with
     C(async) to put the load under other work. A run stopped before its end
     (revert, TTL) fails the task, with the figures so far.
@@ -140,7 +147,8 @@ ended_at:
 load:
   description: >-
     The plan, V(pgbench) (its path), V(argv) (the run), V(init_argv) (the initialisation, when it is needed),
-    V(database), V(database_exists), V(initialised) (whether this run initialised the database).
+    V(database), V(database_exists), V(initialised) (whether this run initialised the database) and
+    V(init_s) (the seconds the initialisation took, null when there was none).
   returned: with state=present
   type: dict
 fault_id:
@@ -164,7 +172,6 @@ TTL_MARGIN = 5
 START_TIMEOUT = 10.0
 WAIT_MARGIN = 30.0
 DB_SQL = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s"
-INIT_TIMEOUT = 600
 # CREATE DATABASE cannot share a transaction with the COMMENT that marks it ours: this file in the state dir says a
 # creation was under way, so that a database a killed module created but could not mark yet is recognised, not refused.
 CREATING = 'load-database-creating'
@@ -205,7 +212,9 @@ class LoadFault(BackgroundFault):
         super(LoadFault, self).__init__(module)
         self.binary = None
         self.exists = False
+        self.initialise = True
         self.initialised = None
+        self.init_s = None
         self.spec = None
         self.unmarked = False
 
@@ -237,8 +246,23 @@ class LoadFault(BackgroundFault):
             self.module.fail_json(msg='pgbench is not installed on this host (looked in %s): install the PostgreSQL client '
                                       'tools of the server (apt-get install postgresql-%d or postgresql-contrib)'
                                       % (', '.join(_pgbench.candidates(version, server_bin)), version // 10000), changed=False)
+        self.initialise = not self.exists or self.unmarked or not self.database_ready()
         self.spec = dict(binary=self.binary, clients=self.params['clients'], rate=self.params['rate'],
-                         mode=self.params['mode'], duration=self.params['duration'])
+                         mode=self.params['mode'], duration=self.params['duration'], scale=self.params['scale'],
+                         initialise=self.initialise)
+
+    def database_ready(self):
+        """Whether the load's (existing, ours) database is initialised at the asked scale; read only."""
+        try:
+            conn = _pgconn.connect(dict(self.params, db=_pgbench.DATABASE), application_name=_pgbench.APP)
+            try:
+                return _pgbench.ready(conn.cursor(), self.params['scale'])
+            finally:
+                conn.close()
+        except _pgconn.psycopg2.Error as exc:
+            self.module.fail_json(msg='cannot read whether database %s is initialised at scale %s: %s'
+                                      % (_pgbench.DATABASE, self.params['scale'], _pgconn.one_line(exc)), changed=False)
+        return False
 
     def server_bin(self, cur):
         """The server's own binary folder when it runs on this host (and we may read it), else None."""
@@ -251,13 +275,13 @@ class LoadFault(BackgroundFault):
                 pass
             return None
 
-    def plan_result(self, initialise=None):
+    def plan_result(self, ran=False):
         load = dict(pgbench=self.binary, argv=_pgbench.run_argv(self.binary, self.spec, self.params['duration']),
                     database=_pgbench.DATABASE, database_exists=self.exists)
-        if initialise is None or initialise:
+        if self.initialise:
             load['init_argv'] = _pgbench.init_argv(self.binary, self.params['scale'])
-        if initialise is not None:
-            load['initialised'] = bool(initialise)
+        if ran:
+            load.update(initialised=bool(self.initialised), init_s=self.init_s)
         return load
 
     # -- the lifecycle ----------------------------------------------------------
@@ -281,64 +305,47 @@ class LoadFault(BackgroundFault):
         super(LoadFault, self).add_undo_last(step)
 
     def ensure_database(self):
-        """Create and mark the load's database when it is missing; initialise it unless it holds our scale."""
-        if not self.exists or self.unmarked:
-            marker = self.creating_path()
-            with open(marker, 'w') as handle:  # before CREATE DATABASE: a kill in between leaves it, not a stranger
-                handle.write('%s\n' % time.time())
-            conn = connect_or_fail(self.module, application_name=_pgbench.APP)
-            try:
-                cur = conn.cursor()
-                if not self.unmarked:
-                    try:
-                        cur.execute(_pgconn.sql.SQL('CREATE DATABASE {}').format(_pgconn.sql.Identifier(_pgbench.DATABASE)))
-                    except _pgconn.psycopg2.Error:
-                        os.unlink(marker)  # not created by us (it appeared meanwhile): never ours to mark
-                        raise
-                cur.execute(_pgconn.sql.SQL('COMMENT ON DATABASE {} IS {}').format(
-                    _pgconn.sql.Identifier(_pgbench.DATABASE), _pgconn.sql.Literal(_pgbench.MARK)))
-            finally:
-                conn.close()
-            os.unlink(marker)
-        conn = _pgconn.connect(dict(self.params, db=_pgbench.DATABASE), application_name=_pgbench.APP)
+        """Create and mark the load's database when it is missing (fast); its initialisation is the program's."""
+        if self.exists and not self.unmarked:
+            return
+        marker = self.creating_path()
+        with open(marker, 'w') as handle:  # before CREATE DATABASE: a kill in between leaves it, not a stranger
+            handle.write('%s\n' % time.time())
+        conn = connect_or_fail(self.module, application_name=_pgbench.APP)
         try:
             cur = conn.cursor()
-            cur.execute("SELECT to_regclass('public.pgbench_branches') IS NOT NULL AND "
-                        "to_regclass('public.pgbench_accounts') IS NOT NULL")
-            ready = cur.fetchone()[0]
-            if ready:
-                cur.execute('SELECT count(*) FROM public.pgbench_branches')
-                ready = int(cur.fetchone()[0]) == self.params['scale']
+            if not self.unmarked:
+                try:
+                    cur.execute(_pgconn.sql.SQL('CREATE DATABASE {}').format(_pgconn.sql.Identifier(_pgbench.DATABASE)))
+                except _pgconn.psycopg2.Error:
+                    os.unlink(marker)  # not created by us (it appeared meanwhile): never ours to mark
+                    raise
+            cur.execute(_pgconn.sql.SQL('COMMENT ON DATABASE {} IS {}').format(
+                _pgconn.sql.Identifier(_pgbench.DATABASE), _pgconn.sql.Literal(_pgbench.MARK)))
         finally:
             conn.close()
-        if ready:
-            return False
-        env = _pgbench.libpq_env(_pgconn.conn_kwargs(self.params, _pgbench.APP))
-        argv = _pgbench.init_argv(self.binary, self.params['scale'])
-        rc, out, err = self.module.run_command(argv, environ_update=env)
-        if rc != 0:
-            raise ChaosError('%s failed (status %s): %s' % (' '.join(argv), rc, ' '.join((err or out or '').split())[-500:]))
-        return True
+        os.unlink(marker)
 
     def apply(self, detail):
-        self.initialised = self.ensure_database()
+        self.ensure_database()
         program = self.start_program()
-        deadline = time.monotonic() + START_TIMEOUT
-        event = None
-        while event is None:
-            event = self.reader.first('started', 'error', 'done', 'stopped')
-            if event is None and time.monotonic() > deadline:
-                raise ChaosError('pgbench did not start within %gs (see %s)' % (START_TIMEOUT, self.params['state_dir']))
-            if event is None:
-                time.sleep(0.05)
+        # The initialisation runs in the program before pgbench starts: it may take up to what is left of the TTL.
+        timeout = START_TIMEOUT
+        if self.initialise:
+            timeout += max(0.0, float(self.record['expires_at']) - time.time())
+        event = self.await_event(('started', 'error', 'done', 'stopped'), timeout)
+        if event is None:
+            raise ChaosError('pgbench did not start within %gs (see %s)' % (timeout, self.params['state_dir']))
+        self.init_s = event.get('init_s')
         if event['event'] != 'started':
             raise ChaosError(event.get('msg') or event.get('reason') or 'pgbench did not start')
+        self.initialised = self.reader.first('initialised') is not None
         return {'pgbench': {'pid': event['pid'], 'argv': event['argv'], 'program': program}}
 
     def finish(self, result):
         if self.params['state'] != 'present' or 'planned' not in result:
             return
-        result['load'] = self.plan_result(self.initialised if not self.module.check_mode else None)
+        result['load'] = self.plan_result(ran=not self.module.check_mode)
         if self.module.check_mode:
             result['msg'] = 'would run %s for %ss' % (' '.join(result['load']['argv']), self.params['duration'])
             return

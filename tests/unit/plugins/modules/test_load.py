@@ -523,7 +523,8 @@ def test_a_module_killed_between_create_and_mark_leaves_a_database_the_next_run_
     db.statements = []
     again = pggit_chaos_load.LoadFault(LoadModule(state_dir))
     again.validate()
-    assert again.ensure_database() is False
+    assert again.initialise is True  # an unmarked database of ours was never known to be initialised
+    again.ensure_database()
     assert db.comment == _pgbench.MARK and not any('CREATE DATABASE' in s for s in db.statements)
     assert os.listdir(state_dir) == []
     # Without our note in the state dir, an unmarked database of that name is a stranger's: refused.
@@ -576,3 +577,128 @@ def test_the_default_ttl_covers_the_tracking_cost_measure_before_the_run():
     from ansible_collections.pggit.chaos.plugins.modules import pggit_workload
     plain = dict(duration=60, settle_timeout=30, tracking_cost=0)
     assert pggit_workload.default_ttl(dict(plain, tracking_cost=1000)) >= pggit_workload.default_ttl(plain) + 1000
+
+
+# -- the initialisation belongs to the recorded program -----------------------------------------------
+class ReadyCursor(object):
+    """The catalog of a load database: tables present, primary keys present, and the row counts."""
+
+    def __init__(self, tables=4, keys=3, branches=2, tellers=20):
+        self.answers = {'relkind': tables, 'indisprimary': keys}
+        self.counts = (branches, tellers)
+        self.row = None
+
+    def execute(self, query, args=None):
+        for word, value in self.answers.items():
+            if word in query:
+                self.row = (value,)
+                return
+        self.row = self.counts
+
+    def fetchone(self):
+        return self.row
+
+
+@pytest.mark.parametrize('cursor, ready', [
+    (ReadyCursor(), True),
+    (ReadyCursor(tables=3), False),  # cut while creating the tables
+    (ReadyCursor(keys=2), False),  # cut before the accounts' primary key: the old count-only check said ready
+    (ReadyCursor(branches=0, tellers=0), False),  # cut while loading the rows (one transaction: none are left)
+    (ReadyCursor(branches=1, tellers=10), False),  # another scale
+])
+def test_a_database_is_ready_only_with_every_table_key_and_row_of_the_scale(cursor, ready):
+    assert _pgbench.ready(cursor, 2) is ready
+
+
+def test_the_record_tells_the_program_whether_to_initialise_and_the_plan_shows_it_only_then(server):
+    fault = pggit_chaos_load.LoadFault(LoadModule('/x'))
+    fault.binary = '/pg/pgbench'
+    for initialise in (True, False):
+        fault.initialise = initialise
+        fault.spec = dict(binary='/pg/pgbench', clients=2, rate=0, mode='tpcb', duration=10, scale=3, initialise=initialise)
+        undo, detail, after = fault.plan({})
+        assert detail['load']['initialise'] is initialise and detail['load']['scale'] == 3
+        assert ('init_argv' in after['load']) is initialise
+    fault.initialised, fault.init_s = True, 4.5
+    assert fault.plan_result(ran=True)['initialised'] is True and fault.plan_result(ran=True)['init_s'] == 4.5
+
+
+def test_the_module_runs_no_pgbench_itself(server, monkeypatch, tmp_path):
+    """pgbench -i used to run here, through run_command, outside the recorded program: nothing may run it now."""
+    db = DbServer()
+    monkeypatch.setattr(pggit_chaos_load, 'connect_or_fail', lambda module, **kwargs: db)
+    fault = pggit_chaos_load.LoadFault(LoadModule(str(tmp_path)))
+    fault.module.run_command = lambda *args, **kwargs: pytest.fail('the module ran %r' % (args,))
+    fault.exists, fault.unmarked = False, False
+    fault.ensure_database()
+    assert db.exists and db.comment == _pgbench.MARK
+
+
+FAKE_PGBENCH = '''#!/bin/sh
+echo "$PGAPPNAME $*" >> "%s"
+case "$*" in
+  *" -i "*) sleep 0.3; echo "done in 0.30 s" ;;
+  *) sleep 0.5; echo "progress: 1.0 s, 10.0 tps, lat 1.0 ms stddev 0.1, 0 failed"; echo "tps = 10.000000 (without initial connection time)" ;;
+esac
+'''
+
+
+def test_the_program_initialises_first_in_its_own_group_then_runs(monkeypatch, tmp_path):
+    """The program, not the module, runs pgbench -i (named for its sessions), then the run, and reports both."""
+    import signal as signal_module
+    calls = tmp_path / 'calls'
+    binary = tmp_path / 'pgbench'
+    binary.write_text(FAKE_PGBENCH % calls)
+    binary.chmod(0o755)
+    monkeypatch.setattr(signal_module, 'signal', lambda *args: None)
+    monkeypatch.setattr(_pgbench.os, 'setsid', lambda: None)
+    monkeypatch.setattr(_pgbench, '_stop_group', lambda program, me: False)
+    monkeypatch.setattr(_pgbench, '_end_init_sessions', lambda program: pytest.fail('nothing was cut short'))
+    program = LoadProgram(str(tmp_path), True)
+    program.detail['load'].update(binary=str(binary), duration=2, scale=3, initialise=True)
+    program.conn_params = lambda: {'login_host': 'h', 'login_user': 'postgres', 'db': 'pggit'}
+    program.stop_condition = lambda: (lambda: None)
+    assert _pgbench.run_load(program) == 0
+    lines = calls.read_text().splitlines()
+    assert lines[0] == '%s -i -s 3 -q -n pggit_chaos_load' % _pgbench.init_app(program.fid)
+    assert lines[1].startswith('%s -c 1 -j 1 -T ' % _pgbench.APP) and len(lines) == 2
+    names = [e['event'] for e in program.out.events]
+    assert names[:2] == ['initialising', 'initialised'] and names.index('started') > 1 and names[-1] == 'done'
+    assert program.out.events[-1]['init_s'] >= 0.3 and program.out.events[-1]['tps'] == 10.0
+
+
+class TerminatingConn(object):
+    """The admin connection of _end_init_sessions: records the statement and its arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def cursor(self):
+        return self
+
+    def execute(self, query, args=None):
+        self.calls.append((query, args))
+
+    def fetchone(self):
+        return (1,)
+
+    def close(self):
+        pass
+
+
+def test_a_cut_initialisation_ends_only_its_own_sessions_never_another_runs(monkeypatch):
+    """Two load faults (two names) each name their initialisation's sessions: the revert of one must not end the
+    sessions of the other's initialisation (the old code ended every 'pggit-chaos-load-init' session)."""
+    conn = TerminatingConn()
+    monkeypatch.setattr(_pgbench._pgconn, 'connect', lambda params, application_name=None: conn)
+    mine, other = LoadProgram('/s', True), LoadProgram('/s', True)
+    other.fid = 'load--y'
+    for program in (mine, other):
+        program.conn_params = lambda: {'login_user': 'postgres'}
+    assert _pgbench.init_app(mine.fid) != _pgbench.init_app(other.fid)
+    assert _pgbench._end_init_sessions(mine) == 1
+    (query, args), = conn.calls
+    assert 'pg_terminate_backend' in query and args == (_pgbench.init_app(mine.fid), _pgbench.DATABASE)
+    # Within PostgreSQL's 63 bytes of application_name, and still apart for long names that share a prefix.
+    long_a, long_b = 'load--' + 'a' * 100 + '1', 'load--' + 'a' * 100 + '2'
+    assert len(_pgbench.init_app(long_a)) <= 63 and _pgbench.init_app(long_a) != _pgbench.init_app(long_b)
