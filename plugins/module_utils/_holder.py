@@ -2,11 +2,14 @@
 # MIT License
 """``pggit-chaos-holder``: the idle-session holder of ``pggit_chaos_sessions``, as a ledger-recorded program.
 
-The module makes sure the holder's role exists (a LOGIN role without
-superuser, created by us and marked with :data:`ROLE_MARK` as its comment; a
-role without that mark is never touched), writes the fault's record (the
-connection as that role, without secrets; how many sessions to hold), then
-starts this program.  It reports ``ready``, waits until its record names it in
+The module writes the fault's record (the connection as that role, without
+secrets; how many sessions to hold; a ``pg_role_nologin`` undo step), then
+makes sure the holder's role exists and may log in (a role without superuser,
+created by us and marked with :data:`ROLE_MARK` as its comment; a role without
+that mark is never touched), then starts this program.  The role may log in
+only inside the life of a fault of ours that uses it: the undo step, run by
+the revert and by the TTL reaper, sets it ``NOLOGIN`` and drops its password
+again once no other fault in the ledger still uses it (:func:`role_nologin`).  It reports ``ready``, waits until its record names it in
 a ``kill_process`` undo step, and only then opens idle sessions, each with
 ``application_name`` ``pggit-chaos-holder-<fault id>``, until it holds its
 target or the server refuses it (``53300``, too many connections: the
@@ -24,10 +27,14 @@ sessions the same way: they are its sockets.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import time
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn, _program
+from ansible_collections.pggit.chaos.plugins.module_utils import _ledger, _pgconn, _program
+from ansible_collections.pggit.chaos.plugins.module_utils._errors import UndoError
 
 PROC_TAG = 'pggit-chaos-holder'
 APP_PREFIX = 'pggit-chaos-holder-'
@@ -43,7 +50,21 @@ REFILL = 0.5
 # The server's slots: max_connections, superuser_reserved_connections, client backends now.
 SLOTS_SQL = ("SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, "
              "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int")
-ROLE_SQL = "SELECT rolsuper, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s"
+ROLE_SQL = "SELECT rolsuper, shobj_description(oid, 'pg_authid'), rolcanlogin FROM pg_roles WHERE rolname = %s"
+# The stored password can be compared only by who may read pg_authid (a superuser): asked first, so a
+# refused SELECT never aborts the caller's transaction.
+AUTHID_READABLE_SQL = "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')"
+STORED_PASSWORD_SQL = 'SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = %s'
+# The undo step that takes the login away again, and the secret side file's key of the administrator's secret.
+NOLOGIN_STEP = 'pg_role_nologin'
+ADMIN_SECRET = 'role_admin'
+_FAULT_ID_RE = re.compile(r'^sessions--[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$')
+# The sessions logged in as the role (never the revert's own): counted, and ended once no fault of ours uses it.
+ROLE_SESSIONS_SQL = ('SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s '
+                     'AND pid <> pg_catalog.pg_backend_pid()')
+END_ROLE_SESSIONS_SQL = ('SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity '
+                         'WHERE usename = %s AND pid <> pg_catalog.pg_backend_pid()')
+SESSIONS_GONE_WAIT = 5.0
 # Sessions of one application_name (what the tests and the check read).
 HELD_SQL = 'SELECT count(*) FROM pg_stat_activity WHERE application_name = %s'
 
@@ -98,9 +119,60 @@ def password_hash(cur, role, password):
     return extensions.encrypt_password(password, role, None, 'md5')
 
 
-def ensure_role(cur, role, password=None):
-    """Create the holder's role (LOGIN, no superuser, marked), or reuse it when it carries our mark: 'created'|'kept'.
+def role_refusal(role, row):
+    """Why the role row ``row`` (ROLE_SQL) must not be used nor changed, or None (also None when there is no role)."""
+    if row is None:
+        return None
+    if row[1] != ROLE_MARK:
+        return ("role %r exists and is not ours (its comment is %r, not %r); the holder only uses a role it created: "
+                "choose another role" % (role, row[1], ROLE_MARK))
+    if row[0]:
+        return 'role %r is a superuser; the holder must not take the reserved slots' % (role,)
+    return None
 
+
+def password_matches_stored(stored, role, password):
+    """True when ``stored`` (pg_authid.rolpassword: SCRAM-SHA-256, md5 or plain) is ``password``'s.
+
+    SCRAM is checked as the server does (StoredKey from the stored salt and
+    iterations); a password that needs SASLprep (non-ASCII) may compare as
+    different, which only means it is set again."""
+    if not stored or not password:
+        return False
+    try:
+        if stored.startswith('SCRAM-SHA-256$'):
+            params, keys = stored[len('SCRAM-SHA-256$'):].split('$', 1)
+            iterations, salt = params.split(':', 1)
+            stored_key = keys.split(':', 1)[0]
+            salted = hashlib.pbkdf2_hmac('sha256', password.encode('utf-8'), base64.b64decode(salt), int(iterations))
+            client_key = hmac.new(salted, b'Client Key', hashlib.sha256).digest()
+            return hmac.compare_digest(hashlib.sha256(client_key).digest(), base64.b64decode(stored_key))
+        if stored.startswith('md5') and len(stored) == 35:
+            digest = 'md5' + hashlib.md5((password + role).encode('utf-8')).hexdigest()  # nosec: PostgreSQL's md5 scheme
+            return hmac.compare_digest(digest, stored)
+        return hmac.compare_digest(stored.encode('utf-8'), password.encode('utf-8'))
+    except (ValueError, TypeError):
+        return False
+
+
+def password_matches(cur, role, password):
+    """True when the server already stores ``password`` for ``role``; False when it does not, or cannot be read."""
+    cur.execute(AUTHID_READABLE_SQL)
+    row = cur.fetchone()
+    if not row or not row[0]:
+        return False
+    cur.execute(STORED_PASSWORD_SQL, (role,))
+    row = cur.fetchone()
+    return bool(row) and password_matches_stored(row[0], role, password)
+
+
+def ensure_role(cur, role, password=None):
+    """Make sure the holder's role exists, is ours and may log in: 'created', 'altered' or 'kept'.
+
+    Called only inside a fault's life, once its record holds the
+    ``pg_role_nologin`` undo step: the role is created LOGIN (no superuser,
+    marked), or our marked role gets LOGIN back and ``password`` when the
+    server does not already store it; 'altered' says something changed.
     A role of that name without our mark is never touched: ValueError names it.
     The role, its mark and its password are set by one statement list, so in
     one transaction: a module killed in between leaves either no role or a
@@ -108,22 +180,126 @@ def ensure_role(cur, role, password=None):
     ident = _pgconn.sql.Identifier(role)
     cur.execute(ROLE_SQL, (role,))
     row = cur.fetchone()
-    if row is not None and row[1] != ROLE_MARK:
-        raise ValueError("role %r exists and is not ours (its comment is %r, not %r); the holder only uses a role it "
-                         "created: choose another role" % (role, row[1], ROLE_MARK))
-    if row is not None and row[0]:
-        raise ValueError('role %r is a superuser; the holder must not take the reserved slots' % (role,))
+    problem = role_refusal(role, row)
+    if problem:
+        raise ValueError(problem)
     statements = []
     if row is None:
         statements.append(_pgconn.sql.SQL('CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION').format(ident))
         statements.append(_pgconn.sql.SQL('COMMENT ON ROLE {} IS {}').format(ident, _pgconn.sql.Literal(ROLE_MARK)))
-    if password:
+    elif not row[2]:
+        statements.append(_pgconn.sql.SQL('ALTER ROLE {} LOGIN').format(ident))
+    if password and (row is None or not password_matches(cur, role, password)):
         statements.append(_pgconn.sql.SQL('ALTER ROLE {} PASSWORD {}').format(
             ident, _pgconn.sql.Literal(password_hash(cur, role, password))))
     if statements:
         # One simple query: PostgreSQL runs its statements in one implicit transaction, even in autocommit.
         cur.execute(_pgconn.sql.SQL('; ').join(statements))
-    return 'kept' if row is not None else 'created'
+    if row is None:
+        return 'created'
+    return 'altered' if statements else 'kept'
+
+
+# -- the undo: the role may log in only while a fault of ours uses it ---------------------------------
+def nologin_step(fid, role, admin_conn):
+    """The undo step a sessions fault records before its role may log in (admin_conn: stored_conn, no secret)."""
+    return {'type': NOLOGIN_STEP, 'role': role, 'fault_id': fid, 'conn': admin_conn}
+
+
+def check_nologin_step(step, state_dir):
+    problem = role_problem(step.get('role'))
+    if problem:
+        return problem
+    if not isinstance(step.get('fault_id'), str) or not _FAULT_ID_RE.match(step['fault_id']):
+        return "fault_id must be the id of a sessions fault ('sessions--<name>'), got %r" % (step.get('fault_id'),)
+    if not isinstance(step.get('conn'), dict):
+        return 'conn must be a dictionary of connection options, got %r' % (step.get('conn'),)
+    return None
+
+
+def _server(conn):
+    conn = conn if isinstance(conn, dict) else {}
+    return (conn.get('login_host') or '', str(conn.get('login_port') or 5432), conn.get('login_unix_socket') or '')
+
+
+def role_users(state_dir, step):
+    """The other faults in the ledger whose records let ``step``'s role log in on the same server (ids, sorted).
+
+    Run under the ledger lock (the revert holds it): a fault recorded after
+    this look sets LOGIN itself, after its record is written."""
+    users = []
+    for record in _ledger.Ledger(state_dir).list():
+        if record.get('corrupt') or record.get('id') == step['fault_id']:
+            continue
+        for other in record.get('undo') or []:
+            if (isinstance(other, dict) and other.get('type') == NOLOGIN_STEP and other.get('role') == step['role']
+                    and _server(other.get('conn')) == _server(step.get('conn'))):
+                users.append(record.get('id'))
+                break
+    return sorted(users)
+
+
+def role_nologin(step, ctx):
+    """Take the login (and the password) away from our marked role, unless another fault of ours still uses it.
+
+    A role that is gone, or is not ours (no mark), is left alone; a role
+    still able to log in after the ALTER is an UndoError.  The sessions
+    still logged in as the role are ended too (:func:`end_role_sessions`)."""
+    users = role_users(ctx.get('state_dir'), step) if ctx.get('state_dir') else []
+    if users:
+        ctx.setdefault('notes', []).append('role %s keeps LOGIN: fault(s) %s still use it' % (step['role'], ', '.join(users)))
+        return False
+    params = dict(step.get('conn') or {})
+    params.update((ctx.get('secret') or {}).get(ADMIN_SECRET) or {})
+    conn = _pgconn.connect(params, application_name='pggit-chaos-revert')
+    try:
+        cur = conn.cursor()
+        cur.execute("SET lock_timeout = '5s'")
+        cur.execute(ROLE_SQL, (step['role'],))
+        row = cur.fetchone()
+        if row is None:
+            return False
+        if row[1] != ROLE_MARK or row[0]:
+            ctx.setdefault('notes', []).append('role %s is not ours (comment %r): left as it is' % (step['role'], row[1]))
+            return False
+        changed = False
+        if row[2]:
+            alter = _pgconn.sql.SQL('ALTER ROLE {} NOLOGIN PASSWORD NULL').format(_pgconn.sql.Identifier(step['role']))
+            try:
+                cur.execute(alter)
+            except _pgconn.psycopg2.Error as exc:
+                raise UndoError('%s failed: %s' % (alter.as_string(cur), _pgconn.one_line(exc)))
+            cur.execute(ROLE_SQL, (step['role'],))
+            row = cur.fetchone()
+            if row is not None and row[2]:
+                raise UndoError('role %s can still log in after %s' % (step['role'], alter.as_string(cur)))
+            changed = True
+        # NOLOGIN refuses new logins only: a session opened inside the fault's life would outlive it.
+        return end_role_sessions(cur, step['role']) > 0 or changed
+    finally:
+        conn.close()
+
+
+def end_role_sessions(cur, role, wait=SESSIONS_GONE_WAIT):
+    """End every session logged in as ``role`` (no fault of ours uses it any more); the count ended.
+
+    An UndoError when they cannot be ended (the administrator may not signal
+    them) or are still there after ``wait`` seconds: the revert then fails
+    and the reaper retries, rather than leave a login behind."""
+    try:
+        cur.execute(END_ROLE_SESSIONS_SQL, (role,))
+        ended = int(cur.fetchone()[0] or 0)
+    except _pgconn.psycopg2.Error as exc:
+        raise UndoError('ending the sessions still logged in as role %s failed: %s' % (role, _pgconn.one_line(exc)))
+    deadline = time.monotonic() + wait
+    while True:
+        cur.execute(ROLE_SESSIONS_SQL, (role,))
+        left = int(cur.fetchone()[0] or 0)
+        if not left:
+            return ended
+        if time.monotonic() >= deadline:
+            raise UndoError('%d session(s) logged in as role %s still there %gs after pg_terminate_backend' % (left, role, wait))
+        time.sleep(0.1)
 
 
 def is_refusal(exc):

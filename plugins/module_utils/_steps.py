@@ -1457,6 +1457,19 @@ def _undo_manager_start(step, ctx):
     return _hostloss.manager_start(step, ctx)
 
 
+# -- connection_exhaustion (pggit_chaos_sessions): its role may log in only inside a fault's life --
+def _check_role_nologin(step, state_dir):
+    from ansible_collections.pggit.chaos.plugins.module_utils import _holder  # pylint: disable=import-outside-toplevel
+    return _holder.check_nologin_step(step, state_dir)
+
+
+@_handler('pg_role_nologin', _check_role_nologin)
+def _undo_role_nologin(step, ctx):
+    """Set our marked role NOLOGIN (password dropped) once no other fault in the ledger uses it; see _holder.role_nologin."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _holder  # pylint: disable=import-outside-toplevel
+    return _holder.role_nologin(step, ctx)
+
+
 # -- records written by 0.1.0 ---------------------------------------------
 def upgrade_steps(steps):
     """Translate the argv ``run`` steps of records written by release 0.1.0 into typed steps.

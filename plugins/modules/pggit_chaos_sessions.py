@@ -17,10 +17,16 @@ description:
     session. Reverting the fault (O(state=absent), C(pggit_chaos_revert),
     the red button) or its TTL stops it, and every session it held ends with
     it (they are its sockets), even when it is killed.
-  - The holder connects as O(role), a LOGIN role without superuser that the
+  - The holder connects as O(role), a role without superuser that the
     module creates and marks with the comment C(pggit.chaos sessions role). A
-    role of that name without the mark is never used nor changed. The role
-    stays after the revert (it owns nothing) and is reused by the next run.
+    role of that name without the mark is never used nor changed.
+  - The role may log in only inside the life of a fault of ours that uses it.
+    The fault's record holds an undo step, written before the role may log
+    in, that sets the role C(NOLOGIN) and drops its password again; the
+    revert and the TTL reaper run it once no other fault in the ledger still
+    uses the role, and it also ends every session still logged in as the role
+    (C(NOLOGIN) only refuses new logins). The role itself stays (the workload
+    may have granted it privileges) and the next run gives it the login back.
   - The connection options (O(login_user) and the rest) are the administrator
     connection that reads the slots and creates the role; the holder uses the
     same server and database as O(role).
@@ -59,9 +65,14 @@ options:
     type: str
   hold:
     description:
-      - V(false) only makes sure O(role) exists (created and marked by us, or
-        already ours), records no fault and starts no holder. This is what
-        clients that connect as O(role) need before the fault.
+      - V(false) starts no holder; it records a fault whose only effect is
+        that O(role) exists (created and marked by us, or already ours) and
+        may log in, with O(role_password) if given, until that fault is
+        reverted or its TTL ends. This is what clients that connect as
+        O(role) need before the fault; give it a O(name) of its own.
+      - C(changed) is true when the role was created, or its login or its
+        password was set; a second call inside the fault's life changes
+        nothing.
     type: bool
     default: true
   fill_timeout:
@@ -94,11 +105,15 @@ slots:
   type: dict
   sample: {max_connections: 100, superuser_reserved_connections: 3, client_backends: 4, free_slots: 93, target: 97, would_hold: 93}
 held:
-  description: Idle sessions the holder holds once it filled the slots (0 in check mode).
+  description: Idle sessions the holder holds once it filled the slots (0 in check mode and with O(hold=false)).
   returned: with state=present
   type: int
-seen_sessions:
-  description: The holder's sessions that C(pg_stat_activity) showed right after the fill, read apart from the holder.
+sessions_after_fill:
+  description:
+    - The holder's sessions that C(pg_stat_activity) showed right after the
+      fill, read apart from the holder (null when it could not be read).
+    - It is read when the module returns, at the start of the window, not
+      during it; the refused DDL clients are the evidence of the window.
   returned: when the holder was started
   type: int
 refusal:
@@ -110,7 +125,9 @@ holder:
   returned: when the holder was started
   type: dict
 role:
-  description: The role the holder connects as, and whether it was C(created) or C(kept).
+  description:
+    - The role the holder connects as, and whether it was C(created),
+      C(altered) (its login or password set) or C(kept) as it was.
   returned: with state=present
   type: dict
 fault_id:
@@ -161,25 +178,56 @@ class SessionsFault(BackgroundFault):
         return _holder.application_name(self.fid())
 
     def observe(self):
+        """The role's state (refused at once when it is not ours), and with hold the slots and the holder's sessions."""
+        role, password = self.params['role'], self.params['role_password']
         conn = connect_or_fail(self.module, application_name='pggit-chaos-sessions')
         try:
-            row = exec_sql(self.module, conn, _holder.SLOTS_SQL, what='reading the connection slots').fetchone()
-            held = exec_sql(self.module, conn, _holder.HELD_SQL, (self.app(),), what="counting the holder's sessions").fetchone()[0]
+            cur = conn.cursor()
+            row = exec_sql(self.module, cur, _holder.ROLE_SQL, (role,), what='looking up the role', option='role').fetchone()
+            problem = _holder.role_refusal(role, row)
+            if problem:
+                raise ChaosError('role: %s' % problem)
+            current = {'role_exists': row is not None, 'role_can_login': bool(row and row[2])}
+            if password:
+                current['role_password_set'] = bool(row) and _holder.password_matches(cur, role, password)
+            if self.params['hold']:
+                slots = exec_sql(self.module, cur, _holder.SLOTS_SQL, what='reading the connection slots').fetchone()
+                held = exec_sql(self.module, cur, _holder.HELD_SQL, (self.app(),), what="counting the holder's sessions").fetchone()[0]
+                self.slots = _holder.plan_sessions(slots[0], slots[1], slots[2], self.params['count'])
+                current.update(held_sessions=int(held), free_slots=self.slots['free_slots'])
         finally:
             conn.close()
-        self.slots = _holder.plan_sessions(row[0], row[1], row[2], self.params['count'])
-        return {'held_sessions': int(held), 'free_slots': self.slots['free_slots']}
+        return current
 
     def in_place(self, record, current):
+        # The record's undo covers the role it names, and only that one: asked for another role, it is injected again.
+        if (record.get('detail') or {}).get('role') != self.params['role']:
+            return False
+        if not self.params['hold']:
+            return current['role_can_login'] and current.get('role_password_set') is not False
         return self.program_in_place(record)
 
+    def role_undo(self):
+        """Written before the role may log in: the revert and the TTL reaper take the login away again."""
+        return _holder.nologin_step(self.fid(), self.params['role'], _pgconn.stored_conn(self.params))
+
     def plan(self, current):
+        after = dict(current, role_exists=True, role_can_login=True)
+        if 'role_password_set' in after:
+            after['role_password_set'] = True
+        if not self.params['hold']:
+            return [self.role_undo()], {'role': self.params['role'], 'hold': False}, after
         detail = {'conn': _holder.holder_conn(self.params, self.params['role']), 'role': self.params['role'],
                   'target': self.slots['target'], 'slots': self.slots}
-        return [self.results_undo()], detail, dict(current, held_sessions=self.slots['would_hold'])
+        return [self.results_undo(), self.role_undo()], detail, dict(after, held_sessions=self.slots['would_hold'])
 
     def secret(self):
-        return {'login_password': self.params['role_password']} if self.params['role_password'] else {}
+        """The holder's password (its connection), and the administrator's secret for the role's undo step."""
+        secret = {'login_password': self.params['role_password']} if self.params['role_password'] and self.params['hold'] else {}
+        admin = _pgconn.secret_conn(self.params)
+        if admin:
+            secret[_holder.ADMIN_SECRET] = admin
+        return secret
 
     def ensure_role(self):
         conn = connect_or_fail(self.module, application_name='pggit-chaos-sessions', autocommit=True)
@@ -188,13 +236,15 @@ class SessionsFault(BackgroundFault):
         except ValueError as exc:
             raise ChaosError('role: %s' % exc)
         except _pgconn.psycopg2.Error as exc:
-            raise ChaosError('making sure role %s exists failed (option role=%r): %s'
+            raise ChaosError('making sure role %s exists and may log in failed (option role=%r): %s'
                              % (self.params['role'], self.params['role'], _pgconn.one_line(exc)))
         finally:
             conn.close()
 
     def apply(self, detail):
         role = self.ensure_role()
+        if not self.params['hold']:
+            return {'held': 0, 'role': {'name': self.params['role'], 'state': role}}
         started = self.start_program(ready_timeout=self.params['connect_timeout'] + 5)
         event = self.await_event(('filled', 'error', 'done'), self.params['fill_timeout'])
         if event is None:
@@ -203,13 +253,13 @@ class SessionsFault(BackgroundFault):
         if event['event'] != 'filled':
             raise ChaosError(event.get('msg') or event.get('reason') or 'the session holder exited without holding')
         return {'held': event['held'], 'refusal': event.get('refusal'), 'fill_seconds': event.get('seconds'),
-                'seen_sessions': self.seen_sessions(),
+                'sessions_after_fill': self.sessions_after_fill(),
                 'role': {'name': self.params['role'], 'state': role},
                 'holder': dict(started, application_name=self.app(), role=self.params['role'])}
 
-    def seen_sessions(self):
-        """The holder's sessions as pg_stat_activity shows them now, read apart from the holder (None when it
-        cannot be read: the fault stays, the verdict then says it was not seen)."""
+    def sessions_after_fill(self):
+        """The holder's sessions as pg_stat_activity shows them right after the fill (when the module returns, not
+        during the window), read apart from the holder; None when it cannot be read: the fault stays."""
         try:
             conn = _pgconn.connect(self.params, application_name='pggit-chaos-sessions', autocommit=True)
         except _pgconn.psycopg2.Error:
@@ -223,48 +273,43 @@ class SessionsFault(BackgroundFault):
         finally:
             conn.close()
 
+    def planned_role_state(self, current):
+        if not current.get('role_exists'):
+            return 'would be created'
+        if not current.get('role_can_login') or current.get('role_password_set') is False:
+            return 'would be altered'
+        return 'kept'
+
     def finish(self, result):
         if self.params['state'] != 'present':
             return
         if self.slots is not None:
             result['slots'] = self.slots
         result.setdefault('held', 0)
-        result.setdefault('role', {'name': self.params['role'], 'state': 'unchanged'})
+        current = result.get('current') or {}
+        if self.module.check_mode and 'planned' in result:
+            result['role'] = {'name': self.params['role'], 'state': self.planned_role_state(current)}
+        result.setdefault('role', {'name': self.params['role'], 'state': 'kept'})
+        role = self.params['role']
+        if not self.params['hold']:
+            if self.module.check_mode and 'planned' in result:
+                result['msg'] = ('role %s %s and may log in until the fault is reverted (hold=false: no holder)'
+                                 % (role, result['role']['state']))
+            elif 'record' in result and 'planned' in result:
+                result['msg'] = ('role %s %s; it may log in until fault %s is reverted or expires (hold=false: no '
+                                 'holder), then it is NOLOGIN again' % (role, result['role']['state'], result['fault_id']))
+            return
         if self.module.check_mode and 'planned' in result:
             result['msg'] = ('would hold up to %d idle session(s) as role %s (%d non-reserved slot(s) free now of '
                              'max_connections=%d, superuser_reserved_connections=%d kept for superusers); held none'
-                             % (self.slots['target'], self.params['role'], self.slots['free_slots'],
+                             % (self.slots['target'], role, self.slots['free_slots'],
                                 self.slots['max_connections'], self.slots['superuser_reserved_connections']))
         elif 'holder' in result:
             refused = '; the server refused more: %s' % result['refusal'] if result.get('refusal') else ''
-            result['msg'] = ('holding %d idle session(s) as role %s (pggit-chaos-holder pid %s)%s; they end with the '
-                             'revert or the TTL' % (result['held'], self.params['role'], result['holder']['pid'], refused))
+            result['msg'] = ('holding %d idle session(s) as role %s (pggit-chaos-holder pid %s)%s; they end, and the role '
+                             'loses its login, with the revert or the TTL' % (result['held'], role, result['holder']['pid'], refused))
         elif 'current' in result:
-            result['held'] = result['current'].get('held_sessions', 0)
-
-
-def role_only(module):
-    """hold=false: make sure the role exists (ours), nothing else; exits the module."""
-    params = module.params
-    conn = connect_or_fail(module, application_name='pggit-chaos-sessions')
-    try:
-        cur = conn.cursor()
-        row = exec_sql(module, cur, _holder.ROLE_SQL, (params['role'],), what='looking up the role', option='role').fetchone()
-        if row is not None and (row[1] != _holder.ROLE_MARK or row[0]):
-            module.fail_json(msg="role %r exists and is not ours (superuser %s, comment %r, not %r); choose another role"
-                             % (params['role'], row[0], row[1], _holder.ROLE_MARK), changed=False)
-        if module.check_mode:
-            state = 'kept' if row is not None else 'would be created'
-        else:
-            try:
-                state = _holder.ensure_role(cur, params['role'], params['role_password'])
-            except (ValueError, _pgconn.psycopg2.Error) as exc:
-                module.fail_json(msg='making sure role %s exists failed (option role=%r): %s'
-                                     % (params['role'], params['role'], _pgconn.one_line(exc)), changed=False)
-    finally:
-        conn.close()
-    module.exit_json(changed=state != 'kept', role={'name': params['role'], 'state': state}, held=0,
-                     msg='role %s %s (hold=false: no fault recorded, no holder started)' % (params['role'], state))
+            result['held'] = current.get('held_sessions', 0)
 
 
 def main():
@@ -279,8 +324,6 @@ def main():
     chaos = ChaosModule(argument_spec)
     if chaos.params['state'] == 'present':
         check_options(chaos.module)  # before the state dir is touched: bad input leaves nothing behind
-    if chaos.params['state'] == 'present' and not chaos.params['hold']:
-        role_only(chaos.module)
     chaos.run(SessionsFault)
 
 

@@ -1341,16 +1341,17 @@ def _is_slot_refusal(msg):
 
 
 def _sessions_exhausted(raw):
-    """connection_exhaustion: the holder held idle sessions, pg_stat_activity showed them during the window, and
-    new DDL clients were refused for want of a slot (each such DDL a definite fail: lost ones fail the workload rule)."""
+    """connection_exhaustion: the holder held idle sessions, pg_stat_activity showed them right after the fill (the
+    module's sessions_after_fill, read when it returns: the start of the window, not during it), and new DDL clients
+    were refused for want of a slot during the window (each such DDL a definite fail: lost ones fail the workload rule)."""
     fault = _mapping(raw.get('fault'))
     held = _number(fault.get('held'))
-    seen = _number(fault.get('held_during') if fault.get('held_during') is not None else fault.get('seen_sessions'))
+    seen = _number(fault.get('sessions_after_fill'))
     refused = _mapping(_mapping(raw.get('workload')).get('refused'))
     messages = [m for m in refused.get('messages') or [] if isinstance(m, dict)]
     slot = [m for m in messages if _is_slot_refusal(m.get('msg'))]
     count = sum(_number(m.get('count')) or 0 for m in slot)
-    evidence = dict(sessions_held=held, sessions_seen_during=seen, refused=count,
+    evidence = dict(sessions_held=held, sessions_seen_after_fill=seen, refused=count,
                     refused_other=(_number(refused.get('count')) or 0) - count,
                     first_refused_at=_epoch(refused.get('first_at')), last_refused_at=_epoch(refused.get('last_at')),
                     refusal_message=slot[0].get('msg') if slot else fault.get('refusal'))
@@ -1358,7 +1359,7 @@ def _sessions_exhausted(raw):
     if not held or held <= 0:
         reasons.append('the fault did not happen: the holder held %s session(s)' % _count(held))
     if seen is None or seen <= 0:
-        reasons.append("the fault did not happen: pg_stat_activity showed %s of the holder's sessions during the window"
+        reasons.append("the fault did not happen: pg_stat_activity showed %s of the holder's sessions right after the fill"
                        % _count(seen))
     if count <= 0:
         reasons.append('the fault did not happen: no DDL client was refused for want of a connection slot (%s refused '
@@ -1922,17 +1923,17 @@ def _time_text(value):
 
 
 def _sessions_table(entries):
-    """connection_exhaustion: sessions held, seen during the window, DDL clients refused (first, last, the message)."""
+    """connection_exhaustion: sessions held, seen right after the fill, DDL clients refused (first, last, the message)."""
     rows = [e for e in entries if e.get('experiment') == 'connection_exhaustion' and isinstance(e.get('evidence'), dict)]
     if not rows:
         return []
     lines = ['', '## Connection exhaustion', '',
-             '| Experiment | Host | Sessions held | Seen during window | DDL clients refused | First refusal (UTC) '
+             '| Experiment | Host | Sessions held | Seen after the fill | DDL clients refused | First refusal (UTC) '
              '| Last refusal (UTC) | Server said |',
              '|---|---|---:|---:|---:|---|---|---|']
     for entry in rows:
         ev = entry['evidence']
-        cells = [entry.get('experiment'), entry.get('host'), _count(ev.get('sessions_held')), _count(ev.get('sessions_seen_during')),
+        cells = [entry.get('experiment'), entry.get('host'), _count(ev.get('sessions_held')), _count(ev.get('sessions_seen_after_fill')),
                  _count(ev.get('refused')), _time_text(ev.get('first_refused_at')), _time_text(ev.get('last_refused_at')),
                  ev.get('refusal_message') or '-']
         lines.append('| %s |' % ' | '.join(_cell(c) for c in cells))

@@ -6,6 +6,8 @@ through the reserved slots) for the holder's sessions while the playbook runs.
 """
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -13,13 +15,36 @@ import time
 import psycopg2
 from waiting import wait_until
 from labtools import REPO, chaos_processes, ledger, load_report, playbook_argv, playbook_env, query
-from test_resource_deadman import kill_controller_after_injection, nothing_left
+from test_resource_deadman import nothing_left
 from torture import leftovers
 
 ROLE = 'pggit_chaos_client'
 HOLDERS = ("SELECT count(*) FILTER (WHERE application_name LIKE 'pggit-chaos-holder-%%'), count(*) FILTER (WHERE usename = %s) "
            "FROM pg_stat_activity")
 SLOTS = "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+# Our role may log in only inside a fault's life: before and after an experiment it is NOLOGIN (or not there yet).
+CAN_LOGIN = 'SELECT rolcanlogin FROM pg_roles WHERE rolname = %s'
+
+
+def role_can_login(host):
+    return [row[0] for row in query(host, CAN_LOGIN, (ROLE,))] == [True]
+
+
+def kill_controller_once_holding(host, tmp_path, *extra_vars):
+    """Start chaos.yml, wait until `host` holds the holder's active record (the DDL clients' role record, also of
+    kind sessions, comes first and holds no sessions), then SIGKILL the whole controller."""
+    proc = subprocess.Popen(playbook_argv('chaos.yml', *extra_vars), cwd=REPO, env=playbook_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        active = wait_until(lambda: [r for r in ledger(host) if r.get('status') == 'active' and r.get('kind') == 'sessions'
+                                     and any(s.get('match') == 'pggit-chaos-holder' for s in r.get('undo') or [])],
+                            time.time() + 120)
+        assert active, 'the sessions fault was never injected on %s' % host['pggit_lab_netns']
+        time.sleep(3)
+        return active[0]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 def holder_sessions(host):
@@ -75,7 +100,7 @@ def test_connection_exhaustion_refuses_new_ddl_clients_and_keeps_the_probes(lab,
     assert watcher.most >= slots - 5, 'pg_stat_activity showed %d holder sessions of %d slots' % (watcher.most, slots)
     evidence = entry['evidence']
     assert evidence['fault_check'] == 'sessions'
-    assert evidence['sessions_held'] > 0 and evidence['sessions_seen_during'] > 0
+    assert evidence['sessions_held'] > 0 and evidence['sessions_seen_after_fill'] > 0
     assert evidence['refused'] > 0 and 'remaining connection slots are reserved' in evidence['refusal_message']
     assert evidence['first_refused_at'] <= evidence['last_refused_at']
     # Each refused client is a definite fail, none lost; DDL went through before the slots were full.
@@ -89,6 +114,8 @@ def test_connection_exhaustion_refuses_new_ddl_clients_and_keeps_the_probes(lab,
 
     # The revert freed every session: no holder, no session of our role, no record.
     assert holder_sessions(primary) == (0, 0) and not holder_processes() and not ledger(primary)
+    # The role could log in during the run (the DDL clients did), and cannot any more: a leftover login is a way in.
+    assert not role_can_login(primary), 'role %s may still log in after the revert' % ROLE
     report = (tmp_path / 'chaos-report.md').read_text()
     assert '## Connection exhaustion' in report and 'remaining connection slots are reserved' in report
     print('sessions: held %d (test saw %d of %d slots), refused %d, revert %.2f s, playbook %.1f s'
@@ -101,8 +128,8 @@ DURATION, TTL = 10, 15
 def test_killed_controller_mid_exhaustion_frees_every_session_by_the_ttl(lab, primary, tmp_path):
     assert holder_sessions(primary) == (0, 0) and not ledger(primary), 'the lab must start at baseline'
     slots = query(primary, SLOTS)[0][0]
-    record = kill_controller_after_injection(primary, 'sessions', tmp_path, 'chaos_experiments=connection_exhaustion',
-                                             'chaos_duration=%d' % DURATION, 'chaos_ttl=%d' % TTL)
+    record = kill_controller_once_holding(primary, tmp_path, 'chaos_experiments=connection_exhaustion',
+                                          'chaos_duration=%d' % DURATION, 'chaos_ttl=%d' % TTL)
     killed_at = time.time()
 
     # The sessions outlived the controller: the holder still fills the slots.
@@ -123,6 +150,8 @@ def test_killed_controller_mid_exhaustion_frees_every_session_by_the_ttl(lab, pr
         holder_sessions(primary), holder_processes(), ledger(primary))
     assert holder_sessions(primary)[0] == 0 and not holder_processes()
     assert freed_at - killed_at < TTL + 5
+    # The reapers took the role's login away too, with no controller.
+    assert wait_until(lambda: not role_can_login(primary), time.time() + 10), 'role %s may still log in' % ROLE
     # The workload the dead controller started ends by its own duration; then nothing of ours is left: no record,
     # no program, no session, and no process at all on a lab host (the workload module's async wrapper included),
     # so the next test starts from the baseline.

@@ -2,13 +2,16 @@
 bad input, the workload's refused connections (a definite fail), and the judge rule with its Markdown lines."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 
 import pytest
 
 from modrun import run_module
 
-from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _holder, _pgconn, _workload
+from ansible_collections.pggit.chaos.plugins.module_utils import _daemon, _holder, _ledger, _pgconn, _steps, _workload
 from ansible_collections.pggit.chaos.plugins.module_utils._checker import check
 from ansible_collections.pggit.chaos.plugins.module_utils._kinds import FAULT_KINDS
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_sessions
@@ -77,12 +80,64 @@ def test_a_missing_role_is_created_without_superuser_and_marked():
 
 
 def test_our_role_is_kept():
-    cur = Cursor((False, _holder.ROLE_MARK))
+    cur = Cursor((False, _holder.ROLE_MARK, True))
     assert _holder.ensure_role(cur, 'r1') == 'kept'
     assert len(cur.statements) == 1
 
 
-@pytest.mark.parametrize('row', [(False, None), (False, 'billing'), (True, _holder.ROLE_MARK)])
+class ScriptedCursor(object):
+    """Answers the role lookup, the pg_authid privilege and the stored password; records every statement."""
+
+    def __init__(self, role_row, readable=True, stored=None):
+        self.answers = {'pg_roles': role_row, 'has_table_privilege': (readable,), 'rolpassword': (stored,)}
+        self.statements = []
+        self.row = None
+
+    def execute(self, query, args=None):
+        text = repr(query)
+        self.statements.append(text)
+        self.row = next((row for key, row in self.answers.items() if key in text), None)
+
+    def fetchone(self):
+        return self.row
+
+
+def test_our_role_without_login_gets_it_back_and_says_altered():
+    """Fails on the old code: it said 'kept' (changed=false) whatever it did to the role."""
+    cur = ScriptedCursor((False, _holder.ROLE_MARK, False))
+    assert _holder.ensure_role(cur, 'r1') == 'altered'
+    assert "SQL(' LOGIN')" in cur.statements[-1] and 'PASSWORD' not in cur.statements[-1]
+
+
+def test_a_password_already_stored_is_not_set_again_and_a_new_one_is_altered():
+    stored = 'md5' + hashlib.md5(b'pwr1').hexdigest()
+    same = ScriptedCursor((False, _holder.ROLE_MARK, True), stored=stored)
+    assert _holder.ensure_role(same, 'r1', 'pw') == 'kept' and not any('ALTER' in t for t in same.statements)
+    other = ScriptedCursor((False, _holder.ROLE_MARK, True), stored=stored)
+    assert _holder.ensure_role(other, 'r1', 'new-pw') == 'altered' and 'PASSWORD' in other.statements[-1]
+    unreadable = ScriptedCursor((False, _holder.ROLE_MARK, True), readable=False, stored=stored)
+    assert _holder.ensure_role(unreadable, 'r1', 'pw') == 'altered', 'a password it cannot compare is set: changed'
+    assert not any('rolpassword' in t for t in unreadable.statements), 'pg_authid is not read without the privilege'
+
+
+def _scram(password, salt=b'0123456789abcdef', iterations=4096):
+    salted = hashlib.pbkdf2_hmac('sha256', password.encode(), salt, iterations)
+    stored = hashlib.sha256(hmac.new(salted, b'Client Key', hashlib.sha256).digest()).digest()
+    server = hmac.new(salted, b'Server Key', hashlib.sha256).digest()
+    keys = [base64.b64encode(value).decode() for value in (salt, stored, server)]
+    return 'SCRAM-SHA-256$%d:%s$%s:%s' % (iterations, keys[0], keys[1], keys[2])
+
+
+@pytest.mark.parametrize('stored, password, same', [
+    (_scram('pw'), 'pw', True), (_scram('pw'), 'px', False), ('md5' + hashlib.md5(b'pwr1').hexdigest(), 'pw', True),
+    ('md5' + hashlib.md5(b'pwr1').hexdigest(), 'pw2', False), (None, 'pw', False), ('SCRAM-SHA-256$junk', 'pw', False),
+    ('pw', 'pw', True),
+])
+def test_the_stored_password_is_compared_as_the_server_does(stored, password, same):
+    assert _holder.password_matches_stored(stored, 'r1', password) is same
+
+
+@pytest.mark.parametrize('row', [(False, None, True), (False, 'billing', True), (True, _holder.ROLE_MARK, True)])
 def test_a_role_not_ours_or_superuser_is_never_touched(row):
     cur = Cursor(row)
     with pytest.raises(ValueError, match="role 'r1'"):
@@ -160,7 +215,7 @@ def test_the_holder_is_an_engine_program_of_kind_sessions():
 def test_the_plan_records_the_role_and_target_never_the_password(monkeypatch):
     class Module(object):
         params = dict(name='e1', role='r1', role_password='pw', count=None, login_user='postgres', login_host='',
-                      login_port=5432, db='pggit', state='present', state_dir='/nonexistent')
+                      login_port=5432, db='pggit', state='present', state_dir='/nonexistent', hold=True)
         check_mode = False
     fault = pggit_chaos_sessions.SessionsFault(Module())
     fault.slots = _holder.plan_sessions(50, 3, 5)
@@ -169,6 +224,17 @@ def test_the_plan_records_the_role_and_target_never_the_password(monkeypatch):
     assert 'pw' not in repr(detail) and 'pw' not in repr(undo)
     assert after['held_sessions'] == 42
     assert fault.secret() == {'login_password': 'pw'}
+    # The role's undo is recorded with the plan, before the role may log in; it connects as the administrator.
+    step = undo[-1]
+    assert step == {'type': 'pg_role_nologin', 'role': 'r1', 'fault_id': 'sessions--e1',
+                    'conn': {'login_user': 'postgres', 'login_port': 5432, 'db': 'pggit'}}
+    assert _steps.STEP_CHECKS['pg_role_nologin'](step, '/s') is None
+    Module.params = dict(Module.params, login_password='admin-pw', hold=False)
+    fault = pggit_chaos_sessions.SessionsFault(Module())
+    undo, detail, after = fault.plan({'role_exists': True, 'role_can_login': False})
+    assert [s['type'] for s in undo] == ['pg_role_nologin'] and detail == {'role': 'r1', 'hold': False}
+    assert after['role_can_login'] is True and 'admin-pw' not in repr(undo)
+    assert fault.secret() == {_holder.ADMIN_SECRET: {'login_password': 'admin-pw'}}, 'no holder: no role password for it'
 
 
 @pytest.fixture
@@ -234,7 +300,7 @@ def test_the_op_role_may_create_in_the_workloads_schema_only():
 def raw(held=40, seen=40, refused=None):
     refused = {'count': 12, 'first_at': 1000.5, 'last_at': 1007.25, 'messages': [{'msg': REFUSAL, 'count': 12}]} \
         if refused is None else refused
-    return {'experiment': 'connection_exhaustion', 'host': 'lab-1', 'fault': {'held': held, 'held_during': seen},
+    return {'experiment': 'connection_exhaustion', 'host': 'lab-1', 'fault': {'held': held, 'sessions_after_fill': seen},
             'workload': {'check': {'lost': [], 'duplicated': [], 'unexpected': [], 'valid': True}, 'refused': refused},
             'steady_state': {'before': {'healthy': True}, 'during': {'healthy': True}, 'after': {'healthy': True}}}
 
@@ -249,7 +315,7 @@ def test_the_rule_passes_with_sessions_held_seen_and_refusals():
 
 @pytest.mark.parametrize('kwargs, words', [
     (dict(held=0), 'held 0 session'),
-    (dict(seen=0), 'pg_stat_activity showed 0'),
+    (dict(seen=0), "pg_stat_activity showed 0 of the holder's sessions right after the fill"),
     (dict(seen=None), 'pg_stat_activity showed ?'),
     (dict(refused={'count': 0, 'messages': []}), 'no DDL client was refused'),
     (dict(refused={'count': 3, 'messages': [{'msg': 'FATAL:  role "r1" does not exist', 'count': 3}]}), 'no DDL client'),
@@ -269,11 +335,15 @@ def test_the_report_shows_the_refusals():
     assert 'remaining connection slots are reserved' in row and '00:16:40.500' in row and '00:16:47.250' in row
 
 
-def test_the_rule_reads_the_modules_own_look_when_no_other_was_taken():
+def test_the_rule_reads_the_look_right_after_the_fill_and_calls_it_that():
+    """The module counts the holder's sessions when it returns (the start of the window), not during it: the
+    evidence and the report say 'after the fill', never 'during the window'."""
     record = raw()
-    record['fault'] = {'held': 40, 'seen_sessions': 39}
+    record['fault'] = {'held': 40, 'sessions_after_fill': 39}
     reasons, evidence = _report._sessions_exhausted(record)
-    assert reasons == [] and evidence['sessions_seen_during'] == 39
+    assert reasons == [] and evidence['sessions_seen_after_fill'] == 39 and 'sessions_seen_during' not in evidence
+    text = _report.render_markdown([_report.judge(dict(record, fault_check='auto'))], {'playbook': 'chaos.yml'})
+    assert '| Seen after the fill |' in text and 'during window' not in text
 
 
 # -- review fixes --------------------------------------------------------------------------------
@@ -284,7 +354,7 @@ def test_the_role_password_never_goes_into_a_statement_in_clear():
     sent = ' '.join(cur.statements)
     assert 'Sup3r-Secret' not in sent
     assert _holder.password_hash(cur, 'r1', 'Sup3r-Secret') in sent
-    cur = Cursor((False, _holder.ROLE_MARK))
+    cur = ScriptedCursor((False, _holder.ROLE_MARK, True), readable=False)
     _holder.ensure_role(cur, 'r1', 'Sup3r-Secret')
     assert 'Sup3r-Secret' not in ' '.join(cur.statements) and 'PASSWORD' in cur.statements[-1]
 
@@ -359,3 +429,133 @@ def test_an_op_role_without_connect_per_op_is_refused_by_name(workdir):
     result, failed = run_module(pggit_workload.main, args)
     assert failed and 'op_login_user' in result['msg'] and "'pggit_chaos_client'" in result['msg'], result['msg']
     assert 'connect_per_op' in result['msg'] and os.listdir(str(workdir)) == []
+
+
+# -- the role's undo: NOLOGIN once no fault of ours uses it ---------------------------------------
+class RoleConn(object):
+    """A server with one role: its rows answer ROLE_SQL; an ALTER ... NOLOGIN takes its login away."""
+
+    def __init__(self, row, sessions=0, may_signal=True):
+        self.row = row
+        self.sessions = sessions
+        self.may_signal = may_signal
+        self.statements = []
+        self.closed = False
+        self.params = None
+        self.answer = None
+
+    def cursor(self):
+        return self
+
+    def execute(self, query, args=None):
+        text = repr(query)
+        self.statements.append(text)
+        self.answer = self.row
+        if 'NOLOGIN' in text:
+            self.row = (self.row[0], self.row[1], False)
+        elif 'pg_terminate_backend' in text:
+            if not self.may_signal:
+                raise _holder._pgconn.psycopg2.Error('permission denied to terminate process')
+            self.answer, self.sessions = (self.sessions,), 0
+        elif 'usename' in text:
+            self.answer = (self.sessions,)
+
+    def fetchone(self):
+        return self.answer
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def server(monkeypatch):
+    box = {'conn': RoleConn((False, _holder.ROLE_MARK, True))}
+
+    def connect(params, application_name='x', autocommit=True):
+        box['conn'].params = params
+        return box['conn']
+    monkeypatch.setattr(_holder._pgconn, 'connect', connect)
+    return box
+
+
+def _record(ledger, name, role='r1', port=5432):
+    fid = _ledger.fault_id('sessions', name)
+    step = _holder.nologin_step(fid, role, {'login_user': 'postgres', 'login_port': port})
+    ledger.write(ledger.new_record('sessions', name, 60, [step]))
+    return fid, step
+
+
+def test_the_undo_sets_our_role_nologin_with_the_admin_secret_and_drops_the_password(tmp_path, server):
+    ledger = _ledger.Ledger(str(tmp_path / 'state'))
+    _fid, step = _record(ledger, 'a')
+    ctx = {'state_dir': ledger.state_dir, 'secret': {'login_password': 'role-pw', _holder.ADMIN_SECRET: {'login_password': 'admin'}}}
+    assert _steps.run_steps([step], ctx) is True
+    conn = server['conn']
+    assert any("SQL(' NOLOGIN PASSWORD NULL')" in t for t in conn.statements) and conn.row[2] is False and conn.closed
+    assert conn.params['login_user'] == 'postgres' and conn.params['login_password'] == 'admin', 'the admin, never the role'
+    conn.statements = []
+    assert _steps.run_steps([step], ctx) is False, 'idempotent: NOLOGIN already'
+    assert not any('NOLOGIN' in t for t in conn.statements)
+
+
+def test_the_undo_keeps_the_login_while_another_fault_uses_the_role(tmp_path, server):
+    ledger = _ledger.Ledger(str(tmp_path / 'state'))
+    _fid, step = _record(ledger, 'a')
+    other, _other_step = _record(ledger, 'b')
+    _record(ledger, 'c', role='r2')
+    _record(ledger, 'd', port=5433)
+    assert _holder.role_users(ledger.state_dir, step) == [other]
+    ctx = {'state_dir': ledger.state_dir}
+    assert _steps.run_steps([step], ctx) is False
+    assert server['conn'].statements == [] and server['conn'].row[2] is True
+    assert ctx['notes'] == ['role r1 keeps LOGIN: fault(s) %s still use it' % other]
+    ledger.delete(other)
+    assert _steps.run_steps([step], ctx) is True and server['conn'].row[2] is False
+
+
+def test_the_undo_ends_the_sessions_still_logged_in_as_the_role(tmp_path, server):
+    """NOLOGIN refuses new logins only: a session opened during the fault must not outlive its revert."""
+    server['conn'] = RoleConn((False, _holder.ROLE_MARK, False), sessions=2)
+    ledger = _ledger.Ledger(str(tmp_path / 'state'))
+    _fid, step = _record(ledger, 'a')
+    assert _steps.run_steps([step], {'state_dir': ledger.state_dir}) is True, 'already NOLOGIN, but 2 sessions ended'
+    assert server['conn'].sessions == 0 and any('pg_terminate_backend' in t for t in server['conn'].statements)
+    assert not any('ALTER' in t for t in server['conn'].statements)
+
+
+def test_the_undo_fails_when_the_sessions_of_the_role_cannot_be_ended(tmp_path, server):
+    server['conn'] = RoleConn((False, _holder.ROLE_MARK, True), sessions=1, may_signal=False)
+    ledger = _ledger.Ledger(str(tmp_path / 'state'))
+    _fid, step = _record(ledger, 'a')
+    with pytest.raises(_steps.UndoError, match='ending the sessions still logged in as role r1 failed'):
+        _steps.run_steps([step], {'state_dir': ledger.state_dir})
+
+
+def test_the_undo_keeps_the_sessions_while_another_fault_uses_the_role(tmp_path, server):
+    server['conn'] = RoleConn((False, _holder.ROLE_MARK, True), sessions=3)
+    ledger = _ledger.Ledger(str(tmp_path / 'state'))
+    _fid, step = _record(ledger, 'a')
+    _record(ledger, 'b')
+    assert _steps.run_steps([step], {'state_dir': ledger.state_dir}) is False
+    assert server['conn'].sessions == 3 and server['conn'].statements == []
+
+
+@pytest.mark.parametrize('row', [(False, None, True), (False, 'billing', True), None])
+def test_the_undo_never_touches_a_role_not_ours_or_gone(tmp_path, server, row):
+    server['conn'] = RoleConn(row)
+    ledger = _ledger.Ledger(str(tmp_path / 'state'))
+    _fid, step = _record(ledger, 'a')
+    assert _steps.run_steps([step], {'state_dir': ledger.state_dir}) is False
+    assert not any('ALTER' in t for t in server['conn'].statements)
+
+
+@pytest.mark.parametrize('change, words', [
+    ({'role': 'postgres'}, "role 'postgres' is refused"),
+    ({'role': 'a;drop'}, 'role must be'),
+    ({'fault_id': 'latency--x'}, "fault_id must be the id of a sessions fault"),
+    ({'conn': 'host=x'}, 'conn must be a dictionary'),
+])
+def test_a_forged_role_step_is_refused(change, words):
+    step = dict(_holder.nologin_step('sessions--a', 'r1', {}), **change)
+    with pytest.raises(_steps.UndoError, match=words):
+        _steps.check_steps([step], '/s')
