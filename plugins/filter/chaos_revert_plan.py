@@ -12,11 +12,11 @@ description:
     the workload.
   - The revert of the workload's host waits only when that host holds no fault of the experiment (it is neither
     the target nor one of O(fault_hosts)), the workload is still to be collected (O(workload_pending)) and the
-    experiment ended well (not O(stop_workload)): the fault is then undone first, and the workload's last
+    experiment ended well (not O(stop_workload)); the fault is then undone first, and the workload's last
     statements and its exactly-once check run without it. After an abort or an error the workload is stopped
     with everything else.
   - Given O(workload_results), the results of the workload runs on that host once they ended, C(later) is empty
-    when each of them closed its own ledger record (C(closed.result) V(reverted)): nothing of the experiment is
+    when each of them closed its own ledger record (C(closed.result) V(reverted)); nothing of the experiment is
     left there to revert.
 author: pggit.chaos maintainers (@pggit)
 options:

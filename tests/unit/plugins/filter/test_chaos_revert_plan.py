@@ -42,3 +42,10 @@ def test_a_run_that_did_not_close_its_record_gets_the_revert():
 
 def test_the_filter_is_registered():
     assert FilterModule().filters()['chaos_revert_plan'] is chaos_revert_plan
+
+
+def test_a_pending_workload_without_a_host_of_its_own_is_not_deferred():
+    assert chaos_revert_plan('lab-1', workload_pending=True) == {'now': ['lab-1'], 'later': []}
+    # Results given for a host that was not deferred change nothing.
+    assert chaos_revert_plan('lab-1', workload_host='localhost', workload_results=[{'failed': True}]) == \
+        {'now': ['lab-1', 'localhost'], 'later': []}

@@ -1,0 +1,88 @@
+# Copyright: pggit.chaos contributors
+# MIT License
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+name: chaos_window_latency
+short_description: A workload's DDL latency over the fault only, for a workload collected after the revert
+version_added: 0.1.0
+description:
+  - Takes a workload's result (C(pggit_workload)) and returns it with C(latency_ms) (p50, p95, p99, max) recomputed
+    from its C(op_times) over the acknowledged DDL (outcome V(ok)) that ended by O(cutoff), the start of the revert.
+  - A workload whose job finish collects after the revert of the target (network_latency, packet_loss) keeps
+    running DDL once the delay is gone, fast and many; counted with the slow ones they pull the p50 the verdict
+    compares with the baseline down, so a fault that happened could read as one that did not.
+  - The whole run's figures stay in C(latency_ms_whole_run); C(latency_cutoff) and C(latency_ops_after_cutoff) say
+    what was left out. A result that is not a mapping, has no C(op_times) list, or a O(cutoff) that is not a number
+    is returned unchanged.
+  - The DDL start times are the workload host's clock and O(cutoff) the controller's; the default client
+    (localhost) is the controller.
+author: pggit.chaos maintainers (@pggit)
+options:
+  _input:
+    description: The workload's result.
+    type: raw
+    required: true
+  cutoff:
+    description: Epoch seconds (the timeline's C(revert_start)); DDL that ended after it are left out.
+    type: raw
+    required: true
+'''
+
+EXAMPLES = r'''
+- name: The workload as the verdict judges it
+  ansible.builtin.set_fact:
+    workload: "{{ pggit_experiment_workload_wait | pggit.chaos.chaos_window_latency(pggit_experiment_timeline.revert_start) }}"
+'''
+
+RETURN = r'''
+_value:
+  description: The workload's result, its C(latency_ms) over the DDL that ended by O(cutoff).
+  type: raw
+'''
+
+
+def _percentile(values, pct):
+    # The same rank as the workload's own figures (module_utils/_checker.percentile).
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(pct / 100.0 * (len(ordered) - 1)))))]
+
+
+def _number(value):
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def chaos_window_latency(workload, cutoff):
+    limit = _number(cutoff)
+    if not isinstance(workload, dict) or not isinstance(workload.get('op_times'), list) or limit is None:
+        return workload
+    within, after = [], 0
+    for item in workload['op_times']:
+        if not isinstance(item, (list, tuple)) or len(item) < 3 or item[2] != 'ok':
+            continue
+        started, ms = _number(item[0]), _number(item[1])
+        if started is None or ms is None:
+            continue
+        if started + ms / 1000.0 <= limit:
+            within.append(ms)
+        else:
+            after += 1
+    result = dict(workload)
+    result['latency_ms_whole_run'] = workload.get('latency_ms')
+    result['latency_ms'] = dict(p50=_percentile(within, 50), p95=_percentile(within, 95), p99=_percentile(within, 99),
+                                max=max(within) if within else None)
+    result['latency_cutoff'] = limit
+    result['latency_ops_after_cutoff'] = after
+    return result
+
+
+class FilterModule(object):
+    def filters(self):
+        return {'chaos_window_latency': chaos_window_latency}
