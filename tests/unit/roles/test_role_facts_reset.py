@@ -59,12 +59,12 @@ class Role:
         self.name = os.path.basename(os.path.dirname(os.path.dirname(path)))
         self.prefix = self.name + '_'
         self.tasks = list(_leaves(_load(path), os.path.dirname(path)))
-        self.finish = [(task, enclosing) for task, enclosing, _ in self.tasks if _is_finish(task)]
+        self.finish = [(task, enclosing) for task, enclosing, _section in self.tasks if _is_finish(task)]
 
     def reset(self):
         """The facts the role's leading set_fact tasks (unconditional, no loop) give a value, before any other task."""
         values = {}
-        for task, _, section in self.tasks:
+        for task, _enclosing, section in self.tasks:
             facts = _set_fact(task)
             looped = any(key.startswith(('loop', 'with_')) for key in task)
             if section != 'block' or not facts or 'when' in task or looped:
@@ -75,7 +75,7 @@ class Role:
     def written(self):
         """Every role-prefixed fact a task of the role registers or sets (rescue included)."""
         names = set()
-        for task, _, _ in self.tasks:
+        for task, _enclosing, _section in self.tasks:
             if isinstance(task.get('register'), str):
                 names.add(task['register'])
             names.update(k for k in (_set_fact(task) or {}) if isinstance(k, str) and '{{' not in k)
