@@ -41,13 +41,7 @@ _value:
   type: raw
 '''
 
-
-def _percentile(values, pct):
-    # The same rank as the workload's own figures (module_utils/_checker.percentile).
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(pct / 100.0 * (len(ordered) - 1)))))]
+from ansible_collections.pggit.chaos.plugins.module_utils._checker import percentile
 
 
 def _number(value):
@@ -76,7 +70,7 @@ def chaos_window_latency(workload, cutoff):
             after += 1
     result = dict(workload)
     result['latency_ms_whole_run'] = workload.get('latency_ms')
-    result['latency_ms'] = dict(p50=_percentile(within, 50), p95=_percentile(within, 95), p99=_percentile(within, 99),
+    result['latency_ms'] = dict(p50=percentile(within, 50), p95=percentile(within, 95), p99=percentile(within, 99),
                                 max=max(within) if within else None)
     result['latency_cutoff'] = limit
     result['latency_ops_after_cutoff'] = after
