@@ -64,6 +64,8 @@ OPTIONS = ('run_id', 'duration', 'interval', 'max_ops', 'schema', 'statement_tim
 MULTI_CONNECT_TIMEOUT = 2
 # connection_exhaustion (helper S): a new connection per DDL, as op_login_user (op_login_password in the secret file).
 OPTIONS = OPTIONS + ('connect_per_op', 'op_login_user')
+# count_from=start: the epoch (the workload host's clock) by which the DDL stop, the module's start plus its duration.
+OPTIONS = OPTIONS + ('stop_at',)
 # At most this many refused connections are kept by time and message.
 REFUSED_MAX = 1000
 # SQLSTATE undefined_object: GRANT to a role that does not exist.
@@ -509,6 +511,8 @@ class Workload(object):
 
     def run(self):
         deadline = self.clock() + self.params['duration']
+        if self.params.get('stop_at') is not None:  # count_from=start: the preparation took part of the duration
+            deadline = min(deadline, float(self.params['stop_at']))
         seq = 0
         try:
             while self.clock() < deadline and seq < self.params['max_ops']:

@@ -122,6 +122,16 @@ options:
         the server then says the transaction was already committed locally, and the outcome is V(maybe).
     type: int
     default: 10000
+  count_from:
+    description:
+      - When O(duration) starts.
+      - V(ddl), the first DDL, once the workload has connected and prepared its schema.
+      - V(start), the module's start on the host that runs it, by that host's clock. The preparation then takes part
+        of O(duration), so that a workload given what is left of a fault window stops with that window, also when
+        a slow link makes the preparation slow. A preparation longer than O(duration) leaves no time for any DDL.
+    type: str
+    default: ddl
+    choices: [ddl, start]
   settle_timeout:
     description:
       - Seconds to keep trying to connect, to prepare and for the final check,
@@ -412,12 +422,14 @@ class WorkloadFault(BackgroundFault):
 
 
 def main():
+    started = time.time()
     argument_spec = postgres_argument_spec()
     argument_spec.update(
         name=dict(type='str'),
         ttl=dict(type='int'),
         run_id=dict(type='str', required=True),
         duration=dict(type='float', default=30),
+        count_from=dict(type='str', default='ddl', choices=['ddl', 'start']),
         interval=dict(type='float', default=0.1),
         max_ops=dict(type='int', default=5000),
         schema=dict(type='str', default='pggit_chaos_workload'),
@@ -449,6 +461,7 @@ def main():
                    'connection as that role); got op_login_user=%r with connect_per_op=false' % (params['op_login_user'],))
     if params['name'] is None:
         params['name'] = params['run_id']
+    params['stop_at'] = round(started + params['duration'], 3) if params['count_from'] == 'start' else None
     if params['ttl'] is None:
         params['ttl'] = default_ttl(params)
     elif params['state'] == 'present' and params['ttl'] <= params['duration']:

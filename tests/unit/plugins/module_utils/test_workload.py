@@ -218,3 +218,36 @@ def test_a_quick_commit_is_never_cancelled():
     assert work.one('r_000001') == 'ok'
     _workload.time.sleep(0.2)  # past the timeout: the timer was stopped with the commit
     assert cancels == []
+
+
+def _timed_run(params, now=100.0, step=1.0):
+    """Run a workload whose DDL each take ``step`` s on a fake clock from ``now``; the tokens it issued."""
+    issued, clock = [], [now]
+
+    def tick():
+        return clock[0]
+
+    def one(token):
+        issued.append(token)
+        clock[0] += step
+        return 'ok'
+
+    work = _workload.Workload(dict({'schema': 's', 'run_id': 'r', 'max_ops': 100, 'interval': 0}, **params),
+                              connect=lambda *a, **k: None, clock=tick)
+    work._ensure_conn = lambda: True
+    work.one_op = one
+    work.run()
+    return issued
+
+
+def test_count_from_start_stops_the_ddl_at_the_modules_deadline():
+    # duration 10 s from the first DDL, but the module started 3 s before the preparation ended: 7 DDL, not 10.
+    assert len(_timed_run({'duration': 10, 'stop_at': 107.0})) == 7
+    assert len(_timed_run({'duration': 10, 'stop_at': None})) == 10
+    assert len(_timed_run({'duration': 10})) == 10
+    # A deadline later than the duration never lengthens the run.
+    assert len(_timed_run({'duration': 10, 'stop_at': 200.0})) == 10
+
+
+def test_a_preparation_past_the_deadline_leaves_no_ddl():
+    assert _timed_run({'duration': 10, 'stop_at': 99.5}) == []

@@ -1,0 +1,67 @@
+"""The fault window is counted from the end of the injection (no lab): the window's probe, and a workload started
+after the injection, run for what is left of chaos_duration (the chaos_window_left filter), not for all of it again;
+such a workload counts that time from its own start (count_from=start), its preparation included.
+
+Before, each task between the `inject_end` mark and the probe (a workload's async start, a first look at the
+replicas) lengthened the fault by its own time: 0.35 to 0.7 s per experiment over the asked window.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import yaml
+
+ROLES = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'roles')
+MODULES = ('pggit.chaos.pggit_verify', 'pggit.chaos.pggit_workload')
+
+
+def _tasks(items):
+    """Every task in the order of the file, blocks opened."""
+    for item in items or []:
+        if isinstance(item, dict) and 'block' in item:
+            for key in ('block', 'rescue', 'always'):
+                yield from _tasks(item.get(key))
+        elif isinstance(item, dict):
+            yield item
+
+
+def _mark(task):
+    return ((task.get('vars') or {}).get('pggit_experiment_mark')
+            if 'ansible.builtin.include_role' in task and 'pggit_experiment_mark' in (task.get('vars') or {}) else None)
+
+
+def _window_tasks(path):
+    """(task name, option, value) of each probe or workload after the inject_end mark that runs for a time given by
+    chaos_duration."""
+    with open(path) as handle:
+        tasks = list(_tasks(yaml.safe_load(handle)))
+    inside, found = False, []
+    for task in tasks:
+        mark = _mark(task)
+        if mark == 'inject_end':  # a role may mark window_end in one branch and probe in another, after it
+            inside = True
+            continue
+        for module in MODULES:
+            args = task.get(module)
+            if inside and isinstance(args, dict):
+                for option in ('watch_duration', 'duration'):
+                    if 'pggit_experiment_duration' in str(args.get(option, '')):
+                        found.append((task['name'], option, str(args[option]), args))
+    return found
+
+
+def test_every_window_counts_from_the_end_of_the_injection():
+    checked = {}
+    for path in sorted(glob.glob(os.path.join(ROLES, 'pggit_chaos_*', 'tasks', '*.yml'))):
+        for name, option, value, args in _window_tasks(path):
+            role = path.split(os.sep)[-3]
+            assert 'pggit.chaos.chaos_window_left(pggit_experiment_timeline' in value, (role, name, option, value)
+            if option == 'duration':  # pggit_workload takes at least one second, counted from its start (not its first DDL)
+                assert 'floor=1' in value and args.get('count_from') == 'start', (role, name, value, args.get('count_from'))
+            checked.setdefault(role, []).append(option)
+    # The window's probe of each experiment that marks inject_end and probes for chaos_duration; a test that found
+    # none would pass for nothing.
+    assert len(checked) >= 11, sorted(checked)
+    for role in ('pggit_chaos_latency', 'pggit_chaos_partition', 'pggit_chaos_bandwidth', 'pggit_chaos_compose'):
+        assert sorted(checked[role]) == ['duration', 'watch_duration'], (role, checked[role])
