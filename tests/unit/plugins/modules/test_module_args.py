@@ -48,6 +48,8 @@ BAD = [
     ('pggit_chaos_trigger', dict(name='a/b'), 'name', "'a/b'"),
     ('pggit_chaos_trigger', dict(name='off', connect_params={'dbname': 'x'}), 'connect_params', "'dbname'"),
     ('pggit_chaos_select', dict(max_hosts='x'), 'pggit_chaos_select', 'action plugin'),
+    ('pggit_chaos_warm', dict(roles=['pggit.chaos.pggit_chaos_trigger']), 'pggit_chaos_warm', 'action plugin'),
+    ('pggit_workload', dict(run_id='r1', count_from='later'), 'count_from', 'later'),
     ('pggit_verify', dict(connect_params={'host': 'elsewhere'}), 'connect_params', "'host'"),
     ('pggit_verify', dict(connect_params={'keepalive': 1}), 'connect_params', '"keepalive"'),
     ('pggit_verify', dict(canary_schema='pg_catalog'), 'canary_schema', "'pg_catalog'"),
