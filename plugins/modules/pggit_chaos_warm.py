@@ -13,8 +13,9 @@ description:
     0.6 s per module, 3 to 4 s over a suite of five experiments.
   - This starts one detached process on the controller that builds, one after the other and at a low priority, the
     payloads of the collection's modules named by the task files of O(roles) (and of the experiment lifecycle role),
-    into the run's own cache, while the run goes on. A worker that needs a payload finds it ready, or waits for
-    ansible-core's own lock while it is being built.
+    in a directory of its own, and links each finished one into the run's own cache, while the run goes on. A worker
+    that needs a payload finds it ready, or builds it itself as without this task. The run's cache is never written in
+    place, so a worker building the same payload at the same time is never disturbed.
   - It contacts no host and writes only into the run's local temporary directory, which ansible-core removes at the
     end of the run. The process stops when the run's main process is gone, when that directory is gone, or after
     O(timeout) seconds.

@@ -9,17 +9,23 @@ first call of each module costs 0.3 to 0.6 s more than the next one, 3 to 4 s ov
 
 :func:`start` runs :func:`main` in a detached process at the start of the run. It builds, one after the other and at a
 low priority, the payloads of the modules the run's roles name, through the same ``modify_module`` the workers call,
-with the same local tmp: a worker finds the payload ready (or waits for ansible-core's own lock while it is being
-built). It writes nothing else and contacts no host. It stops when the run's main process is gone, when the local
-tmp is gone, or after ``timeout`` seconds, whichever comes first. A payload it cannot build (another ansible-core,
-a module that moved) is left to the worker, as without it.
+into a directory of its own in the run's local tmp, and hard-links each finished payload into the run's cache: a worker
+finds the payload ready, or builds it itself as without the helper. It never writes the run's cache in place: before
+ansible-core 2.19 a worker builds under a lock that only the run's own processes share, into ``<name>-part`` renamed
+into place, and a helper writing that file too could truncate it or rename it away under the worker. A link never
+replaces a payload a worker put there first, and a worker's rename replaces a link whole. It writes nothing else and
+contacts no host. It stops when the run's main process is gone, when the local tmp is gone, or after ``timeout``
+seconds, whichever comes first. A payload it cannot build or link (another ansible-core, a module that moved) is left to
+the worker, as without it.
 """
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import yaml
@@ -113,19 +119,64 @@ def go_on(parent, deadline, local_tmp, clock=time.time):
     return clock() < deadline and _alive(parent) and os.path.isdir(local_tmp)
 
 
-def build(fqcn, compression):  # pragma: no cover - exercised by tests/unit/plugins/plugin_utils/test_warm.py in a subprocess
-    """One payload, through ansible-core's own builder and cache (this process's DEFAULT_LOCAL_TMP)."""
+def build(fqcn, compression, local_tmp):  # pragma: no cover - exercised by tests/unit/plugins/plugin_utils/test_warm.py in a subprocess
+    """One payload, through ansible-core's own builder, into the cache of ``local_tmp`` (the helper's own directory)."""
     # pylint: disable=import-outside-toplevel
+    from ansible import constants as C
     from ansible.executor import module_common
     from ansible.plugins.loader import module_loader
     from ansible.template import Templar
     context = module_loader.find_plugin_with_context(fqcn)
     if not context.resolved:
         return False
+    C.DEFAULT_LOCAL_TMP = local_tmp
     module_common.modify_module(module_name=fqcn, module_path=context.plugin_resolved_path, module_args={},
                                 templar=Templar(loader=None), task_vars={'ansible_python_interpreter': sys.executable},
                                 module_compression=compression)
     return True
+
+
+def publish(own_cache, cache, done):
+    """Hard-link each finished payload of the helper's cache into the run's, unless a worker put it there first;
+    the names linked (or found there) are added to ``done``."""
+    try:
+        names = sorted(n for n in os.listdir(own_cache) if not n.endswith(('.lock', '-part')) and n not in done)
+    except OSError:
+        return
+    for name in names:
+        try:
+            try:
+                os.mkdir(cache)  # not makedirs: never the run's local tmp again once the run removed it
+            except FileExistsError:
+                pass
+            os.link(os.path.join(own_cache, name), os.path.join(cache, name))
+        except FileExistsError:
+            pass  # a worker built it first: its payload stays
+        except OSError:
+            continue  # the worker builds it, as it would without the warm-up
+        done.add(name)
+
+
+def warm(modules, local_tmp, parent, deadline, compression, build=build):
+    """Build the payloads in a directory of the helper's own in ``local_tmp`` and link each into the run's cache; return
+    how many the run's cache holds."""
+    try:
+        own = tempfile.mkdtemp(prefix='pggit-warm-', dir=local_tmp)
+    except OSError:
+        return 0
+    done = set()
+    try:
+        for fqcn in modules:
+            if not go_on(parent, deadline, local_tmp):
+                break
+            try:
+                if build(fqcn, compression, own):
+                    publish(os.path.join(own, 'ansiballz_cache'), os.path.join(local_tmp, 'ansiballz_cache'), done)
+            except Exception:  # pylint: disable=broad-except
+                continue  # the worker builds it, as it would without the warm-up
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+    return len(done)
 
 
 def main(argv=None):  # pragma: no cover - runs in the detached process
@@ -142,20 +193,9 @@ def main(argv=None):  # pragma: no cover - runs in the detached process
         os.nice(10)
     except OSError:
         pass
-    # pylint: disable=import-outside-toplevel
-    from ansible import constants as C
-    from ansible.plugins.loader import init_plugin_loader
+    from ansible.plugins.loader import init_plugin_loader  # pylint: disable=import-outside-toplevel
     init_plugin_loader(args.collections_path)
-    C.DEFAULT_LOCAL_TMP = args.local_tmp
-    built = 0
-    for fqcn in args.modules:
-        if not go_on(args.parent, args.deadline, args.local_tmp):
-            break
-        try:
-            built += 1 if build(fqcn, args.compression) else 0
-        except Exception:  # pylint: disable=broad-except
-            continue  # the worker builds it, as it would without the warm-up
-    return 0 if built else 1
+    return 0 if warm(args.modules, args.local_tmp, args.parent, args.deadline, args.compression) else 1
 
 
 if __name__ == '__main__':  # pragma: no cover

@@ -72,3 +72,28 @@ def test_the_helper_builds_nothing_for_a_run_that_is_gone(tmp_path):
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
     assert _run_helper(tmp_path, dead.pid, ['pggit.chaos.pggit_verify']) == []
+
+
+def test_the_helper_never_writes_the_runs_cache_in_place(tmp_path):
+    # Before ansible-core 2.19 a worker builds a payload under a lock of the run's own processes, which the helper does
+    # not share, into <cache>/<name>-part and renames that into place: a helper writing the same -part could truncate
+    # the file a worker is about to rename, or rename it away under the worker (whose task then fails). The helper
+    # builds in its own directory and links the finished payload in; here the run's -part is not even writable.
+    name = 'ansible_collections.pggit.chaos.plugins.modules.pggit_verify-ZIP_DEFLATED-none'
+    (tmp_path / 'ansiballz_cache' / (name + '-part')).mkdir(parents=True)
+    assert _run_helper(tmp_path, os.getpid(), ['pggit.chaos.pggit_verify']) == [name]
+    assert [n for n in os.listdir(str(tmp_path)) if n != 'ansiballz_cache'] == []  # its own directory is gone
+
+
+def test_a_payload_a_worker_put_in_the_cache_first_stays(tmp_path):
+    own, cache = tmp_path / 'own', tmp_path / 'cache'
+    own.mkdir()
+    cache.mkdir()
+    for name, text in (('a-ZIP_DEFLATED-none', 'helper'), ('b-ZIP_DEFLATED-none', 'helper'), ('c.lock', ''), ('d-part', 'half')):
+        (own / name).write_text(text)
+    (cache / 'a-ZIP_DEFLATED-none').write_text('worker')
+    done = set()
+    _warm.publish(str(own), str(cache), done)
+    assert done == {'a-ZIP_DEFLATED-none', 'b-ZIP_DEFLATED-none'}
+    assert sorted(os.listdir(str(cache))) == ['a-ZIP_DEFLATED-none', 'b-ZIP_DEFLATED-none']  # no lock, no half payload
+    assert (cache / 'a-ZIP_DEFLATED-none').read_text() == 'worker' and (cache / 'b-ZIP_DEFLATED-none').read_text() == 'helper'
