@@ -162,6 +162,10 @@ def warm(modules, local_tmp, parent, deadline, compression, build=build):
     how many the run's cache holds."""
     try:
         own = tempfile.mkdtemp(prefix='pggit-warm-', dir=local_tmp)
+        # Gone with the run's local tmp, and never made again by a build (a directory made again may get the same inode).
+        mark = os.path.join(own, 'run')
+        with open(mark, 'w'):
+            pass
     except OSError:
         return 0
     done = set()
@@ -170,12 +174,16 @@ def warm(modules, local_tmp, parent, deadline, compression, build=build):
             if not go_on(parent, deadline, local_tmp):
                 break
             try:
-                if build(fqcn, compression, own):
-                    publish(os.path.join(own, 'ansiballz_cache'), os.path.join(local_tmp, 'ansiballz_cache'), done)
+                built = build(fqcn, compression, own)
             except Exception:  # pylint: disable=broad-except
-                continue  # the worker builds it, as it would without the warm-up
+                built = False  # the worker builds it, as it would without the warm-up
+            if not os.path.exists(mark):
+                break  # the run ended during the build
+            if built:
+                publish(os.path.join(own, 'ansiballz_cache'), os.path.join(local_tmp, 'ansiballz_cache'), done)
     finally:
-        shutil.rmtree(own, ignore_errors=True)
+        # A build the run's end overtook made the removed local tmp again (ansible-core makes the cache's parents).
+        shutil.rmtree(own if os.path.exists(mark) else local_tmp, ignore_errors=True)
     return len(done)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -97,3 +98,21 @@ def test_a_payload_a_worker_put_in_the_cache_first_stays(tmp_path):
     assert done == {'a-ZIP_DEFLATED-none', 'b-ZIP_DEFLATED-none'}
     assert sorted(os.listdir(str(cache))) == ['a-ZIP_DEFLATED-none', 'b-ZIP_DEFLATED-none']  # no lock, no half payload
     assert (cache / 'a-ZIP_DEFLATED-none').read_text() == 'worker' and (cache / 'b-ZIP_DEFLATED-none').read_text() == 'helper'
+
+
+def test_a_run_that_ends_during_a_build_is_left_without_a_trace(tmp_path):
+    run_tmp = tmp_path / 'ansible-local-1'
+    run_tmp.mkdir()
+    built = []
+
+    def build(fqcn, compression, own):
+        built.append(fqcn)
+        shutil.rmtree(str(run_tmp))  # the run ends meanwhile: its exit removes its local tmp
+        os.makedirs(os.path.join(own, 'ansiballz_cache'))  # and ansible-core makes the cache's parents again
+        with open(os.path.join(own, 'ansiballz_cache', fqcn + '-ZIP_DEFLATED-none'), 'w') as handle:
+            handle.write('payload')
+        return True
+
+    modules = ['pggit.chaos.pggit_verify', 'pggit.chaos.pggit_workload']
+    assert _warm.warm(modules, str(run_tmp), os.getpid(), time.time() + 60, 'ZIP_DEFLATED', build=build) == 0
+    assert built == modules[:1] and not run_tmp.exists(), list(os.walk(str(run_tmp)))
