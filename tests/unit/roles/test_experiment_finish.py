@@ -51,7 +51,7 @@ def facts(**over):
 
 def plan(**over):
     variables = facts(**over)
-    expr = task('Choose the hosts to revert now, and whether the workload\'s host waits for its workload')
+    expr = task("Stamp the timeline with revert_start, and choose the hosts to revert now and whether the workload's host waits")
     return render(expr['ansible.builtin.set_fact']['pggit_experiment_revert_plan'], **variables)
 
 

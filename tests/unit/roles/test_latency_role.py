@@ -77,3 +77,36 @@ def test_an_earlier_runs_error_does_not_stop_this_runs_workload_at_once():
     plan = chaos_revert_plan('lab-1', workload_host='localhost', workload_pending=True,
                              stop_workload=bool(values['pggit_experiment_error']) or values['pggit_experiment_aborted'])
     assert plan == {'now': ['lab-1'], 'later': ['localhost']}
+
+
+def _baseline_task(tasks):
+    return next(t for t in _walk(tasks) if t.get('name') == "Measure the client's DDL latency without the fault")
+
+
+def _expression(body, **facts):
+    return jinja2.Environment().compile_expression(body.strip()[2:-2].strip(), undefined_to_none=False)(**facts)
+
+
+def test_only_a_delay_measures_a_baseline():
+    # The verdict compares latencies only for a delay (added p50 >= delay_ms); loss alone is judged by the window's
+    # slowest DDL and errors, so packet_loss saves the baseline's 2.4 s.
+    conditions = _baseline_task(role())['when']
+    env = jinja2.Environment()
+    env.filters['float'] = float
+
+    def runs(delay):
+        return all(env.compile_expression(c)(ansible_check_mode=False, pggit_chaos_latency_delay_ms=delay) for c in conditions)
+
+    assert runs(100) and runs('0.5') and not runs(0) and not runs('0')
+
+
+def test_a_skipped_baseline_reaches_finish_as_none_and_a_measured_one_as_it_is():
+    body = finish_vars(role())['pggit_experiment_workload_baseline']
+    measured = {'latency_ms': {'p50': 3.0}, 'closed': {'result': 'reverted'}}
+    assert _expression(body, pggit_chaos_latency_baseline={'skipped': True, 'changed': False}) is None
+    assert _expression(body, pggit_chaos_latency_baseline=None) is None
+    assert _expression(body, pggit_chaos_latency_baseline=measured) == measured
+    # And so the client's records are not reverted once more after a loss experiment's workload closed its own.
+    plan = chaos_revert_plan('lab-1', workload_host='localhost', workload_pending=True,
+                             workload_results=[{'closed': {'result': 'reverted'}}, None])
+    assert plan['later'] == []
