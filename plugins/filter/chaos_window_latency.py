@@ -42,15 +42,7 @@ _value:
 '''
 
 from ansible_collections.pggit.chaos.plugins.module_utils._checker import percentile
-
-
-def _number(value):
-    if isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+from ansible_collections.pggit.chaos.plugins.plugin_utils._report import _number
 
 
 def chaos_window_latency(workload, cutoff):

@@ -50,14 +50,7 @@ _value:
 
 import time
 
-
-def _number(value):
-    if isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+from ansible_collections.pggit.chaos.plugins.plugin_utils._report import _number
 
 
 def window_left(duration, timeline, mark, floor, now):
