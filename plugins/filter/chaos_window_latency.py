@@ -13,7 +13,9 @@ description:
     running DDL once the delay is gone, fast and many; counted with the slow ones they pull the p50 the verdict
     compares with the baseline down, so a fault that happened could read as one that did not.
   - The whole run's figures stay in C(latency_ms_whole_run); C(latency_cutoff) and C(latency_ops_after_cutoff) say
-    what was left out. A result that is not a mapping, has no C(op_times) list, or a O(cutoff) that is not a number
+    what was left out. C(failed_ops_by_cutoff) counts the DDL that did not succeed (outcome V(fail), V(unknown) or
+    V(maybe)) and ended by O(cutoff), the errors the loss verdict may count (the run's C(errors) cover its whole
+    length, after the revert too). A result that is not a mapping, has no C(op_times) list, or a O(cutoff) that is not a number
     is returned unchanged.
   - The DDL start times are the workload host's clock and O(cutoff) the controller's; the default client
     (localhost) is the controller.
@@ -49,14 +51,17 @@ def chaos_window_latency(workload, cutoff):
     limit = _number(cutoff)
     if not isinstance(workload, dict) or not isinstance(workload.get('op_times'), list) or limit is None:
         return workload
-    within, after = [], 0
+    within, after, failed = [], 0, 0
     for item in workload['op_times']:
-        if not isinstance(item, (list, tuple)) or len(item) < 3 or item[2] != 'ok':
+        if not isinstance(item, (list, tuple)) or len(item) < 3:
             continue
         started, ms = _number(item[0]), _number(item[1])
         if started is None or ms is None:
             continue
-        if started + ms / 1000.0 <= limit:
+        ended_by_cutoff = started + ms / 1000.0 <= limit
+        if item[2] != 'ok':
+            failed += 1 if ended_by_cutoff else 0
+        elif ended_by_cutoff:
             within.append(ms)
         else:
             after += 1
@@ -66,6 +71,7 @@ def chaos_window_latency(workload, cutoff):
                                 max=max(within) if within else None)
     result['latency_cutoff'] = limit
     result['latency_ops_after_cutoff'] = after
+    result['failed_ops_by_cutoff'] = failed
     return result
 
 

@@ -308,10 +308,16 @@ def _latency_mark(raw):
                     loss_mark_ms=LOSS_MARK_MS)
     if delay is None:
         return ['cannot tell whether the fault happened: parameters.delay_ms is %r' % (parameters.get('delay_ms'),)], evidence
+    # A workload collected after the revert (chaos_window_latency) counts only the DDL that failed by the revert's start:
+    # its errors cover the whole run, and one after the revert is no mark of the fault.
+    failed_in_window = _number(workload.get('failed_ops_by_cutoff'))
+    if failed_in_window is not None:
+        evidence['failed_ddl_by_revert'] = int(failed_in_window)
     if delay > 0:
         happened = added is not None and added >= delay
     else:
-        happened = (slowest is not None and slowest >= LOSS_MARK_MS) or bool(errors)
+        happened = (slowest is not None and slowest >= LOSS_MARK_MS) or (
+            failed_in_window > 0 if failed_in_window is not None else bool(errors))
     if happened:
         return [], evidence
     return ['the fault did not happen: DDL latency p50 %s ms before; p50 %s, p95 %s, max %s ms during (added p50 %s ms); '

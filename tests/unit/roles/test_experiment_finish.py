@@ -134,3 +134,24 @@ def test_a_workload_collected_before_the_revert_or_stopped_at_once_is_judged_as_
     assert verdict_workload(wait, REVERT, pggit_experiment_aborted=True) == wait
     collected = {'finished': 1, 'latency_ms': {'p50': 9.0}}
     assert verdict_workload(None, REVERT, pggit_experiment_workload=collected) == collected
+
+
+LOSS = {'delay_ms': 0, 'loss_pct': 10}
+
+
+def test_the_loss_verdict_counts_only_the_errors_before_the_revert():
+    # Review (stop 15): the workload's errors cover its whole run; one after the revert (the link is clean again) must
+    # not mark a loss that never showed in the window.
+    fast = ops(REVERT - 8.0, 100, 8.0, 0.06)
+    wait = {'finished': 1, 'op_times': fast + [[REVERT + 0.5, 30.0, 'fail']], 'errors': {'OperationalError': 1},
+            'latency_ms': {'p50': 8.0, 'max': 30.0}}
+    reasons, evidence = _latency_mark(dict(parameters=LOSS, workload=verdict_workload(wait, REVERT)))
+    assert reasons and reasons[0].startswith('the fault did not happen') and evidence['failed_ddl_by_revert'] == 0
+    # A DDL that failed in the window marks it.
+    wait['op_times'] = fast + [[REVERT - 1.0, 300.0, 'unknown']]
+    reasons, evidence = _latency_mark(dict(parameters=LOSS, workload=verdict_workload(wait, REVERT)))
+    assert reasons == [] and evidence['failed_ddl_by_revert'] == 1
+    # So does a slow one, as before; and a workload judged as it came (no cut) still counts its errors.
+    wait['op_times'] = fast + [[REVERT - 2.0, 450.0, 'ok']]
+    assert _latency_mark(dict(parameters=LOSS, workload=verdict_workload(wait, REVERT)))[0] == []
+    assert _latency_mark(dict(parameters=LOSS, workload={'latency_ms': {'max': 9.0}, 'errors': {'x': 1}}))[0] == []

@@ -16,6 +16,7 @@ def test_only_acknowledged_ddl_that_ended_by_the_cutoff_count():
     assert out['latency_ms'] == {'p50': 300.0, 'p95': 400.0, 'p99': 400.0, 'max': 400.0}
     assert out['latency_ms_whole_run'] == {'p50': 5.0} and out['latency_cutoff'] == CUT
     assert out['latency_ops_after_cutoff'] == 3
+    assert out['failed_ops_by_cutoff'] == 2  # the fail and the unknown, both ended by the cut
     assert workload['latency_ms'] == {'p50': 5.0}  # the input is not changed
 
 
