@@ -97,7 +97,8 @@ options:
         p50 must have grown by at least C(delay_ms). With no delay (packet
         loss only) the slowest DDL must have taken at least 200 ms, the Linux
         minimum TCP retransmission timeout, or the workload must report an
-        error.
+        error (for a workload cut at the revert's start, C(failed_ops_by_cutoff),
+        a DDL that failed before the revert).
       - V(partition) needs each replica in O(history_at_window_end) to hold
         fewer C(pggit.history) rows than the primary; not checked when
         C(full_isolation) in O(parameters) is true.
