@@ -268,6 +268,58 @@ def _watch(proc, should_stop):
     return None
 
 
+# The undo step that ends a cut initialisation's server sessions when the program could not (SIGKILLed, OOM, a
+# clean-up past its grace): the primary key's index build of a cut ``pgbench -i`` goes on in the server without it.
+INIT_STEP = 'pg_end_load_init'
+END_INIT_SQL = ('SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity '
+                'WHERE application_name = %s AND datname = %s AND pid <> pg_catalog.pg_backend_pid()')
+INIT_LEFT_SQL = ('SELECT count(*) FROM pg_catalog.pg_stat_activity '
+                 'WHERE application_name = %s AND datname = %s AND pid <> pg_catalog.pg_backend_pid()')
+INIT_END_WAIT = 5.0
+
+
+def init_step(conn, fid):
+    """The record's step that ends the initialisation sessions of fault ``fid`` (:func:`init_app`) in the load's database.
+
+    It connects as the fault did (to its own database, not the load's, which may never have been created):
+    ``pg_stat_activity`` covers the whole server."""
+    return {'type': INIT_STEP, 'conn': dict(conn), 'application_name': init_app(fid)}
+
+
+def check_init_step(step, state_dir):
+    app = step.get('application_name')
+    if not isinstance(app, str) or not app.startswith(INIT_APP + '-') or len(app) > APP_MAX or len(app) == len(INIT_APP) + 1:
+        return "application_name must be a load initialisation's ('%s-<fault id>'), got %r" % (INIT_APP, app)
+    if not isinstance(step.get('conn'), dict):
+        return 'conn must be a dictionary of connection options, got %r' % (step.get('conn'),)
+    return None
+
+
+def end_init(step, ctx, wait=INIT_END_WAIT, sleep=time.sleep):
+    """Undo: end the sessions named ``application_name`` in the load's database, and confirm that none is left.
+
+    Only that fault's initialisation carries the name; nothing else is touched. No session is no change."""
+    params = dict(step['conn'])
+    params.update(ctx.get('secret') or {})
+    conn = _pgconn.connect(params, application_name='pggit-chaos-revert')
+    try:
+        cur = conn.cursor()
+        args = (step['application_name'], DATABASE)
+        cur.execute(END_INIT_SQL, args)
+        ended = int(cur.fetchone()[0])
+        deadline = time.time() + wait
+        while True:
+            cur.execute(INIT_LEFT_SQL, args)
+            left = int(cur.fetchone()[0])
+            if not left:
+                return ended > 0
+            if time.time() > deadline:
+                raise UndoError('%d session(s) of %s still there %gs after pg_terminate_backend' % (left, step['application_name'], wait))
+            sleep(0.05)
+    finally:
+        conn.close()
+
+
 def _end_init_sessions(program):
     """End the server sessions of an initialisation cut short: a primary key's index build goes on in the server
     after its pgbench is gone, holding its table's lock.  Only sessions named :func:`init_app` of this fault in the load's own

@@ -1470,6 +1470,19 @@ def _undo_role_nologin(step, ctx):
     return _holder.role_nologin(step, ctx)
 
 
+# -- load_spike (pggit_chaos_load): a cut initialisation's sessions end with the fault -------------------
+def _check_load_init(step, state_dir):
+    from ansible_collections.pggit.chaos.plugins.module_utils import _pgbench  # pylint: disable=import-outside-toplevel
+    return _pgbench.check_init_step(step, state_dir)
+
+
+@_handler('pg_end_load_init', _check_load_init)
+def _undo_load_init(step, ctx):
+    """End what is left of a load's initialisation in the server (its primary keys' index build); see _pgbench.end_init."""
+    from ansible_collections.pggit.chaos.plugins.module_utils import _pgbench  # pylint: disable=import-outside-toplevel
+    return _pgbench.end_init(step, ctx)
+
+
 # -- records written by 0.1.0 ---------------------------------------------
 def upgrade_steps(steps):
     """Translate the argv ``run`` steps of records written by release 0.1.0 into typed steps.

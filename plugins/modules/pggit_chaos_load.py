@@ -296,7 +296,10 @@ class LoadFault(BackgroundFault):
 
     def plan(self, current):
         detail = {'conn': _pgconn.stored_conn(self.params), 'load': self.spec}
-        return [self.results_undo()], detail, dict(current, load=self.plan_result())
+        # Undone in reverse: the program (and pgbench, its group) first, then what is left of a cut initialisation in
+        # the server, then the results file.
+        steps = [self.results_undo(), _pgbench.init_step(detail['conn'], self.fid())]
+        return steps, detail, dict(current, load=self.plan_result())
 
     def add_undo_last(self, step):
         """The program's kill_process step also kills its whole process group: pgbench is in it."""

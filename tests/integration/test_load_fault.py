@@ -13,15 +13,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 
+import psycopg2
 import pytest
 
 from background import ledger_ids, module_result, programs, start_module
 from modrun import run_module
 from pgtools import PG_BIN, connection
 from waiting import wait_for, wait_until
-from ansible_collections.pggit.chaos.plugins.module_utils import _pgbench
+from ansible_collections.pggit.chaos.plugins.module_utils import _pgbench, _pgconn, _steps
 from ansible_collections.pggit.chaos.plugins.modules import pggit_chaos_load
 
 # Large enough that pgbench -i takes several seconds here (100000 accounts per unit), small enough for a test.
@@ -170,3 +172,55 @@ def test_the_ttl_stops_an_initialisation_that_outlasts_it(load_db, state):
     assert wait_for(lambda: load_sessions(postgres) == 0, 10)
     assert wait_for(lambda: ledger_ids(state) == [], 10) and programs(state) == []
     assert not ready(postgres, scale)
+
+
+def _session(postgres, application_name, ready):
+    """A session of the load's database, named ``application_name``, busy in a long statement until it is ended (the
+    index build a cut ``pgbench -i`` leaves running in the server)."""
+    conn = psycopg2.connect(host='127.0.0.1', port=postgres.port, user='postgres', dbname=_pgbench.DATABASE,
+                            application_name=application_name)
+    conn.autocommit = True
+    ready.set()
+    try:
+        conn.cursor().execute('SELECT pg_sleep(60)')
+    except psycopg2.Error:
+        pass
+    finally:
+        conn.close()
+
+
+def test_the_records_step_ends_a_cut_initialisations_sessions_when_its_program_could_not(load_db, state):
+    """SIGKILLed (the OOM killer, a clean-up past its grace), the program never ends its initialisation's sessions: the
+    record's pg_end_load_init step does, those of its own fault only, and confirms they are gone."""
+    postgres = load_db
+    with connection(postgres.params('postgres')) as conn:
+        conn.cursor().execute('CREATE DATABASE %s' % _pgbench.DATABASE)
+    mine, other = _pgbench.init_app('load--spike'), _pgbench.init_app('load--another')
+    threads = []
+    for name in (mine, other):
+        ready = threading.Event()
+        thread = threading.Thread(target=_session, args=(postgres, name, ready), daemon=True)
+        thread.start()
+        assert ready.wait(10)
+        threads.append(thread)
+
+    def busy(name):
+        with connection(postgres.params('postgres')) as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'", (name,))
+            return cur.fetchone()[0]
+
+    assert wait_for(lambda: busy(mine) == 1 and busy(other) == 1, 10), 'the sessions never started: the test would prove nothing'
+    step = _pgbench.init_step(_pgconn.stored_conn(postgres.params('postgres')), 'load--spike')
+    _steps.check_steps([step], state)  # a step as the load writes it passes the record check
+    try:
+        assert step['conn']['db'] == 'postgres'  # as the fault connected: the load's database may not even exist
+        assert _steps.STEP_HANDLERS[_pgbench.INIT_STEP](step, {}) is True
+        assert busy(mine) == 0 and busy(other) == 1, 'the step ended the wrong sessions'
+        assert _steps.STEP_HANDLERS[_pgbench.INIT_STEP](step, {}) is False, 'nothing left: no change'
+    finally:
+        with connection(postgres.params('postgres')) as conn:
+            conn.cursor().execute('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s',
+                                  (other,))
+        for thread in threads:
+            thread.join(10)

@@ -101,7 +101,7 @@ def test_every_failed_step_is_named(calls):
 def test_unknown_step_type_is_refused_before_anything_runs(calls, step):
     with pytest.raises(UndoError, match=r"undo step 2: unknown type %s; known types: cgroup_thaw, clock_dir_restore, iptables_chain, kill_process, "
                                         r"manager_start, note, "
-                                        r"pg_converge, pg_drop_schema, pg_event_trigger_enable, pg_reindex, pg_restart, pg_role_nologin, "
+                                        r"pg_converge, pg_drop_schema, pg_end_load_init, pg_event_trigger_enable, pg_reindex, pg_restart, pg_role_nologin, "
                                         r"pg_scratch_tablespace, pg_setting_restore, pg_start, pg_terminate_backend, remove_path, restore_page, "
                                         r"signal_process, tc_qdisc$"
                                         % re.escape(repr(step.get('type')))):
@@ -293,7 +293,7 @@ def test_check_steps_accepts_what_our_faults_write():
 def test_every_step_type_has_a_check():
     assert sorted(_steps.STEP_HANDLERS) == sorted(_steps.STEP_CHECKS)
     assert sorted(_steps.STEP_HANDLERS) == ['cgroup_thaw', 'clock_dir_restore', 'iptables_chain', 'kill_process', 'manager_start',
-                                            'pg_converge', 'pg_drop_schema', 'pg_event_trigger_enable',
+                                            'pg_converge', 'pg_drop_schema', 'pg_end_load_init', 'pg_event_trigger_enable',
                                             'pg_reindex', 'pg_restart', 'pg_role_nologin', 'pg_scratch_tablespace', 'pg_setting_restore',
                                             'pg_start', 'pg_terminate_backend', 'remove_path', 'restore_page', 'signal_process',
                                             'tc_qdisc']

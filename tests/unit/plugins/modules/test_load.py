@@ -368,6 +368,23 @@ def test_the_record_keeps_no_password(server):
     assert 'pw' not in repr(detail) and 'pw' not in repr(undo) and fault.secret() == {'login_password': 'pw'}
     assert detail['conn']['db'] == 'pggit' and detail['load']['clients'] == 2
     assert after['load']['argv'][-1] == 'pggit_chaos_load'
+    # The record also ends a cut initialisation's sessions (after the program, before the results file: undone in
+    # reverse), in the load's database, by this fault's own application name; it connects as the fault did.
+    assert [s['type'] for s in undo] == ['remove_path', 'pg_end_load_init']
+    assert undo[1] == {'type': 'pg_end_load_init', 'conn': detail['conn'], 'application_name': _pgbench.init_app('load--l')}
+    assert _pgbench.check_init_step(undo[1], '/x') is None
+
+
+@pytest.mark.parametrize('step, reason', [
+    ({'application_name': 'pggit-chaos-load-init-', 'conn': {'db': 'pggit_chaos_load'}}, 'application_name'),
+    ({'application_name': 'pggit-chaos-locker-x', 'conn': {'db': 'pggit_chaos_load'}}, 'application_name'),
+    ({'application_name': 'psql', 'conn': {'db': 'pggit_chaos_load'}}, 'application_name'),
+    ({'application_name': 'pggit-chaos-load-init-' + 'x' * 60, 'conn': {'db': 'pggit_chaos_load'}}, 'application_name'),
+    ({'application_name': None, 'conn': {'db': 'pggit_chaos_load'}}, 'application_name'),
+    ({'application_name': 'pggit-chaos-load-init-load--l', 'conn': 'host=x'}, 'conn must be'),
+])
+def test_the_init_step_refuses_what_a_load_never_writes(step, reason):
+    assert reason in (_pgbench.check_init_step(dict(step, type='pg_end_load_init'), '/x') or '')
 
 
 # -- the judge ------------------------------------------------------------------------------------
