@@ -15,8 +15,9 @@ description:
   - The whole run's figures stay in C(latency_ms_whole_run); C(latency_cutoff) and C(latency_ops_after_cutoff) say
     what was left out. C(failed_ops_by_cutoff) counts the DDL that did not succeed (outcome V(fail), V(unknown) or
     V(maybe)) and ended by O(cutoff), the errors the loss verdict may count (the run's C(errors) cover its whole
-    length, after the revert too). A result that is not a mapping, has no C(op_times) list, or a O(cutoff) that is not a number
-    is returned unchanged.
+    length, after the revert too). C(open_at_cutoff_ms) is how long the longest DDL still in flight at O(cutoff) had run by
+    then (null when none was): one the loss held open until the link was clean again ends after the cut.
+    A result that is not a mapping, has no C(op_times) list, or a O(cutoff) that is not a number is returned unchanged.
   - The DDL start times are the workload host's clock and O(cutoff) the controller's; the default client
     (localhost) is the controller.
 author: pggit.chaos maintainers (@pggit)
@@ -51,7 +52,7 @@ def chaos_window_latency(workload, cutoff):
     limit = _number(cutoff)
     if not isinstance(workload, dict) or not isinstance(workload.get('op_times'), list) or limit is None:
         return workload
-    within, after, failed = [], 0, 0
+    within, after, failed, open_ms = [], 0, 0, None
     for item in workload['op_times']:
         if not isinstance(item, (list, tuple)) or len(item) < 3:
             continue
@@ -59,6 +60,8 @@ def chaos_window_latency(workload, cutoff):
         if started is None or ms is None:
             continue
         ended_by_cutoff = started + ms / 1000.0 <= limit
+        if not ended_by_cutoff and started < limit:
+            open_ms = max(open_ms or 0.0, round((limit - started) * 1000.0, 1))
         if item[2] != 'ok':
             failed += 1 if ended_by_cutoff else 0
         elif ended_by_cutoff:
@@ -72,6 +75,7 @@ def chaos_window_latency(workload, cutoff):
     result['latency_cutoff'] = limit
     result['latency_ops_after_cutoff'] = after
     result['failed_ops_by_cutoff'] = failed
+    result['open_at_cutoff_ms'] = open_ms
     return result
 
 

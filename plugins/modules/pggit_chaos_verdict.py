@@ -98,7 +98,9 @@ options:
         loss only) the slowest DDL must have taken at least 200 ms, the Linux
         minimum TCP retransmission timeout, or the workload must report an
         error (for a workload cut at the revert's start, C(failed_ops_by_cutoff),
-        a DDL that failed before the revert).
+        a DDL that failed before the revert); a DDL still in flight at the
+        revert's start counts with the time it had run by then
+        (C(open_at_cutoff_ms)).
       - V(partition) needs each replica in O(history_at_window_end) to hold
         fewer C(pggit.history) rows than the primary; not checked when
         C(full_isolation) in O(parameters) is true.

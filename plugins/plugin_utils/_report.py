@@ -313,10 +313,15 @@ def _latency_mark(raw):
     failed_in_window = _number(workload.get('failed_ops_by_cutoff'))
     if failed_in_window is not None:
         evidence['failed_ddl_by_revert'] = int(failed_in_window)
+    # A DDL still in flight at the revert's start (the loss held it on TCP's retransmissions) is left out of the window's
+    # figures: how long it had run by then counts as its latency.
+    held_open = _number(workload.get('open_at_cutoff_ms'))
+    if 'open_at_cutoff_ms' in workload:
+        evidence['ddl_open_at_revert_ms'] = held_open
     if delay > 0:
         happened = added is not None and added >= delay
     else:
-        happened = (slowest is not None and slowest >= LOSS_MARK_MS) or (
+        happened = (slowest is not None and slowest >= LOSS_MARK_MS) or (held_open is not None and held_open >= LOSS_MARK_MS) or (
             failed_in_window > 0 if failed_in_window is not None else bool(errors))
     if happened:
         return [], evidence

@@ -155,3 +155,17 @@ def test_the_loss_verdict_counts_only_the_errors_before_the_revert():
     wait['op_times'] = fast + [[REVERT - 2.0, 450.0, 'ok']]
     assert _latency_mark(dict(parameters=LOSS, workload=verdict_workload(wait, REVERT)))[0] == []
     assert _latency_mark(dict(parameters=LOSS, workload={'latency_ms': {'max': 9.0}, 'errors': {'x': 1}}))[0] == []
+
+
+def test_the_loss_verdict_counts_a_ddl_the_loss_held_open_past_the_revert():
+    # Review (stop 15): at a high loss the DDL in flight waits on TCP's retransmissions until the link is clean again,
+    # so it ends after the revert's start: the cut left it out, and the window held only the fast DDL before the loss.
+    fast = ops(REVERT - 8.0, 50, 8.0, 0.06)
+    held = fast + [[REVERT - 3.0, 3600.0, 'ok']]
+    wait = {'finished': 1, 'op_times': held, 'errors': {}, 'latency_ms': {'p50': 8.0, 'max': 3600.0}}
+    reasons, evidence = _latency_mark(dict(parameters=LOSS, workload=verdict_workload(wait, REVERT)))
+    assert reasons == [] and evidence['ddl_open_at_revert_ms'] == 3000.0
+    # One that had run for less than the loss mark when the revert began proves nothing.
+    wait['op_times'] = fast + [[REVERT - 0.05, 900.0, 'ok']]
+    reasons, evidence = _latency_mark(dict(parameters=LOSS, workload=verdict_workload(wait, REVERT)))
+    assert reasons and reasons[0].startswith('the fault did not happen') and evidence['ddl_open_at_revert_ms'] == 50.0

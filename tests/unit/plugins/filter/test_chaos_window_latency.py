@@ -17,12 +17,13 @@ def test_only_acknowledged_ddl_that_ended_by_the_cutoff_count():
     assert out['latency_ms_whole_run'] == {'p50': 5.0} and out['latency_cutoff'] == CUT
     assert out['latency_ops_after_cutoff'] == 3
     assert out['failed_ops_by_cutoff'] == 2  # the fail and the unknown, both ended by the cut
+    assert out['open_at_cutoff_ms'] == 500.0  # the 600 ms DDL had run 500 ms when the cut came
     assert workload['latency_ms'] == {'p50': 5.0}  # the input is not changed
 
 
 def test_nothing_before_the_cutoff_leaves_no_figures():
     out = chaos_window_latency({'op_times': [[CUT + 1, 5.0, 'ok']], 'latency_ms': {'p50': 5.0}}, str(CUT))
-    assert out['latency_ms'] == {'p50': None, 'p95': None, 'p99': None, 'max': None}
+    assert out['latency_ms'] == {'p50': None, 'p95': None, 'p99': None, 'max': None} and out['open_at_cutoff_ms'] is None
 
 
 def test_what_cannot_be_cut_is_returned_as_it_is():
