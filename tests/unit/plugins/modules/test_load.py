@@ -719,3 +719,26 @@ def test_a_cut_initialisation_ends_only_its_own_sessions_never_another_runs(monk
     # Within PostgreSQL's 63 bytes of application_name, and still apart for long names that share a prefix.
     long_a, long_b = 'load--' + 'a' * 100 + '1', 'load--' + 'a' * 100 + '2'
     assert len(_pgbench.init_app(long_a)) <= 63 and _pgbench.init_app(long_a) != _pgbench.init_app(long_b)
+
+
+@pytest.mark.parametrize('message, gone', [
+    ('connection to server at "198.18.0.2", port 5432 failed: Connection refused\n\tIs the server running on that host?', True),
+    ('connection to server on socket "/run/postgresql/.s.PGSQL.5432" failed: No such file or directory', True),
+    ('connection to server at "198.18.0.2", port 5432 failed: FATAL:  the database system is starting up', True),
+    ('connection to server at "198.18.0.2", port 5432 failed: FATAL:  the database system is shutting down', False),
+    ('connection to server at "198.18.0.2", port 5432 failed: timeout expired', False),
+    ('connection to server at "198.18.0.2", port 5432 failed: FATAL:  password authentication failed', False),
+])
+def test_the_init_step_of_a_server_that_is_not_running_is_done_not_retried_for_ever(monkeypatch, message, gone):
+    """Review (stop 15): the normal end of every load closes its record through pg_end_load_init; a server that is down
+    (stopped, killed by another fault, its host gone) has no session left, yet its refused connection failed the close
+    and kept the record due for a reaper retrying until the server came back, if ever. A time-out proves nothing."""
+    def refuse(params, application_name=None):
+        raise _pgconn.psycopg2.OperationalError(message)
+    monkeypatch.setattr(_pgbench._pgconn, 'connect', refuse)
+    step = _pgbench.init_step({'login_host': '198.18.0.2', 'db': 'pggit'}, 'load--l')
+    if gone:
+        assert _pgbench.end_init(step, {}, sleep=lambda s: None) is False
+    else:
+        with pytest.raises(_pgconn.psycopg2.OperationalError):
+            _pgbench.end_init(step, {}, sleep=lambda s: None)
