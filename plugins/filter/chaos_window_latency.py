@@ -16,7 +16,7 @@ description:
     what was left out. C(failed_ops_by_cutoff) counts the DDL that did not succeed (outcome V(fail), V(unknown) or
     V(maybe)) and ended by O(cutoff), the errors the loss verdict may count (the run's C(errors) cover its whole
     length, after the revert too). C(open_at_cutoff_ms) is how long the longest DDL still in flight at O(cutoff) had run by
-    then (null when none was): one the loss held open until the link was clean again ends after the cut.
+    then (null when none was), since one the loss held open until the link was clean again ends after the cut.
     A result that is not a mapping, has no C(op_times) list, or a O(cutoff) that is not a number is returned unchanged.
   - The DDL start times are the workload host's clock and O(cutoff) the controller's; the default client
     (localhost) is the controller.
