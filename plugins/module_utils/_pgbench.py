@@ -271,7 +271,7 @@ def _watch(proc, should_stop):
 # The undo step that ends a cut initialisation's server sessions when the program could not (SIGKILLed, OOM, a
 # clean-up past its grace): the primary key's index build of a cut ``pgbench -i`` goes on in the server without it.
 INIT_STEP = 'pg_end_load_init'
-END_INIT_SQL = ('SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity '
+END_INIT_SQL = ('SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity '
                 'WHERE application_name = %s AND datname = %s AND pid <> pg_catalog.pg_backend_pid()')
 INIT_LEFT_SQL = ('SELECT count(*) FROM pg_catalog.pg_stat_activity '
                  'WHERE application_name = %s AND datname = %s AND pid <> pg_catalog.pg_backend_pid()')
