@@ -49,8 +49,7 @@ def _named(items):
             continue
         for key in ('block', 'rescue', 'always'):
             if isinstance(item.get(key), list):
-                for name in _named(item[key]):
-                    yield name
+                yield from _named(item[key])
         for key in item:
             if isinstance(key, str) and key.startswith(COLLECTION + '.'):
                 yield key[len(COLLECTION) + 1:]
