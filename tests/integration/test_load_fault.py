@@ -224,3 +224,20 @@ def test_the_records_step_ends_a_cut_initialisations_sessions_when_its_program_c
                                   (other,))
         for thread in threads:
             thread.join(10)
+
+
+def test_a_load_that_ended_by_itself_closes_its_record_without_the_init_step(load_db, state, monkeypatch):
+    """The program ends a cut initialisation's sessions itself before its last word: closing the record of a load that
+    ended by itself must not need the server again (a server stopped by then would keep the record due)."""
+    postgres = load_db
+    calls = []
+
+    def unreachable(step, ctx, **kwargs):
+        calls.append(step['application_name'])
+        raise _steps.UndoError('the server is gone')
+
+    monkeypatch.setattr(_pgbench, 'end_init', unreachable)
+    result, failed = run_module(pggit_chaos_load.main, load_args(postgres, state, scale=1, duration=1, ttl=60))
+    assert not failed, result.get('msg')
+    assert result['transactions'] > 0 and result['closed']['result'] == 'reverted', result['closed']
+    assert calls == [] and ledger_ids(state) == [] and programs(state) == []
