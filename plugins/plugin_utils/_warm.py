@@ -103,19 +103,11 @@ def start(modules, local_tmp, parent, timeout, compression, collection_paths):
     return proc.pid
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def go_on(parent, deadline, local_tmp, clock=time.time):
     """Whether the warm-up may build one more payload: the run is still there and so is its local tmp."""
-    return clock() < deadline and _alive(parent) and os.path.isdir(local_tmp)
+    # Imported here: the helper runs this file as a script, and finds the collection only once its plugin loader is set.
+    from ansible_collections.pggit.chaos.plugins.module_utils import _steps  # pylint: disable=import-outside-toplevel
+    return clock() < deadline and _steps.same_process(parent) and os.path.isdir(local_tmp)
 
 
 def build(fqcn, compression, local_tmp):  # pragma: no cover - exercised by tests/unit/plugins/plugin_utils/test_warm.py in a subprocess
