@@ -170,7 +170,8 @@ options:
     type: float
   watch_duration:
     description:
-      - Seconds to keep probing, from 0 (probe once) to 3600.
+      - Seconds to keep probing, from 0 (probe once) to 3600, counted from the module's start on the target (its
+        Python start-up, by that host's clock, is part of them). At least one probe runs.
     type: float
     default: 0
   watch_interval:
@@ -368,6 +369,7 @@ elapsed_ms:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.pggit.chaos.plugins.module_utils._clock import process_age
 from ansible_collections.pggit.chaos.plugins.module_utils._probe import AsyncSampler, Monitor, Probe
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import (
@@ -398,7 +400,7 @@ def check_canary_schema(module):
         module.fail_json(msg="canary_schema must name an existing user schema for the canary table, not %r" % schema)
 
 
-def main():
+def main(as_program=False):
     argument_spec = postgres_argument_spec()
     argument_spec.update(
         expect_tracking=dict(type='bool', default=True),
@@ -454,7 +456,10 @@ def main():
     # The probe reports database errors as findings; this only guards against one escaping it.
     with sql_failures(module, what='the steady-state probe'):
         if params['watch_duration'] > 0:
-            result = probe.watch(params['watch_duration'], params['watch_interval'], params['abort_after'], monitor=monitor)
+            # Counted from the module's start on the target (run by Ansible, as a program): its Python start-up is part
+            # of the window, not added to it.
+            watch = params['watch_duration'] - (process_age(params['watch_duration']) if as_program else 0.0)
+            result = probe.watch(watch, params['watch_interval'], params['abort_after'], monitor=monitor)
         else:
             if params['wait_for_digest'] is not None:
                 result = probe.wait_history(params['wait_for_digest'], params['wait_timeout'])
@@ -472,4 +477,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    main(as_program=True)

@@ -126,9 +126,10 @@ options:
     description:
       - When O(duration) starts.
       - V(ddl), the first DDL, once the workload has connected and prepared its schema.
-      - V(start), the module's start on the host that runs it, by that host's clock. The preparation then takes part
-        of O(duration), so that a workload given what is left of a fault window stops with that window, also when
-        a slow link makes the preparation slow. A preparation longer than O(duration) leaves no time for any DDL.
+      - V(start), the module's start on the host that runs it (its Python start-up included), by that host's clock.
+        The preparation then takes part of O(duration), so that a workload given what is left of a fault window stops
+        with that window, also when a slow link makes the preparation slow. A preparation longer than O(duration)
+        leaves no time for any DDL.
     type: str
     default: ddl
     choices: [ddl, start]
@@ -320,6 +321,7 @@ import time
 
 from ansible_collections.pggit.chaos.plugins.module_utils import _pgconn, _workload
 from ansible_collections.pggit.chaos.plugins.module_utils._background import BackgroundFault
+from ansible_collections.pggit.chaos.plugins.module_utils._clock import process_age
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 from ansible_collections.pggit.chaos.plugins.module_utils.chaos import TTL_MAX, ChaosError, ChaosModule
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import check_postgres_params, ensure_psycopg2, postgres_argument_spec
@@ -421,8 +423,9 @@ class WorkloadFault(BackgroundFault):
         result['msg'] = '%s; %s' % (before, said)
 
 
-def main():
-    started = time.time()
+def main(as_program=False):
+    # The module's start (count_from=start): its process's start when Ansible runs it as a program.
+    started = time.time() - (process_age(60) if as_program else 0.0)
     argument_spec = postgres_argument_spec()
     argument_spec.update(
         name=dict(type='str'),
@@ -471,4 +474,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    main(as_program=True)
