@@ -416,7 +416,7 @@ class Probe(object):
                     pass
         return summarize(checks, self.in_recovery, self.clock() - started, self.clock())
 
-    def wait_history(self, digest, timeout, interval=0.5, sleep=time.sleep):
+    def wait_history(self, digest, timeout, interval=0.2, sleep=time.sleep):
         """Probe until pggit.history's digest equals ``digest`` (a replica catching up with its primary), at most
         ``timeout`` seconds; the last probe is returned with ``converged``, ``waited_s`` and ``history_rounds``.
 
@@ -754,3 +754,65 @@ def summarize(checks, in_recovery, elapsed, now):
         'elapsed_ms': round(elapsed * 1000.0, 2),
         'at': now,
     }
+
+
+# -- background jobs collected with the window's probe ---------------------------------------------------------------
+JOB_POLL = 0.05
+
+
+def job_problem(job):
+    """Why a job item (the registered result of an async start with poll 0) cannot be collected, or None."""
+    if not isinstance(job, dict):
+        return 'each of jobs must be the registered result of a task started with async and poll 0, got %r' % (job,)
+    jid, path = job.get('ansible_job_id'), job.get('results_file')
+    if not isinstance(jid, str) or not jid or not isinstance(path, str) or not path:
+        return ('each of jobs needs the ansible_job_id and results_file of an async start, got keys %s'
+                % ', '.join(sorted(str(k) for k in job)))
+    # The async wrapper's layout, <async dir>/<job id>: nothing else is read.
+    if not path.startswith('/') or path.rstrip('/').rsplit('/', 1)[-1] != jid:
+        return 'results_file of job %s must be an absolute path ending in the job id, got %r' % (jid, path)
+    return None
+
+
+def _job_state(job):
+    """What async_status would say of the job now: its result once it ended, else started and not finished."""
+    jid = job['ansible_job_id']
+    try:
+        with open(job['results_file']) as handle:
+            data = json.loads(handle.read())
+    except (IOError, OSError) as exc:
+        return {'ansible_job_id': jid, 'started': True, 'finished': True, 'failed': True,
+                'msg': 'could not find job %s: %s' % (jid, exc)}
+    except ValueError:
+        # the wrapper writes the file whole, by a rename: only a file being created reads empty
+        return {'ansible_job_id': jid, 'started': True, 'finished': False}
+    if not isinstance(data, dict):
+        return {'ansible_job_id': jid, 'started': True, 'finished': True, 'failed': True,
+                'msg': 'job %s wrote %r, not a result' % (jid, data)}
+    if 'started' in data:  # still running: the wrapper's first line
+        return {'ansible_job_id': jid, 'started': True, 'finished': bool(data.get('finished'))}
+    data.update(ansible_job_id=jid, started=True, finished=True)
+    return data
+
+
+def collect_jobs(jobs, timeout, wait=True, clock=time.time, sleep=time.sleep):
+    """Each job's result (as async_status returns it once the job ended; None while it runs), in order, and the
+    problems: a job that failed or did not end within ``timeout`` seconds. Without ``wait`` the jobs are read once, as
+    they are (after an abort: the experiment's finish stops them and collects the workload)."""
+    deadline = clock() + max(float(timeout), 0.0)
+    results = [None] * len(jobs)
+    while True:
+        for index, job in enumerate(jobs):
+            if results[index] is None or not results[index]['finished']:
+                results[index] = _job_state(job)
+        if not wait or all(r['finished'] for r in results) or clock() >= deadline:
+            break
+        sleep(JOB_POLL)
+    problems = []
+    for result in results:
+        if not result['finished']:
+            if wait:
+                problems.append('job %s did not finish within %s s of the window' % (result['ansible_job_id'], timeout))
+        elif result.get('failed'):
+            problems.append('job %s failed: %s' % (result['ansible_job_id'], result.get('msg') or 'failed'))
+    return [r if r['finished'] else None for r in results], problems

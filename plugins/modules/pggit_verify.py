@@ -226,7 +226,7 @@ options:
     description:
       - Probe until the digest of C(pggit.history) here equals this one (the
         primary's digest in RV(history)), for a replica catching up after a fault,
-        at most O(wait_timeout) seconds. Needs O(history_digest=true). The
+        probing every 0.2 s, at most O(wait_timeout) seconds. Needs O(history_digest=true). The
         last probe is returned with RV(converged); the caller compares the
         digests itself. Not with O(watch_duration).
     type: str
@@ -235,6 +235,22 @@ options:
       - Seconds O(wait_for_digest) waits at most, from 0 to 3600.
     type: float
     default: 120
+  jobs:
+    description:
+      - Background jobs of this host to collect with the probe, each the registered result of a task started with
+        C(async) and C(poll=0) on this host (its C(ansible_job_id) and C(results_file)).
+      - Once the probe (or its watch) ended, it waits at most O(jobs_timeout) seconds for them to finish and returns
+        their results in RV(jobs), as M(ansible.builtin.async_status) would, in the same order, so that no task of its
+        own collects them. After an abort they are read once, as they are, without waiting.
+      - Only the async wrapper's results files (C(<async dir>/<job id>)) are read; nothing is written or removed.
+    type: list
+    elements: raw
+    default: []
+  jobs_timeout:
+    description:
+      - Seconds O(jobs) are waited for at most, from 0 to 3600.
+    type: float
+    default: 60
   fail_on_unhealthy:
     description:
       - Fail the task when the probe is not healthy. By default the result is
@@ -277,6 +293,13 @@ EXAMPLES = r'''
   pggit.chaos.pggit_verify:
     login_host: replica1
     max_replication_lag_bytes: 16777216
+
+- name: Watch a window, then bring back the workload started with async and poll 0 (no async_status task)
+  pggit.chaos.pggit_verify:
+    db: app
+    watch_duration: 30
+    jobs: ["{{ workload_job }}"]
+  register: during
 '''
 
 RETURN = r'''
@@ -338,6 +361,19 @@ aborted:
   description: In watch mode, whether the abort condition fired.
   returned: always
   type: bool
+jobs:
+  description:
+    - The result of each of O(jobs), in the same order, as M(ansible.builtin.async_status) returns it once the job
+      ended (C(started) and C(finished) true); V(null) for a job still running (after an abort, or past
+      O(jobs_timeout)).
+  returned: when O(jobs) is given
+  type: list
+  elements: raw
+jobs_failed:
+  description: One line per job of O(jobs) that failed, or did not finish within O(jobs_timeout) (not after an abort).
+  returned: when O(jobs) is given
+  type: list
+  elements: str
 rounds:
   description: In watch mode, one summary per probe.
   returned: always
@@ -370,7 +406,7 @@ elapsed_ms:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pggit.chaos.plugins.module_utils._clock import process_age
-from ansible_collections.pggit.chaos.plugins.module_utils._probe import AsyncSampler, Monitor, Probe
+from ansible_collections.pggit.chaos.plugins.module_utils._probe import AsyncSampler, Monitor, Probe, collect_jobs, job_problem
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
 from ansible_collections.pggit.chaos.plugins.module_utils.postgres import (
     check_postgres_params, ensure_psycopg2, postgres_argument_spec, sql_failures,
@@ -389,6 +425,7 @@ RANGES = (
     ('monitor_interval', 0.2, 60),
     ('monitor_timeout_ms', 100, 60000),
     ('wait_timeout', 0, 3600),
+    ('jobs_timeout', 0, 3600),
 )
 # Never a canary here: system catalogs, and pgGit's own schema (not tracked).
 FORBIDDEN_CANARY_SCHEMAS = ('information_schema', 'pggit')
@@ -428,6 +465,8 @@ def main(as_program=False):
         abort_after=dict(type='int', default=2),
         wait_for_digest=dict(type='str'),
         wait_timeout=dict(type='float', default=120),
+        jobs=dict(type='list', elements='raw', default=[]),
+        jobs_timeout=dict(type='float', default=60),
         fail_on_unhealthy=dict(type='bool', default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -441,6 +480,10 @@ def main(as_program=False):
         if module.params['watch_duration'] > 0:
             module.fail_json(msg='wait_for_digest cannot be combined with watch_duration, got watch_duration=%s'
                              % module.params['watch_duration'])
+    for job in module.params['jobs']:
+        problem = job_problem(job)
+        if problem:
+            module.fail_json(msg=problem)
     check_postgres_params(module)
     ensure_psycopg2(module)
     params = dict(module.params)
@@ -470,6 +513,9 @@ def main(as_program=False):
                 monitor.sample()
                 monitor.stop()
                 result.update(series=monitor.series, monitor_cost=monitor.cost())
+    if params['jobs']:
+        result['jobs'], result['jobs_failed'] = collect_jobs(params['jobs'], params['jobs_timeout'],
+                                                             wait=not result.get('aborted'))
     result['changed'] = probe.changed  # only the amcheck extension, with amcheck_create=true
     if params['fail_on_unhealthy'] and not result['healthy']:
         module.fail_json(msg='steady state not met: %s' % '; '.join(result['findings'] or result['failed_checks']), **result)
