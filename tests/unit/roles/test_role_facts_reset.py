@@ -50,7 +50,7 @@ def _set_fact(task):
 
 
 def _is_finish(task):
-    include = task.get('ansible.builtin.include_role') or task.get('include_role') or {}
+    include = task.get('ansible.builtin.import_role') or task.get('ansible.builtin.include_role') or task.get('include_role') or {}
     return include.get('name') == FINISH_ROLE and include.get('tasks_from') == 'finish'
 
 
@@ -140,3 +140,31 @@ def test_the_check_finds_a_fact_that_is_not_reset():
     stale = (role.read_by_finish() & role.written()) - set(role.reset())
     assert {'pggit_chaos_latency_error', 'pggit_chaos_latency_aborted', 'pggit_chaos_latency_during',
             'pggit_chaos_latency_fault', 'pggit_chaos_latency_workload_job'} <= stale
+
+
+def _every_task(items):
+    for item in items or []:
+        if isinstance(item, dict):
+            for key in ('block', 'rescue', 'always'):
+                yield from _every_task(item.get(key))
+            yield item
+
+
+def test_no_fact_or_register_shadows_what_a_role_hands_to_begin_or_finish():
+    """The roles import begin and finish (import_role: no include task, 0.1 s less per experiment). An import's vars
+    are task vars, which a fact or a registered variable of the same name outranks, and facts outlive the role: a fact
+    named like one of finish's inputs (an earlier experiment's fault hosts) would silently replace what this experiment
+    hands to finish. So no task of any role may set or register a variable that some import of the lifecycle takes."""
+    handed, assigned = {}, {}
+    for path in sorted(glob.glob(os.path.join(ROLES, '*', 'tasks', '*.yml'))):
+        for task in _every_task(_load(path)):
+            include = task.get('ansible.builtin.import_role') or task.get('ansible.builtin.include_role') or {}
+            if include.get('name') == FINISH_ROLE:
+                for name in task.get('vars') or {}:
+                    handed.setdefault(name, []).append(path)
+            for name in list(_set_fact(task) or {}) + ([task['register']] if task.get('register') else []):
+                if name not in ('cacheable',):
+                    assigned.setdefault(name, []).append(path)
+    assert 'pggit_experiment_fault' in handed and 'pggit_experiment_fault_hosts' in handed  # the scan found the imports
+    clashes = dict((name, (handed[name], assigned[name])) for name in handed if name in assigned)
+    assert clashes == {}
