@@ -55,8 +55,13 @@ RUN_ID_RE = re.compile(r'^[a-z0-9_]{1,24}$')
 PROTECTED = ('public', 'pggit', 'information_schema')
 # The warning of a commit whose wait for a synchronous standby was cancelled (PostgreSQL's syncrep.c).
 SYNC_CANCELLED = ('already committed locally', 'canceling wait for synchronous replication')
-# At most this many DDL keep their start and duration in the result.
+# At most this many acknowledged DDL keep their start and duration in the result (evenly over the run), and at most
+# OP_FAILS_MAX of the others (failed, uncertain): every one of those is evidence (a loss verdict counts the failures by
+# the revert, a lock window its blocked time), so they are never thinned with the acknowledged ones.
 OP_TIMES_MAX = 5000
+OP_FAILS_MAX = 5000
+# What one worker keeps before the run's result thins them (max_ops can exceed OP_TIMES_MAX).
+OP_TIMES_KEPT = 50000
 OPTIONS = ('run_id', 'duration', 'interval', 'max_ops', 'schema', 'statement_timeout_ms', 'settle_timeout', 'cleanup',
            'expect_tracking', 'hosts', 'target_session_attrs', 'workers', 'tracking_cost')
 # A multi-host client gives up on a server that does not answer the connection within this (a frozen host's kernel
@@ -341,7 +346,7 @@ class Workload(object):
         """Issue one tracked DDL; return its outcome (and keep its start and duration)."""
         started = self.clock()
         outcome = self._one(token, started)
-        if len(self.op_times) < OP_TIMES_MAX:
+        if len(self.op_times) < OP_TIMES_KEPT:
             self.op_times.append([round(started, 3), round((self.clock() - started) * 1000.0, 1), outcome])
         return outcome
 
@@ -436,7 +441,7 @@ class Workload(object):
             self.conn = None
             if len(self.refused) < REFUSED_MAX:
                 self.refused.append([round(started, 3), _pgconn.one_line(exc)])
-            if len(self.op_times) < OP_TIMES_MAX:
+            if len(self.op_times) < OP_TIMES_KEPT:
                 self.op_times.append([round(started, 3), round((self.clock() - started) * 1000.0, 1), 'fail'])
             return {'token': token, 'outcome': 'fail', 'server': '', 'started': round(started, 3), 'ended': round(self.clock(), 3)}
         try:
@@ -598,7 +603,7 @@ class Workload(object):
         crew = crew or [self]
         ops = [op for worker in crew for op in worker.ops]
         latencies = [ms for worker in crew for ms in worker.latencies]
-        op_times = thin(sorted(item for worker in crew for item in worker.op_times), OP_TIMES_MAX)
+        op_times = thin_op_times(sorted(item for worker in crew for item in worker.op_times))
         errors = {}
         for worker in crew:
             for name, count in worker.errors.items():
@@ -629,6 +634,14 @@ def thin(items, most):
         return items
     step = -(-len(items) // most)
     return items[::step]
+
+
+def thin_op_times(items, most_ok=OP_TIMES_MAX, most_other=OP_FAILS_MAX):
+    """The acknowledged DDL thinned evenly to ``most_ok`` and the others (failed, uncertain) to ``most_other``, each
+    kind over the whole run, in start order: a long multi-worker run never loses its failures to the thinning."""
+    acked = [item for item in items if item[2] == 'ok']
+    other = [item for item in items if item[2] != 'ok']
+    return sorted(thin(acked, most_ok) + thin(other, most_other))
 
 
 def latency_figures(latencies):

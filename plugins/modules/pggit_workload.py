@@ -288,8 +288,9 @@ fault_id:
   type: str
 op_times:
   description: >-
-    C([start, duration_ms, outcome]) of each DDL (at most a few thousand), for per-window latency
-    and blocked-time figures.
+    C([start, duration_ms, outcome]) of each DDL, for per-window latency and blocked-time figures: at most 5000
+    acknowledged ones (evenly over the run when there were more) and at most 5000 others (failed or uncertain),
+    thinned separately so that no failure is lost to the acknowledged ones.
   returned: when state=present
   type: list
   elements: list

@@ -461,6 +461,17 @@ def test_many_op_times_are_thinned_evenly_never_cut_at_the_end():
     assert _workload.thin(items[:10], 5000) == items[:10]
 
 
+def test_a_long_multi_worker_run_keeps_every_failure_when_its_op_times_are_thinned():
+    # 8 workers x 3000 DDL: the acknowledged ones are thinned to 5000, the 40 failures (late in the run, when a loss
+    # verdict counts them by the revert) all stay.
+    items = sorted([float(w * 0.01 + i), 2.0, 'fail' if i >= 2995 else 'ok'] for w in range(8) for i in range(3000))
+    kept = _workload.thin_op_times(items)
+    assert [k for k in kept if k[2] == 'fail'] == [k for k in items if k[2] == 'fail']
+    assert len([k for k in kept if k[2] == 'ok']) <= 5000
+    assert kept == sorted(kept) and kept[-1][0] >= 2999.0
+    assert len([k for k in _workload.thin(items, 5000) if k[2] == 'fail']) < 40  # what the plain thinning did
+
+
 # -- review fixes --------------------------------------------------------------------------------
 class Killed(BaseException):
     """The module dies (the controller is gone) right before it sends the next statement."""
