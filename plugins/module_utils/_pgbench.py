@@ -315,6 +315,8 @@ def end_init(step, ctx, wait=INIT_END_WAIT, sleep=time.sleep):
         raise
     try:
         cur = conn.cursor()
+        for setting in _pgconn.REVERT_SQL_SETTINGS:  # as every revert's session: never blocked for good
+            cur.execute(setting)
         args = (step['application_name'], DATABASE)
         cur.execute(END_INIT_SQL, args)
         ended = int(cur.fetchone()[0])

@@ -55,6 +55,9 @@ RESERVED_CONNECT_PARAMS = dict(
 # stored in its 0600 side file with the password (see secret_conn()).
 SECRET_CONNECT_PARAMS = ('sslpassword',)
 LOCAL_HOSTS = ('', 'localhost')
+# Every revert's session: a lock it would wait on, or a statement that hangs, fails the undo step (retried by the
+# record's next revert) instead of blocking it.
+REVERT_SQL_SETTINGS = ("SET lock_timeout = '5s'", "SET statement_timeout = '60s'")
 
 
 class SQLError(Exception):

@@ -50,7 +50,7 @@ FILL_FILE_RE = re.compile(r'^\.pggit-chaos-fill-[A-Za-z0-9_.-]+$')
 _CHAIN_RE = re.compile(r'^pggit-chaos-[A-Za-z0-9_-]+$')
 _INTERFACE_RE = re.compile(r'^[A-Za-z0-9_.:@-]{1,15}$')
 # A revert must not wait forever on a busy table (it holds the ledger lock).
-REVERT_SQL_SETTINGS = ("SET lock_timeout = '5s'", "SET statement_timeout = '60s'")
+REVERT_SQL_SETTINGS = _pgconn.REVERT_SQL_SETTINGS
 
 
 def _handler(name, check):

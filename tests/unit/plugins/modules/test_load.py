@@ -753,3 +753,22 @@ def test_the_init_step_of_a_server_that_is_not_running_is_done_not_retried_for_e
     else:
         with pytest.raises(_pgconn.psycopg2.OperationalError):
             _pgbench.end_init(step, {}, sleep=lambda s: None)
+
+
+class CountingConn(TerminatingConn):
+    """end_init's connection: one session ended, then none left."""
+
+    def fetchone(self):
+        return (1,) if len(self.calls) <= len(_pgconn.REVERT_SQL_SETTINGS) + 1 else (0,)
+
+
+def test_the_init_step_runs_under_the_revert_sessions_time_limits(monkeypatch):
+    """Review (stop 16): pg_end_load_init opened its own session without the revert's lock and statement time-outs that
+    every other undo step sets, so a hung pg_terminate_backend could block the record's close for ever."""
+    conn = CountingConn()
+    monkeypatch.setattr(_pgbench._pgconn, 'connect', lambda params, application_name=None: conn)
+    step = _pgbench.init_step({'login_host': '198.18.0.2', 'db': 'pggit'}, 'load--l')
+    assert _pgbench.end_init(step, {}, sleep=lambda s: None) is True
+    queries = [query for query, args in conn.calls]
+    assert queries[:2] == list(_pgconn.REVERT_SQL_SETTINGS) and "statement_timeout" in queries[1]
+    assert 'pg_terminate_backend' in queries[2]
