@@ -17,7 +17,6 @@ from ansible_collections.pggit.chaos.plugins.module_utils import _clock
 from ansible_collections.pggit.chaos.plugins.modules import pggit_verify, pggit_workload
 
 
-
 def test_process_age_of_a_fresh_program_counts_its_start_up():
     code = textwrap.dedent('''
         import time
