@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import select
 import threading
 import time
@@ -758,6 +759,7 @@ def summarize(checks, in_recovery, elapsed, now):
 
 # -- background jobs collected with the window's probe ---------------------------------------------------------------
 JOB_POLL = 0.05
+JOB_ID_RE = re.compile(r'j?[0-9]+\.[0-9]+')  # ansible-core's async wrapper: j<random digits>.<its pid>
 
 
 def job_problem(job):
@@ -768,6 +770,10 @@ def job_problem(job):
     if not isinstance(jid, str) or not jid or not isinstance(path, str) or not path:
         return ('each of jobs needs the ansible_job_id and results_file of an async start, got keys %s'
                 % ', '.join(sorted(str(k) for k in job)))
+    # The async wrapper's job ids are 'j<digits>.<its pid>': a name such as 'shadow' or 'id_rsa.json' is no job id, so
+    # that results_file cannot name any other file of the host (this module returns what it reads).
+    if not JOB_ID_RE.fullmatch(jid):
+        return 'ansible_job_id must be an async job id (j<digits>.<pid>), got %r' % (jid,)
     # The async wrapper's layout, <async dir>/<job id>: nothing else is read.
     if not path.startswith('/') or path.rstrip('/').rsplit('/', 1)[-1] != jid:
         return 'results_file of job %s must be an absolute path ending in the job id, got %r' % (jid, path)

@@ -96,6 +96,10 @@ def test_a_missing_results_file_fails_that_job(tmp_path):
     ({'skipped': True}, 'needs the ansible_job_id and results_file'),
     ({'ansible_job_id': 'j1.1', 'results_file': 'j1.1'}, 'absolute path ending in the job id'),
     ({'ansible_job_id': 'j1.1', 'results_file': '/root/.ansible_async/../../etc/shadow'}, 'absolute path ending in the job id'),
+    # Any file whose name is taken for a job id: its content (JSON) would come back in the task's result.
+    ({'ansible_job_id': 'shadow', 'results_file': '/etc/shadow'}, "async job id (j<digits>.<pid>), got 'shadow'"),
+    ({'ansible_job_id': 'credentials.json', 'results_file': '/root/.config/x/credentials.json'}, 'async job id'),
+    ({'ansible_job_id': 'j1.1\n', 'results_file': '/root/.ansible_async/j1.1\n'}, 'async job id'),
 ])
 def test_a_job_item_that_is_not_an_async_start_is_refused_by_name(job, words):
     assert words in _probe.job_problem(job)
@@ -105,3 +109,8 @@ def test_the_module_refuses_a_bad_job_before_probing(monkeypatch):
     monkeypatch.setattr(pggit_verify, 'Probe', None)  # never reached
     result, failed = run_module(pggit_verify.main, dict(jobs=[{'ansible_job_id': 'j1.1', 'results_file': 'x'}]))
     assert failed and 'results_file of job j1.1' in result['msg'] and "'x'" in result['msg']
+
+
+def test_a_job_id_of_ansible_cores_async_wrapper_is_taken():
+    assert _probe.job_problem({'ansible_job_id': 'j283104455171.4242', 'results_file': '/root/.ansible_async/j283104455171.4242'}) is None
+    assert _probe.job_problem({'ansible_job_id': '283104455171.4242', 'results_file': '/root/.ansible_async/283104455171.4242'}) is None
