@@ -369,6 +369,12 @@ jobs:
   returned: when O(jobs) is given
   type: list
   elements: raw
+jobs_waited_s:
+  description:
+    - Seconds this task waited for O(jobs) after the probe (or its watch) ended. The window ended that long before the
+      task did, so a caller that marks the window's end after the task takes them off.
+  returned: when O(jobs) is given
+  type: float
 jobs_failed:
   description: One line per job of O(jobs) that failed, or did not finish within O(jobs_timeout) (not after an abort).
   returned: when O(jobs) is given
@@ -402,6 +408,8 @@ elapsed_ms:
   returned: always
   type: float
 '''
+
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -514,8 +522,11 @@ def main(as_program=False):
                 monitor.stop()
                 result.update(series=monitor.series, monitor_cost=monitor.cost())
     if params['jobs']:
+        waiting = time.time()
         result['jobs'], result['jobs_failed'] = collect_jobs(params['jobs'], params['jobs_timeout'],
                                                              wait=not result.get('aborted'))
+        # The window ended before this wait: a caller that marks the window's end after the task takes this off.
+        result['jobs_waited_s'] = round(time.time() - waiting, 3)
     result['changed'] = probe.changed  # only the amcheck extension, with amcheck_create=true
     if params['fail_on_unhealthy'] and not result['healthy']:
         module.fail_json(msg='steady state not met: %s' % '; '.join(result['findings'] or result['failed_checks']), **result)

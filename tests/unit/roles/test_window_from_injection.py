@@ -27,7 +27,9 @@ def _tasks(items):
             yield item
 
 
-MARK_RE = re.compile(r"^\{\{ pggit_experiment_timeline \| default\(\{\}\) \| combine\(\{'([a-z_]+)': now\(\)\.timestamp\(\)\}\) \}\}$")
+# A window's end may take off the time the window's probe then waited for the jobs it collects (pggit_verify jobs).
+MARK_RE = re.compile(r"^\{\{ pggit_experiment_timeline \| default\(\{\}\) \| combine\(\{'([a-z_]+)': now\(\)\.timestamp\(\)"
+                     r"(?:\s+- ([a-z_]+)\.jobs_waited_s \| default\(0\))?\}\) \}\}$")
 
 
 def _mark(task):
@@ -90,3 +92,24 @@ def test_every_mark_stamps_the_controllers_clock_under_the_name_the_torture_find
             assert 'tasks_from: mark' not in handle.read(), path
     assert {'inject_start', 'inject_end', 'window_end', 'revert_end'} <= set(marks), sorted(marks)
     assert len(marks['inject_end']) >= 16, marks['inject_end']
+
+
+def test_a_window_end_after_a_probe_that_waited_for_jobs_takes_that_wait_off():
+    """pggit_verify with jobs waits (up to jobs_timeout) for them after its watch: the window ended before that wait, so
+    the window_end mark after such a probe takes off its jobs_waited_s (else the window, in the report and the bench's
+    revert-after-window, grows by the workload's settle and clean-up)."""
+    checked = []
+    for path in sorted(glob.glob(os.path.join(ROLES, '*', 'tasks', '*.yml'))):
+        with open(path) as handle:
+            tasks = list(_tasks(yaml.safe_load(handle)))
+        waited = None
+        for task in tasks:
+            args = task.get('pggit.chaos.pggit_verify')
+            if isinstance(args, dict) and args.get('jobs'):
+                waited = task['register']
+            if _mark(task) == 'window_end' and waited:
+                match = MARK_RE.match(str(task['ansible.builtin.set_fact']['pggit_experiment_timeline']))
+                assert match.group(2) == waited, (path, task['name'], waited)
+                checked.append(path.split(os.sep)[-3])
+                waited = None
+    assert sorted(checked) == ['pggit_chaos_connections', 'pggit_chaos_partition'], checked

@@ -114,3 +114,27 @@ def test_the_module_refuses_a_bad_job_before_probing(monkeypatch):
 def test_a_job_id_of_ansible_cores_async_wrapper_is_taken():
     assert _probe.job_problem({'ansible_job_id': 'j283104455171.4242', 'results_file': '/root/.ansible_async/j283104455171.4242'}) is None
     assert _probe.job_problem({'ansible_job_id': '283104455171.4242', 'results_file': '/root/.ansible_async/283104455171.4242'}) is None
+
+
+def test_the_module_says_how_long_it_waited_for_the_jobs_after_the_window(monkeypatch, tmp_path):
+    class FakeProbe(object):
+        changed = False
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def watch(self, duration, interval, abort_after, monitor=None):
+            return {'healthy': True, 'aborted': False, 'findings': [], 'failed_checks': []}
+
+    def slow_collect(jobs, timeout, wait=True):
+        import time
+        time.sleep(0.3)
+        return [None], []
+
+    monkeypatch.setattr(pggit_verify, 'Probe', FakeProbe)
+    monkeypatch.setattr(pggit_verify, 'collect_jobs', slow_collect)
+    monkeypatch.setattr(pggit_verify, 'ensure_psycopg2', lambda module: None)
+    job = {'ansible_job_id': 'j1.1', 'results_file': str(tmp_path / 'j1.1')}
+    result, failed = run_module(pggit_verify.main, dict(watch_duration=1, monitor=False, login_host='198.18.0.1', jobs=[job]))
+    assert not failed, result.get('msg')
+    assert 0.3 <= result['jobs_waited_s'] < 5
