@@ -7,10 +7,9 @@ name: chaos_revert_plan
 short_description: Which hosts an experiment's finish reverts now, and which after its workload has ended
 version_added: 0.1.0
 description:
-  - Takes the experiment's target host and returns C(now), the hosts whose faults finish reverts at once, in that
-    order (O(fault_hosts), the target and the workload's host), and C(later), the workload's host when its revert
-    waits for the workload. The other fault hosts come first, so that what they recover (a partitioned replica
-    catching up) overlaps with the target's revert.
+  - Takes the experiment's target host and returns C(now), the hosts whose faults finish reverts at once (the
+    target, O(fault_hosts) and the workload's host), and C(later), the workload's host when its revert waits for
+    the workload.
   - The revert of the workload's host waits only when that host holds no fault of the experiment (it is neither
     the target nor one of O(fault_hosts)), the workload is still to be collected (O(workload_pending)) and the
     experiment ended well (not O(stop_workload)); the fault is then undone first, and the workload's last
@@ -68,9 +67,7 @@ def _closed(result):
 def chaos_revert_plan(target, fault_hosts=None, workload_host='', workload_pending=False, stop_workload=False,
                       workload_results=None):
     hosts = []
-    # The other fault hosts first (a partition's isolated region): their recovery (a replica's TCP retransmission,
-    # seconds after a long cut) then overlaps with the target's revert instead of following it.
-    for host in list(fault_hosts or []) + [target] + ([workload_host] if workload_host else []):
+    for host in [target] + list(fault_hosts or []) + ([workload_host] if workload_host else []):
         if host not in hosts:
             hosts.append(host)
     wait = bool(workload_host) and workload_host not in [target] + list(fault_hosts or []) and \
