@@ -130,7 +130,7 @@ def _ticks():
 def real_start(pid):
     """The real (wall clock) time a process started, from /proc (10 ms resolution), or None."""
     try:
-        with open('/proc/%d/stat' % int(pid)) as handle:
+        with open('/proc/%s/stat' % ('self' if pid == 'self' else int(pid))) as handle:
             fields = handle.read().rsplit(')', 1)[1].split()
         with open('/proc/uptime') as handle:
             uptime = float(handle.read().split()[0])
@@ -145,7 +145,7 @@ def process_age(limit):
 
     A duration "from the module's start" counts from here: the start-up, 0.2 to 0.3 s on a busy target, is then
     part of it instead of being added to it. Both ends are this host's clock, so a controller's clock does not matter."""
-    started = real_start(os.getpid())
+    started = real_start('self')  # /proc/self: right also when /proc belongs to another PID namespace
     if started is None:
         return 0.0
     return min(max(time.time() - started, 0.0), max(float(limit), 0.0))

@@ -426,7 +426,7 @@ class WorkloadFault(BackgroundFault):
 
 def main(as_program=False):
     # The module's start (count_from=start): its process's start when Ansible runs it as a program.
-    started = time.time() - (process_age(60) if as_program else 0.0)
+    started = time.time() - (process_age(10) if as_program else 0.0)
     argument_spec = postgres_argument_spec()
     argument_spec.update(
         name=dict(type='str'),
