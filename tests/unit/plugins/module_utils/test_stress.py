@@ -215,8 +215,11 @@ def orphaned_group():
     starttime = _steps.proc_starttime(leader.pid)
     member, other = (int(x) for x in leader.stdout.readline().split())
     leader.wait()
-    deadline = time.time() + 5
-    while time.time() < deadline and 'stress-ng-vm' not in _steps.proc_cmdline(member):
+    # Both children must have exec'd: before that each one's command line is the leader's, whose script names
+    # stress-ng-vm too (a bystander not yet exec'd would match, and be killed, on a loaded machine).
+    deadline = time.time() + 10
+    while time.time() < deadline and ('stress-ng-vm' not in _steps.proc_cmdline(member)
+                                      or 'bystander' not in _steps.proc_cmdline(other)):
         time.sleep(0.01)
     yield leader.pid, starttime, member, other
     for pid in (member, other):
