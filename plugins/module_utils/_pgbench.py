@@ -306,7 +306,7 @@ def end_init(step, ctx, wait=INIT_END_WAIT, sleep=time.sleep):
     params = dict(step['conn'])
     params.update(ctx.get('secret') or {})
     try:
-        conn = _pgconn.connect(params, application_name='pggit-chaos-revert')
+        conn, cur = _pgconn.revert_session(params)
     except _pgconn.psycopg2.OperationalError as exc:
         # A server that is not running has no session left: the record must not wait for it (the normal end of a
         # load closes its record through this step too, and nothing would end a wait for a server gone for good).
@@ -314,9 +314,6 @@ def end_init(step, ctx, wait=INIT_END_WAIT, sleep=time.sleep):
             return False
         raise
     try:
-        cur = conn.cursor()
-        for setting in _pgconn.REVERT_SQL_SETTINGS:  # as every revert's session: never blocked for good
-            cur.execute(setting)
         args = (step['application_name'], DATABASE)
         cur.execute(END_INIT_SQL, args)
         ended = int(cur.fetchone()[0])

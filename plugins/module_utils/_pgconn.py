@@ -168,6 +168,19 @@ def connect(params, application_name='pggit-chaos', autocommit=True):
     return conn
 
 
+def revert_session(params):
+    """(conn, cursor) of a revert's session: named pggit-chaos-revert, under REVERT_SQL_SETTINGS."""
+    conn = connect(params, application_name='pggit-chaos-revert')
+    try:
+        cur = conn.cursor()
+        for setting in REVERT_SQL_SETTINGS:
+            cur.execute(setting)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, cur
+
+
 def one_line(exc):
     """First meaningful line of a database error, without libpq's ``ERROR:`` prefix."""
     diag = getattr(exc, 'diag', None)

@@ -49,8 +49,6 @@ GROUP_MEMBERS = ('stress-ng', 'pgbench')
 FILL_FILE_RE = re.compile(r'^\.pggit-chaos-fill-[A-Za-z0-9_.-]+$')
 _CHAIN_RE = re.compile(r'^pggit-chaos-[A-Za-z0-9_-]+$')
 _INTERFACE_RE = re.compile(r'^[A-Za-z0-9_.:@-]{1,15}$')
-# A revert must not wait forever on a busy table (it holds the ledger lock).
-REVERT_SQL_SETTINGS = _pgconn.REVERT_SQL_SETTINGS
 
 
 def _handler(name, check):
@@ -443,11 +441,7 @@ def _undo_tc_qdisc(step, ctx):
 def _pg_connect(step, ctx):
     params = dict(step.get('conn') or {})
     params.update(ctx.get('secret') or {})
-    conn = _pgconn.connect(params, application_name='pggit-chaos-revert')
-    cur = conn.cursor()
-    for setting in REVERT_SQL_SETTINGS:
-        cur.execute(setting)
-    return conn, cur
+    return _pgconn.revert_session(params)  # a revert must not wait forever on a busy table (it holds the ledger lock)
 
 
 def _check_conn(step):

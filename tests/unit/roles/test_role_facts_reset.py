@@ -142,14 +142,6 @@ def test_the_check_finds_a_fact_that_is_not_reset():
             'pggit_chaos_latency_fault', 'pggit_chaos_latency_workload_job'} <= stale
 
 
-def _every_task(items):
-    for item in items or []:
-        if isinstance(item, dict):
-            for key in ('block', 'rescue', 'always'):
-                yield from _every_task(item.get(key))
-            yield item
-
-
 def test_no_fact_or_register_shadows_what_a_role_hands_to_begin_or_finish():
     """The roles import begin and finish (import_role: no include task, 0.1 s less per experiment). An import's vars
     are task vars, which a fact or a registered variable of the same name outranks, and facts outlive the role: a fact
@@ -157,7 +149,7 @@ def test_no_fact_or_register_shadows_what_a_role_hands_to_begin_or_finish():
     hands to finish. So no task of any role may set or register a variable that some import of the lifecycle takes."""
     handed, assigned = {}, {}
     for path in sorted(glob.glob(os.path.join(ROLES, '*', 'tasks', '*.yml'))):
-        for task in _every_task(_load(path)):
+        for task, _enclosing, _section in _leaves(_load(path), os.path.dirname(path)):
             include = task.get('ansible.builtin.import_role') or task.get('ansible.builtin.include_role') or {}
             if include.get('name') == FINISH_ROLE:
                 for name in task.get('vars') or {}:
