@@ -49,6 +49,7 @@ DROPPED_KEYS = ('hostaddr', 'service', 'target_session_attrs')
 PROMOTE_WAIT_S = 60
 STREAM_WAIT_S = 60
 RESTART_WAIT_S = 60
+LAUNCH_GRACE_S = 5  # a restart whose launch reported an error must have begun by then
 PENDING_PROMOTE_WAIT_S = 15
 CONN_TIMEOUT_S = 3
 DEAD_LOCK_WAIT_S = 10
@@ -660,18 +661,38 @@ class Cluster(object):
             command = 'PATH=/usr/bin:/bin:$PATH setsid -f %s restart -D %s -m fast -w -t %d -l %s </dev/null >/dev/null 2>&1' % (
                 shlex.quote(os.path.join(bindir, 'pg_ctl')), shlex.quote(datadir), RESTART_WAIT_S,
                 shlex.quote(os.path.join(datadir, 'pggit-chaos-restart.log')))
-            cur.execute(sql.SQL('COPY (SELECT 1 WHERE false) TO PROGRAM {}').format(sql.Literal(command)))
+            launch_error = None
+            try:
+                cur.execute(sql.SQL('COPY (SELECT 1 WHERE false) TO PROGRAM {}').format(sql.Literal(command)))
+            except Exception as exc:  # pylint: disable=broad-except
+                # The shutdown pg_ctl starts may win the race against the shell that launched it: the postmaster
+                # signals each backend's whole process group, and that shell is in ours. Its SIGTERM fails this COPY
+                # ("program ... failed") or ends our session, while the restart goes on. Whether the server goes down
+                # decides, below.
+                launch_error = _pgconn.one_line(exc)
         finally:
             try:
                 conn.close()
             except Exception:  # pylint: disable=broad-except
                 pass
-        deadline = self.clock() + RESTART_WAIT_S + 15
+        return self._wait_demoted(name, started, launch_error)
+
+    def _wait_demoted(self, name, started, launch_error):
+        """The demoted server's shutdown checkpoint LSN once it is back in recovery; None when it did not come back.
+
+        When launching pg_ctl failed and the server stays up as it was for LAUNCH_GRACE_S, no restart is coming: an
+        UndoError names the launch error."""
+        now = self.clock()
+        deadline, grace = now + RESTART_WAIT_S + 15, now + LAUNCH_GRACE_S
+        went_down = False
         while self.clock() < deadline:
             status = self.status(name)
             if status.get('up') and status.get('started') != started and status.get('in_recovery'):
                 rows = self.sql(name, 'SELECT checkpoint_lsn::text FROM pg_control_checkpoint()')
                 return parse_lsn(rows[0][0])
+            went_down = went_down or not status.get('up') or status.get('started') != started
+            if launch_error and not went_down and self.clock() >= grace:
+                raise UndoError('pg_ctl restart did not start on %s (it is still the primary it was): %s' % (name, launch_error))
             self.sleep(0.25)
         return None
 

@@ -551,3 +551,75 @@ def test_a_systemd_unit_that_reads_as_an_option_is_refused(step):
     assert problem and '-Hevil.service' in problem  # refused (by the pg_start check first, since its unit pattern too)
     step['start']['unit'] = 'postgresql@16-main.service'
     assert _steps.STEP_CHECKS['pg_converge'](step, '/tmp') is None
+
+
+# -- demote_remote: the restart's launch may be cut by the shutdown it starts ------------------------------------------
+class _DemoteCursor(object):
+    def __init__(self, launch_error):
+        self.launch_error = launch_error
+        self.statements = []
+        self.row = None
+
+    def execute(self, query, args=None):
+        text = query if isinstance(query, str) else repr(query)
+        self.statements.append(text)
+        if 'TO PROGRAM' in text and self.launch_error:
+            raise self.launch_error
+        if 'rolsuper' in text:
+            self.row = (True,)
+        elif 'data_directory' in text:
+            self.row = ('/pg/data', '/usr/lib/postgresql/15/bin', 'started-1')
+
+    def fetchone(self):
+        return self.row
+
+
+class _DemoteConn(object):
+    def __init__(self, cursor):
+        self._cursor = cursor
+
+    def cursor(self):
+        return self._cursor
+
+    def close(self):
+        pass
+
+
+def _demoting(monkeypatch, step, launch_error, statuses):
+    """A Cluster whose member b answers ``statuses`` in turn (the last one for ever), on a clock the sleeps move."""
+    now = [0.0]
+    cluster = _failover.Cluster(step, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    cursor = _DemoteCursor(launch_error)
+    seen = list(statuses)
+    monkeypatch.setattr(cluster, 'connect', lambda name: _DemoteConn(cursor))
+    monkeypatch.setattr(cluster, 'status', lambda name: seen.pop(0) if len(seen) > 1 else seen[0])
+    monkeypatch.setattr(cluster, 'sql', lambda name, query, args=None, fetch=True: [('0/3000060',)])
+    return cluster, cursor, now
+
+
+SIGTERMED = RuntimeError('program "PATH=/usr/bin:/bin:$PATH setsid -f pg_ctl restart" failed: child process was terminated by signal 15')
+UP_AS_BEFORE = {'up': True, 'started': 'started-1', 'in_recovery': False}
+DOWN = {'up': False}
+BACK_AS_STANDBY = {'up': True, 'started': 'started-2', 'in_recovery': True}
+
+
+@pytest.mark.parametrize('launch_error', [None, SIGTERMED])
+def test_demote_goes_on_when_the_shutdown_kills_its_launcher(monkeypatch, step, launch_error):
+    """The postmaster SIGTERMs the backend's process group, the launching shell with it: the COPY fails, the restart runs."""
+    cluster, cursor, _now = _demoting(monkeypatch, step, launch_error, [UP_AS_BEFORE, DOWN, DOWN, BACK_AS_STANDBY])
+    assert cluster.demote_remote('b', 'a') == 0x3000060
+    assert any('TO PROGRAM' in text and 'restart' in text for text in cursor.statements)
+
+
+def test_demote_with_a_failed_launch_and_no_restart_is_a_clear_error_soon(monkeypatch, step):
+    cluster, _cursor, now = _demoting(monkeypatch, step, RuntimeError('program "setsid" failed: exit code 127'), [UP_AS_BEFORE])
+    with pytest.raises(UndoError) as caught:
+        cluster.demote_remote('b', 'a')
+    assert 'pg_ctl restart did not start on b' in str(caught.value) and 'exit code 127' in str(caught.value)
+    assert _failover.LAUNCH_GRACE_S <= now[0] < _failover.RESTART_WAIT_S
+
+
+def test_demote_that_never_comes_back_returns_none(monkeypatch, step):
+    cluster, _cursor, now = _demoting(monkeypatch, step, SIGTERMED, [DOWN])
+    assert cluster.demote_remote('b', 'a') is None
+    assert now[0] >= _failover.RESTART_WAIT_S + 15
