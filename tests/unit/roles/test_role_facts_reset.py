@@ -160,3 +160,21 @@ def test_no_fact_or_register_shadows_what_a_role_hands_to_begin_or_finish():
     assert 'pggit_experiment_fault' in handed and 'pggit_experiment_fault_hosts' in handed  # the scan found the imports
     clashes = dict((name, (handed[name], assigned[name])) for name in handed if name in assigned)
     assert clashes == {}
+
+
+def test_no_role_settles_a_lifecycle_input_as_a_fact():
+    """begin and finish take their settings (duration, ttl, probe_interval, abort_after, ...) from the play, the
+    importing role's vars or the defaults. Facts outrank all of those and outlive the role: a fact named like one of
+    them (begin once settled duration and ttl as facts) would hold the first experiment's value for every later one on
+    the host, whatever the play or the next role says."""
+    with open(os.path.join(ROLES, 'pggit_experiment', 'meta', 'argument_specs.yml')) as handle:
+        specs = yaml.safe_load(handle)['argument_specs']
+    inputs = set(specs['begin']['options']) | set(specs['finish']['options'])
+    assert {'pggit_experiment_duration', 'pggit_experiment_ttl', 'pggit_experiment_probe_interval'} <= inputs
+    settled = {}
+    for path in sorted(glob.glob(os.path.join(ROLES, '*', 'tasks', '*.yml'))):
+        for task, _enclosing, _section in _leaves(_load(path), os.path.dirname(path)):
+            for name in list(_set_fact(task) or {}) + ([task['register']] if task.get('register') else []):
+                if name in inputs:
+                    settled.setdefault(name, []).append(os.path.relpath(path, ROLES))
+    assert settled == {}
