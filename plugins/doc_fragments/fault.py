@@ -11,6 +11,15 @@ options:
       - Name of this fault on the host. With the module's kind it forms the
         fault id in the ledger, so injecting the same name twice does not
         stack the fault.
+      - The record keeps the options that define the fault (not the
+        connection, C(ttl), C(experiment) or secret options). Asking for the
+        same name with other such options while the fault is in place
+        replaces it: the fault in place is reverted first, then the asked
+        one is injected, and C(replaced) names each changed option with its
+        value C(before) and C(after). Check mode says it would replace.
+        M(pggit.chaos.pggit_chaos_clock) rewrites its timestamp file instead,
+        and M(pggit.chaos.pggit_chaos_failover) moves one fault through its
+        phases, so neither replaces.
       - 1 to 128 characters of C(A-Z), C(a-z), C(0-9), C(_), C(.) and C(-),
         starting with a letter or digit. Other names are refused, never
         rewritten, so two names never share one record.

@@ -19,8 +19,10 @@ A fault module describes its fault with a small :class:`Fault` subclass
 1. validate the common options (``name``, ``state``, ``ttl``, ``state_dir``);
 2. ``state: present``: a record found for this fault has its reaper checked
    (re-armed when dead, reverted at once when expired); an active record whose
-   fault is in place reports ``changed=false`` (faults never stack, unless a
-   reaper was re-armed); otherwise write the record with its undo recipe, arm
+   fault is in place, asked with the options it was injected with (its
+   ``identity()``), reports ``changed=false`` (faults never stack, unless a
+   reaper was re-armed); asked with other options, it is reverted and replaced
+   (``replaced`` names them); otherwise write the record with its undo recipe, arm
    the target-side reaper and the boot hook, apply (bounded by the TTL), mark
    active; if applying fails, revert at once through the shared engine;
 3. ``state: absent``: revert through the shared engine (``_undo.revert_one``).
@@ -29,6 +31,7 @@ Check mode plans and reports without writing or applying anything.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -39,7 +42,7 @@ from ansible_collections.pggit.chaos.plugins.module_utils import _boot, _ledger,
 from ansible_collections.pggit.chaos.plugins.module_utils._errors import ChaosError, DaemonError, LedgerError, UndoError
 from ansible_collections.pggit.chaos.plugins.module_utils._kinds import FAULT_KINDS
 from ansible_collections.pggit.chaos.plugins.module_utils._validate import fail_on_ranges
-from ansible_collections.pggit.chaos.plugins.module_utils.postgres import check_postgres_params, fail_sql
+from ansible_collections.pggit.chaos.plugins.module_utils.postgres import check_postgres_params, fail_sql, postgres_argument_spec
 
 __all__ = ['FAULT_KINDS', 'ChaosError', 'ChaosModule', 'DaemonError', 'Fault', 'LedgerError', 'UndoError', 'fault_argument_spec',
            'state_dir_argument_spec']
@@ -69,6 +72,9 @@ class Fault(object):
     """One kind of fault. Subclasses set ``kind`` and implement the hooks."""
 
     kind = None
+    # Options that may change while the same fault stays in place (how long to wait, a safety gate): left out of
+    # identity(). None: this fault is never compared with the options it was injected with (in_place() alone decides).
+    volatile_options = ()
 
     def __init__(self, module):
         self.module = module
@@ -91,6 +97,17 @@ class Fault(object):
     def in_place(self, record, current):
         """True when the recorded fault is still in effect."""
         return True
+
+    def identity(self):
+        """The options that define this fault, as the record keeps them: a fault in place whose recorded options differ
+        is replaced (reverted, then injected with these), never reported as in place. Connection, lifecycle
+        (``ttl``, ``experiment``...), ``no_log`` and volatile options are left out; None when not compared."""
+        if self.volatile_options is None:
+            return None
+        spec = self.module.argument_spec
+        skip = set(fault_argument_spec()) | set(postgres_argument_spec()) | set(self.volatile_options)
+        return dict((key, json.loads(json.dumps(self.params.get(key)))) for key in sorted(spec)
+                    if key not in skip and not spec[key].get('no_log'))
 
     def apply(self, detail):
         """Apply the fault. Return extra result keys."""
@@ -146,6 +163,15 @@ class Fault(object):
             current['undo'].insert(index if index == 0 else len(current['undo']), step)
             self.ledger.write(current)
             self.record['undo'] = current['undo']
+
+
+def option_changes(recorded, asked):
+    """{option: {before, after}} of the options that differ; {} when either side is None (a record from before
+    options were kept, or a fault that is not compared)."""
+    if recorded is None or asked is None:
+        return {}
+    return dict((key, {'before': recorded.get(key), 'after': asked.get(key)})
+                for key in sorted(set(recorded) | set(asked)) if recorded.get(key) != asked.get(key))
 
 
 _SQL_ERRORS = (_pgconn.SQLError,) + ((_pgconn.psycopg2.Error,) if _pgconn.HAS_PSYCOPG2 else ())
@@ -309,12 +335,22 @@ class ChaosModule(object):
         if record is not None:
             record = self._tend(ledger, fid, record, result)
         current = fault.observe()
+        why = 'stale-record'
         if record is not None and record.get('status') == 'active' and fault.in_place(record, current):
-            result.update(record=_ledger.summarize(record), msg='fault %s is already in place' % fid, current=current)
-            return
+            changes = option_changes(record.get('options'), fault.identity())
+            if not changes:
+                result.update(record=_ledger.summarize(record), msg='fault %s is already in place' % fid, current=current)
+                return
+            # The same fault with other options: the one in place is reverted and the asked one injected.
+            result['replaced'] = changes
+            why = 'options-changed'
+            if self.module.check_mode:
+                result.update(changed=True, current=current, record=_ledger.summarize(record),
+                              msg='would replace %s (in place with other options: %s)' % (fid, ', '.join(sorted(changes))))
+                return
         if record is not None and not self.module.check_mode:
-            # Stale or half-applied: clean it first, and plan from what is there after.
-            outcome = _undo.revert_one(ledger, fid, runner=self._runner, reason='stale-record')
+            # Stale, half-applied or asked with other options: clean it first, and plan from what is there after.
+            outcome = _undo.revert_one(ledger, fid, runner=self._runner, reason=why)
             if outcome['result'] not in ('reverted', 'absent'):
                 self.fail('%s: the earlier record of this fault could not be reverted, so it is not injected again '
                           '(its undo would be lost): %s. Revert it first (pggit_chaos_revert); its reaper keeps retrying'
@@ -324,7 +360,7 @@ class ChaosModule(object):
             current = fault.observe()
         reason = fault.noop_reason(current)
         if reason and record is None:
-            result.update(msg=reason, current=current)
+            result.update(msg=reason, current=current, changed=bool((result.get('stale_reverted') or {}).get('changed')))
             return
         undo, detail, after = fault.plan(current)
         result.update(changed=True, current=current, planned=detail)
@@ -340,6 +376,9 @@ class ChaosModule(object):
             record = ledger.new_record(fault.kind, self.params['name'], self.params['ttl'], undo,
                                        experiment=self.params.get('experiment'), detail=detail)
             record['applier'] = _me()
+            identity = fault.identity()
+            if identity is not None:
+                record['options'] = identity
             secret = fault.secret()
             if secret:
                 ledger.write_secret(fid, secret)

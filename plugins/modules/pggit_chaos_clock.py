@@ -212,6 +212,8 @@ def preload_value(faketime, original=None):
 
 class ClockFault(Fault):
     kind = 'clock'
+    # A second call with another offset or mode rewrites the timestamp file in place (finish()), without a restart.
+    volatile_options = None
 
     def __init__(self, module):
         super(ClockFault, self).__init__(module)

@@ -212,6 +212,7 @@ def check_options(module):
 
 class ConnectionsFault(BackgroundFault):
     kind = 'connections'
+    volatile_options = ('wait',)
     program = _killer.PROC_TAG
 
     def __init__(self, module):

@@ -279,6 +279,7 @@ def placement_problem(mount, info, target):
 
 class DiskFault(Fault):
     kind = 'disk'
+    volatile_options = ('allow_root_fs', 'rate_mb_s')  # how fast it filled, and a gate: not what is full
 
     def __init__(self, module):
         super(DiskFault, self).__init__(module)

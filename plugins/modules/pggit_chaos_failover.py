@@ -196,6 +196,8 @@ def _named(members, name):
 
 class FailoverFault(Fault):
     kind = 'failover'
+    # Its action moves one fault through its phases: in_place() judges, never a change of options.
+    volatile_options = None
 
     def __init__(self, module):
         super(FailoverFault, self).__init__(module)

@@ -239,6 +239,7 @@ def then_lock(reader):
 
 class LockFault(BackgroundFault):
     kind = 'lock'
+    volatile_options = ('acquire_timeout_ms',)
     program = _locker.PROC_TAG
 
     def __init__(self, module):

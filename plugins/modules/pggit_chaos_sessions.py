@@ -165,6 +165,7 @@ def check_options(module):
 
 class SessionsFault(BackgroundFault):
     kind = 'sessions'
+    volatile_options = ('fill_timeout',)
     program = _holder.PROC_TAG
 
     def __init__(self, module):

@@ -272,6 +272,7 @@ def io_problem(io_workers, state_dir, data_directory, filesystem=_fill.filesyste
 
 class StressFault(BackgroundFault):
     kind = 'stress'
+    volatile_options = ('watch_s',)
     program = _stress.PROC_TAG
 
     def __init__(self, module):

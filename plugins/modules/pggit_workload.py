@@ -341,6 +341,8 @@ def default_ttl(params):
 
 class WorkloadFault(BackgroundFault):
     kind = 'workload'
+    # A run is what it is: a workload in place with its run id is never replaced by one with other options.
+    volatile_options = None
     program = _workload.PROC_TAG
 
     def validate(self):

@@ -212,3 +212,21 @@ def test_drop_schema_that_already_exists_is_refused_and_left_alone(pgdb, state_d
     assert failed and "drop_schema 'app' already exists" in result['msg'], result['msg']
     assert ledger_files(state_dir) == [] and set(modes(pgdb).values()) == {'O'}
     assert schema_exists(pgdb, 'app')
+
+
+def test_the_same_fault_asked_for_other_triggers_is_replaced(pgdb, state_dir):
+    """In place for every trigger, then asked for pggit_ddl_trigger only: the others come back on, not left off."""
+    first, failed = inject(pgdb, state_dir)
+    assert not failed and set(modes(pgdb).values()) == {'D'}
+    others = sorted(set(modes(pgdb)) - {'pggit_ddl_trigger'})
+    assert others, 'the fixture has a single trigger: this test could not tell a replacement'
+    result, failed = inject(pgdb, state_dir, triggers=['pggit_ddl_trigger'])
+    assert not failed and result['changed'], result
+    assert result['replaced'] == {'triggers': {'before': [], 'after': ['pggit_ddl_trigger']}}
+    assert result['stale_reverted']['result'] == 'reverted'
+    assert modes(pgdb) == dict([('pggit_ddl_trigger', 'D')] + [(name, 'O') for name in others])
+    assert ledger_files(state_dir) == ['trigger--off.json']
+    reaper = first['record']['reaper']
+    assert wait_for(lambda: not _steps.same_process(reaper['pid'], reaper['starttime']), 5)
+    reverted, failed = run_module(pggit_chaos_trigger.main, dict(pgdb, name='off', state_dir=state_dir, state='absent'))
+    assert not failed and set(modes(pgdb).values()) == {'O'}

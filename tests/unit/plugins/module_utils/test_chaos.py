@@ -216,3 +216,74 @@ def test_any_call_tends_an_orphaned_record_of_another_fault(state_dir):
     tended = dict((t['id'], t) for t in result['tended'])
     assert tended['file--old']['reverted'] == 'reverted' and not os.path.exists(expired_path)
     assert 'rearmed' in tended['file--orphan'] and _reaper.alive(ledger.read('file--orphan'))
+
+
+# -- the same fault asked with other options ---------------------------------------------------------------------------
+class ContentFault(FileFault):
+    """The file holds ``content``; ``wait_s`` only says how long to wait (volatile); ``token`` is a secret."""
+
+    volatile_options = ('wait_s',)
+
+    def apply(self, detail):
+        with open(detail['path'], 'w') as handle:
+            handle.write(self.params['content'])
+        return {}
+
+
+def content_main():
+    chaos.ChaosModule(dict(content=dict(type='str', default='a'), wait_s=dict(type='float', default=0),
+                           token=dict(type='str', no_log=True))).run(ContentFault)
+
+
+def inject_content(state_dir, check_mode=False, **extra):
+    return run_module(content_main, dict(name='f', ttl=30, state_dir=state_dir, **extra), check_mode=check_mode)
+
+
+def held(state_dir):
+    with open(os.path.join(state_dir, 'fault-f')) as handle:
+        return handle.read()
+
+
+def test_the_same_fault_with_other_options_is_replaced_not_kept(state_dir):
+    ledger = _ledger.Ledger(state_dir)
+    result, failed = inject_content(state_dir, content='a', token='s3cret')
+    assert not failed and result['changed'] and held(state_dir) == 'a'
+    first = ledger.read('file--f')
+    assert first['options'] == {'content': 'a'}, 'no lifecycle, volatile or no_log option is kept'
+    assert 's3cret' not in json.dumps(first)
+
+    result, failed = inject_content(state_dir, content='a', wait_s=5, token='other')
+    assert not failed and not result['changed'] and 'already in place' in result['msg'] and 'replaced' not in result
+
+    result, failed = inject_content(state_dir, content='b', check_mode=True)
+    assert not failed and result['changed'] and result['msg'].startswith('would replace file--f')
+    assert result['replaced'] == {'content': {'before': 'a', 'after': 'b'}}
+    assert held(state_dir) == 'a' and ledger.read('file--f')['reaper'] == first['reaper'], 'check mode changed something'
+
+    result, failed = inject_content(state_dir, content='b')
+    assert not failed and result['changed'], result
+    assert result['replaced'] == {'content': {'before': 'a', 'after': 'b'}}
+    assert result['stale_reverted']['result'] == 'reverted'
+    assert held(state_dir) == 'b'
+    second = ledger.read('file--f')
+    assert second['options'] == {'content': 'b'} and second['status'] == 'active' and _reaper.alive(second)
+    assert wait_for(lambda: not _steps.same_process(first['reaper']['pid'], first['reaper']['starttime']), 5), \
+        'the replaced fault kept its reaper'
+    assert [r['id'] for r in ledger.list()] == ['file--f']
+
+
+def test_a_record_from_before_options_were_kept_is_judged_by_in_place_alone(state_dir):
+    inject_content(state_dir, content='a')
+    ledger = _ledger.Ledger(state_dir)
+    with ledger.lock():
+        record = ledger.read('file--f')
+        del record['options']
+        ledger.write(record)
+    result, failed = inject_content(state_dir, content='b')
+    assert not failed and not result['changed'] and 'already in place' in result['msg']
+    assert held(state_dir) == 'a'
+
+
+def test_option_changes_names_each_changed_option():
+    assert chaos.option_changes({'a': 1, 'b': [1]}, {'a': 1, 'b': [2], 'c': None}) == {'b': {'before': [1], 'after': [2]}}
+    assert chaos.option_changes(None, {'a': 1}) == {} and chaos.option_changes({'a': 1}, None) == {}
