@@ -14,7 +14,7 @@ options:
       - The record keeps the options that define the fault (not the
         connection, C(ttl), C(experiment) or secret options). Asking for the
         same name with other such options while the fault is in place
-        replaces it: the fault in place is reverted first, then the asked
+        replaces it. The fault in place is reverted first, then the asked
         one is injected, and C(replaced) names each changed option with its
         value C(before) and C(after). Check mode says it would replace.
         M(pggit.chaos.pggit_chaos_clock) rewrites its timestamp file instead,
