@@ -675,13 +675,14 @@ class Cluster(object):
                 conn.close()
             except Exception:  # pylint: disable=broad-except
                 pass
-        return self._wait_demoted(name, started, launch_error)
+        return self._wait_demoted(name, started, launch_error, os.path.join(datadir, 'standby.signal'))
 
-    def _wait_demoted(self, name, started, launch_error):
+    def _wait_demoted(self, name, started, launch_error, signal_file=None):
         """The demoted server's shutdown checkpoint LSN once it is back in recovery; None when it did not come back.
 
-        When launching pg_ctl failed and the server stays up as it was for LAUNCH_GRACE_S, no restart is coming: an
-        UndoError names the launch error."""
+        When launching pg_ctl failed and the server stays up as it was for LAUNCH_GRACE_S, no restart is coming: the
+        standby.signal written for it is removed (else the primary's next restart, for whatever reason, would bring it
+        back as a standby of a server that was never promoted) and an UndoError names the launch error."""
         now = self.clock()
         deadline, grace = now + RESTART_WAIT_S + 15, now + LAUNCH_GRACE_S
         went_down = False
@@ -692,9 +693,27 @@ class Cluster(object):
                 return parse_lsn(rows[0][0])
             went_down = went_down or not status.get('up') or status.get('started') != started
             if launch_error and not went_down and self.clock() >= grace:
-                raise UndoError('pg_ctl restart did not start on %s (it is still the primary it was): %s' % (name, launch_error))
+                raise UndoError('pg_ctl restart did not start on %s (it is still the primary it was): %s; %s'
+                                % (name, launch_error, self._disarm_demote(name, signal_file)))
             self.sleep(0.25)
         return None
+
+    def _disarm_demote(self, name, signal_file):
+        """Remove the standby.signal a demote wrote on ``name`` whose restart never came; says what became of it."""
+        if not signal_file:
+            return 'its standby.signal was not looked at'
+        sql = _pgconn.sql
+        command = 'PATH=/usr/bin:/bin:$PATH rm -f -- %s' % shlex.quote(signal_file)
+        try:
+            conn = self.connect(name)
+            try:
+                conn.cursor().execute(sql.SQL('COPY (SELECT 1 WHERE false) TO PROGRAM {}').format(sql.Literal(command)))
+            finally:
+                conn.close()
+        except Exception as exc:  # pylint: disable=broad-except
+            return ('%s stays (removing it failed: %s): remove it before %s restarts, or it comes back as a standby'
+                    % (signal_file, _pgconn.one_line(exc), name))
+        return '%s was removed, so a later restart keeps it the primary' % signal_file
 
     def switchover(self, to):
         """Planned switchover from the current primary to ``to``; returns {at, method, rto_s, from}."""

@@ -623,3 +623,35 @@ def test_demote_that_never_comes_back_returns_none(monkeypatch, step):
     cluster, _cursor, now = _demoting(monkeypatch, step, SIGTERMED, [DOWN])
     assert cluster.demote_remote('b', 'a') is None
     assert now[0] >= _failover.RESTART_WAIT_S + 15
+
+
+def test_a_demote_whose_restart_never_came_removes_its_standby_signal(monkeypatch, step):
+    """The primary stays the primary: the standby.signal written for the demote must not stay armed, or its next restart
+    (a crash, a reboot) would bring it back as a standby of a server that was never promoted."""
+    cluster, cursor, _now = _demoting(monkeypatch, step, RuntimeError('program "setsid" failed: exit code 127'), [UP_AS_BEFORE])
+    cursor.launch_error = None  # the launch fails once; the removal after it runs
+    launches = []
+    execute = cursor.execute
+
+    def failing_once(query, args=None):
+        text = query if isinstance(query, str) else repr(query)
+        if 'TO PROGRAM' in text and 'restart' in text:
+            launches.append(text)
+            raise RuntimeError('program "setsid" failed: exit code 127')
+        return execute(query, args)
+
+    cursor.execute = failing_once
+    with pytest.raises(UndoError) as caught:
+        cluster.demote_remote('b', 'a')
+    assert launches
+    removals = [text for text in cursor.statements if 'TO PROGRAM' in text and 'rm -f' in text]
+    assert len(removals) == 1 and '/pg/data/standby.signal' in removals[0]
+    assert '/pg/data/standby.signal was removed' in str(caught.value)
+
+
+def test_a_standby_signal_that_cannot_be_removed_is_named(monkeypatch, step):
+    cluster, cursor, _now = _demoting(monkeypatch, step, RuntimeError('program "setsid" failed: exit code 127'), [UP_AS_BEFORE])
+    with pytest.raises(UndoError) as caught:
+        cluster.demote_remote('b', 'a')
+    message = str(caught.value)
+    assert 'exit code 127' in message and '/pg/data/standby.signal stays' in message and 'remove it before b restarts' in message
