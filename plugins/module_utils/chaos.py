@@ -360,6 +360,9 @@ class ChaosModule(object):
             current = fault.observe()
         reason = fault.noop_reason(current)
         if reason and record is None:
+            if why == 'options-changed':  # the fault that was in place is gone, and nothing takes its place: say so
+                reason = 'reverted %s (in place with other options: %s), and the asked one is not injected: %s' % (
+                    fid, ', '.join(sorted(result['replaced'])), reason)
             result.update(msg=reason, current=current, changed=bool((result.get('stale_reverted') or {}).get('changed')))
             return
         undo, detail, after = fault.plan(current)

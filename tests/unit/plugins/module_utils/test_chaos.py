@@ -287,3 +287,24 @@ def test_a_record_from_before_options_were_kept_is_judged_by_in_place_alone(stat
 def test_option_changes_names_each_changed_option():
     assert chaos.option_changes({'a': 1, 'b': [1]}, {'a': 1, 'b': [2], 'c': None}) == {'b': {'before': [1], 'after': [2]}}
     assert chaos.option_changes(None, {'a': 1}) == {} and chaos.option_changes({'a': 1}, None) == {}
+
+
+class QuietContentFault(ContentFault):
+    """Nothing to inject when ``content`` is empty."""
+
+    def noop_reason(self, current):
+        return 'content is empty: nothing to write' if not self.params['content'] else None
+
+
+def quiet_content_main():
+    chaos.ChaosModule(dict(content=dict(type='str', default='a'), wait_s=dict(type='float', default=0),
+                           token=dict(type='str', no_log=True))).run(QuietContentFault)
+
+
+def test_a_replace_with_nothing_to_inject_says_the_fault_in_place_was_reverted(state_dir):
+    result, failed = run_module(quiet_content_main, dict(name='f', ttl=30, state_dir=state_dir, content='a'))
+    assert not failed and held(state_dir) == 'a'
+    result, failed = run_module(quiet_content_main, dict(name='f', ttl=30, state_dir=state_dir, content=''))
+    assert not failed and result['changed'] and not os.path.exists(os.path.join(state_dir, 'fault-f'))
+    assert result['msg'].startswith('reverted file--f (in place with other options: content)'), result['msg']
+    assert 'content is empty' in result['msg'] and _ledger.Ledger(state_dir).list() == []
