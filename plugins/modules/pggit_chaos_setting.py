@@ -144,6 +144,9 @@ def check_options(module):
 
 class SettingFault(Fault):
     kind = 'setting'
+    # in_place() already compares the recorded settings with the asked ones, and a setting's value may hold a secret
+    # (a primary_conninfo with a password): it is never kept in the record's options nor returned in replaced.
+    volatile_options = None
 
     def __init__(self, module):
         super(SettingFault, self).__init__(module)
