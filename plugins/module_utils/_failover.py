@@ -13,8 +13,10 @@ written as the owner, started the way it was started (``_steps`` pg_start).
 
 A planned switchover whose current primary is another host (the failback)
 demotes it with SQL too: ``primary_conninfo`` (ALTER SYSTEM), ``standby.signal``
-(``COPY ... TO``) and ``pg_ctl restart`` through ``COPY ... TO PROGRAM``; that
-needs a superuser (or pg_write_server_files plus pg_execute_server_program).
+(``COPY ... TO``) and ``pg_ctl restart`` through ``COPY ... TO PROGRAM``
+(:func:`server_program`; a restart that never starts has its standby.signal
+removed the same way); that needs a superuser (or pg_write_server_files plus
+pg_execute_server_program).
 
 Safety: never two primaries.  A server is started as a primary (or promoted)
 only after every other member was reached and found in recovery; when a peer
@@ -658,12 +660,12 @@ class Cluster(object):
             cur.execute('ALTER SYSTEM SET primary_conninfo = %s', (self.conninfo_to(to, application_name=name),))
             sql = _pgconn.sql
             cur.execute(sql.SQL('COPY (SELECT 1 WHERE false) TO {}').format(sql.Literal(os.path.join(datadir, 'standby.signal'))))
-            command = 'PATH=/usr/bin:/bin:$PATH setsid -f %s restart -D %s -m fast -w -t %d -l %s </dev/null >/dev/null 2>&1' % (
+            command = 'setsid -f %s restart -D %s -m fast -w -t %d -l %s </dev/null >/dev/null 2>&1' % (
                 shlex.quote(os.path.join(bindir, 'pg_ctl')), shlex.quote(datadir), RESTART_WAIT_S,
                 shlex.quote(os.path.join(datadir, 'pggit-chaos-restart.log')))
             launch_error = None
             try:
-                cur.execute(sql.SQL('COPY (SELECT 1 WHERE false) TO PROGRAM {}').format(sql.Literal(command)))
+                server_program(cur, command)
             except Exception as exc:  # pylint: disable=broad-except
                 # The shutdown pg_ctl starts may win the race against the shell that launched it: the postmaster
                 # signals each backend's whole process group, and that shell is in ours. Its SIGTERM fails this COPY
@@ -702,12 +704,10 @@ class Cluster(object):
         """Remove the standby.signal a demote wrote on ``name`` whose restart never came; says what became of it."""
         if not signal_file:
             return 'its standby.signal was not looked at'
-        sql = _pgconn.sql
-        command = 'PATH=/usr/bin:/bin:$PATH rm -f -- %s' % shlex.quote(signal_file)
         try:
             conn = self.connect(name)
             try:
-                conn.cursor().execute(sql.SQL('COPY (SELECT 1 WHERE false) TO PROGRAM {}').format(sql.Literal(command)))
+                server_program(conn.cursor(), 'rm -f -- %s' % shlex.quote(signal_file))
             finally:
                 conn.close()
         except Exception as exc:  # pylint: disable=broad-except
@@ -751,6 +751,12 @@ class Cluster(object):
         done = self.clock()
         return {'method': 'switchover', 'at': done, 'rto_s': round(done - started, 3), 'from': current,
                 'checkpoint_lsn': format_lsn(checkpoint)}
+
+
+def server_program(cur, command):
+    """Run the shell ``command`` on the database host as the server's user (COPY ... TO PROGRAM), with a plain PATH."""
+    sql = _pgconn.sql
+    cur.execute(sql.SQL('COPY (SELECT 1 WHERE false) TO PROGRAM {}').format(sql.Literal('PATH=/usr/bin:/bin:$PATH ' + command)))
 
 
 # -- the undo step ---------------------------------------------------------------------------------------------------
